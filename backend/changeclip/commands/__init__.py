@@ -1,0 +1,1 @@
+"""Subcommands of the ``changeclip`` command line (one module per verb, all thin)."""

@@ -1,0 +1,347 @@
+"""The plugin <-> backend contract, in one place.
+
+This module is the single source of truth for everything the QGIS plugin and the
+backend must agree on: the parameters of a detection job (names, types, defaults,
+allowed values and their validation), the job states, the progress and result
+fields, the server's endpoint paths and the handshake line of ``changeclip serve``.
+
+It is **standard library only** on purpose: the QGIS plugin (which runs inside
+QGIS's own Python, without torch or the backend installed) uses the very same file
+(``changeclip_qgis/core/protocol.py`` is a link to it, copied into the plugin zip),
+and the backend's command line, pipeline and HTTP schemas are built from it.
+Bump :data:`PROTOCOL_VERSION` on any incompatible change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+# --- choices -----------------------------------------------------------------------
+
+ENGINES = ("changeclip", "irmad")
+"""``changeclip``: the ChangeCLIP network (needs weights). ``irmad``: iteratively
+reweighted multivariate alteration detection, unsupervised, no weights."""
+
+VARIANTS = ("auto", "rn50", "vit-b-16")
+"""ChangeCLIP image-encoder variant; ``auto`` detects it from the weights file."""
+
+PROMPT_MODES = ("auto", "none", "words")
+"""``auto``: CLIP tagger per tile (faithful to the official model), plus the user's
+words if given; ``none``: constant prompts, no tags, no words; ``words``: the user's
+words only, no tagger."""
+
+GRIDS = ("before", "after", "custom")
+"""Which grid the outputs are on: the *before* raster's, the *after* raster's, or a
+``custom`` grid given by ``target_crs`` and ``resolution``."""
+
+DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""``auto``: fp32 on CPU, bf16 autocast on CUDA where supported (else fp16)."""
+
+PROBABILITY_DTYPES = ("uint8", "float32")
+"""``uint8``: change probability in percent (0-100, 255 = nodata); ``float32``: 0-1,
+nodata -1."""
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
+
+STAGES = ("queued", "preparing", "loading_model", "scaling", "fitting", "tiles",
+          "polygons", "finalising", "done")
+"""Pipeline stages reported in progress, in order (``fitting`` is irmad's global fit)."""
+
+# --- output file names inside the output folder -------------------------------------
+
+MASK_NAME = "change_mask.tif"
+PROBABILITY_NAME = "change_probability.tif"
+POLYGONS_NAME = "change_polygons.gpkg"
+SUMMARY_NAME = "summary.json"
+
+MASK_CHANGE = 1
+MASK_NO_CHANGE = 0
+MASK_NODATA = 255
+
+# --- HTTP API -------------------------------------------------------------------------
+
+API_PREFIX = "/v1"
+PATH_LIVE = "/livez"                       # GET, no token: {"status": "ok"}
+PATH_STATUS = API_PREFIX + "/status"       # GET: version, devices, models, queue
+PATH_JOBS = API_PREFIX + "/jobs"           # GET: list; POST: submit DetectParams -> JobInfo
+PATH_JOB = API_PREFIX + "/jobs/{job_id}"   # GET: JobInfo
+PATH_JOB_CANCEL = API_PREFIX + "/jobs/{job_id}/cancel"   # POST
+PATH_JOB_RESULT = API_PREFIX + "/jobs/{job_id}/result"   # GET: result (409 until succeeded)
+PATH_SHUTDOWN = API_PREFIX + "/shutdown"   # POST
+PATH_OPENAPI = "/openapi.json"
+TOKEN_HEADER = "Authorization"             # value: "Bearer <token>"
+
+HANDSHAKE_KEYS = ("event", "url", "port", "token_file", "pid", "version", "protocol_version")
+"""``changeclip serve`` prints exactly one JSON line with these keys (event == "ready")
+to stdout once it accepts connections. The token itself is only in ``token_file``."""
+
+# --- job parameters -----------------------------------------------------------------
+
+
+class ParamError(ValueError):
+    """A job parameter is invalid. ``field`` names it; the message says how to fix it."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+        self.message = message
+
+
+@dataclass
+class DetectParams:
+    """Every option of one change-detection run (CLI, server job and plugin alike).
+
+    Paths are plain strings (local files on the backend's machine). ``None`` means
+    "the engine's default" where documented.
+    """
+
+    before: str
+    after: str
+    output_dir: str
+    engine: str = "changeclip"
+    weights: str | None = None
+    variant: str = "auto"
+    prompt: str = ""
+    prompt_mode: str = "auto"
+    tagger_weights: str | None = None
+    official_test_prompts: bool = False
+    bands: list[int] = field(default_factory=lambda: [1, 2, 3])
+    value_range: list[list[float]] | None = None
+    grid: str = "before"
+    target_crs: str | None = None
+    resolution: float | None = None
+    tile: int = 256
+    overlap: int = 64
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 8
+    threshold: float | None = None
+    probability_dtype: str = "uint8"
+    polygons: bool = False
+    min_area: float = 0.0
+    overwrite: bool = False
+    mask_path: str | None = None
+    probability_path: str | None = None
+    polygons_path: str | None = None
+
+    # -- (de)serialisation ---------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DetectParams:
+        """Build from a dict, rejecting unknown keys; then :meth:`validate`."""
+        if not isinstance(data, dict):
+            raise ParamError("body", "expected a JSON object of job parameters")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ParamError(unknown[0], f"unknown parameter; known ones: {', '.join(sorted(known))}")
+        missing = [n for n in ("before", "after", "output_dir") if n not in data]
+        if missing:
+            raise ParamError(missing[0], "is required")
+        params = cls(**data)
+        params.validate()
+        return params
+
+    # -- validation (types and values; file checks are the backend's) ---------------
+
+    def validate(self) -> None:  # noqa: C901 - one flat list of rules reads best
+        """Check types and allowed values; raise :class:`ParamError` naming the fix."""
+        for name in ("before", "after", "output_dir"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ParamError(name, "must be a non-empty path string")
+        for name in ("weights", "tagger_weights", "target_crs", "mask_path",
+                     "probability_path", "polygons_path"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ParamError(name, "must be a non-empty string or null")
+        _choice("engine", self.engine, ENGINES)
+        _choice("variant", self.variant, VARIANTS)
+        _choice("prompt_mode", self.prompt_mode, PROMPT_MODES)
+        _choice("grid", self.grid, GRIDS)
+        _choice("precision", self.precision, PRECISIONS)
+        _choice("probability_dtype", self.probability_dtype, PROBABILITY_DTYPES)
+        if not isinstance(self.prompt, str):
+            raise ParamError("prompt", "must be a string")
+        if self.prompt_mode == "words" and not self.prompt.strip():
+            raise ParamError("prompt", "prompt mode 'words' needs prompt words, e.g. 'building, road'")
+        if self.prompt_mode == "none" and self.prompt.strip():
+            raise ParamError("prompt", "prompt words were given but prompt mode is 'none'; "
+                             "use prompt mode 'words' or 'auto', or leave the prompt empty")
+        for name in ("official_test_prompts", "polygons", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ParamError(name, "must be true or false")
+        if (not isinstance(self.bands, list) or not self.bands
+                or not all(_is_int(b) for b in self.bands)):
+            raise ParamError("bands", "must be a list of 1-based band numbers, e.g. [1, 2, 3]")
+        if any(b < 1 for b in self.bands):
+            raise ParamError("bands", f"band numbers start at 1, got {self.bands}")
+        if self.engine == "changeclip" and len(self.bands) != 3:
+            raise ParamError("bands", f"the changeclip engine needs exactly 3 bands (R,G,B), got {self.bands}")
+        if self.value_range is not None:
+            _check_value_range(self.value_range, len(self.bands))
+        if self.grid == "custom":
+            if not self.target_crs:
+                raise ParamError("target_crs", "grid 'custom' needs a target CRS, e.g. 'EPSG:32633'")
+            if not _is_number(self.resolution) or not self.resolution > 0:
+                raise ParamError("resolution", "grid 'custom' needs a positive resolution in CRS units")
+        elif self.resolution is not None and (not _is_number(self.resolution) or not self.resolution > 0):
+            raise ParamError("resolution", "must be a positive number")
+        if not _is_int(self.tile) or self.tile < 64 or self.tile % 32:
+            raise ParamError("tile", f"tile size must be a multiple of 32 and at least 64, got {self.tile!r};"
+                             f" try {_nearest32(self.tile)}")
+        if not _is_int(self.overlap) or self.overlap < 0 or self.overlap * 2 >= self.tile:
+            raise ParamError("overlap", f"overlap must be between 0 and less than half the tile "
+                             f"({self.tile // 2}), got {self.overlap!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ParamError("device", f"must be {DEVICES_HELP}, got {self.device!r}")
+        if not _is_int(self.batch_size) or not 1 <= self.batch_size <= 1024:
+            raise ParamError("batch_size", f"must be an integer from 1 to 1024, got {self.batch_size!r}")
+        if self.threshold is not None and (not _is_number(self.threshold) or not 0 < self.threshold < 1):
+            raise ParamError("threshold", f"must be a number strictly between 0 and 1, got {self.threshold!r}")
+        if not _is_number(self.min_area) or self.min_area < 0:
+            raise ParamError("min_area", f"must be a number >= 0 (square metres), got {self.min_area!r}")
+
+    # -- output paths --------------------------------------------------------------
+
+    def output_paths(self) -> dict[str, str | None]:
+        """Final output paths: explicit ones, else names inside ``output_dir``."""
+        import os.path
+
+        def pick(explicit: str | None, name: str) -> str:
+            return explicit if explicit else os.path.join(self.output_dir, name)
+
+        return {
+            "mask": pick(self.mask_path, MASK_NAME),
+            "probability": pick(self.probability_path, PROBABILITY_NAME),
+            "polygons": pick(self.polygons_path, POLYGONS_NAME) if self.polygons else None,
+            "summary": os.path.join(self.output_dir, SUMMARY_NAME),
+        }
+
+
+def param_fields() -> list[dict[str, Any]]:
+    """Describe the job parameters (name, default, choices) for UIs and docs."""
+    choices = {"engine": ENGINES, "variant": VARIANTS, "prompt_mode": PROMPT_MODES, "grid": GRIDS,
+               "precision": PRECISIONS, "probability_dtype": PROBABILITY_DTYPES}
+    out = []
+    for f in dataclasses.fields(DetectParams):
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        out.append({"name": f.name, "default": default, "choices": list(choices.get(f.name, ())),
+                    "required": f.name in ("before", "after", "output_dir")})
+    return out
+
+
+# --- job status / result ------------------------------------------------------------
+
+
+@dataclass
+class JobProgress:
+    """Progress of one job as reported by ``GET /jobs/{id}``."""
+
+    stage: str = "queued"
+    done: int = 0
+    total: int = 0
+    fraction: float = 0.0
+    eta_s: float | None = None
+    message: str = ""
+
+
+@dataclass
+class JobInfo:
+    """One job as the server reports it."""
+
+    job_id: str
+    state: str
+    params: dict[str, Any]
+    progress: JobProgress
+    device: str
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobInfo:
+        """Rebuild from the server's JSON."""
+        data = dict(data)
+        data["progress"] = JobProgress(**data.get("progress", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+SUMMARY_KEYS = ("engine", "model", "device", "prompt_mode", "prompt", "grid", "outputs",
+                "changed_area_m2", "changed_fraction", "valid_area_m2", "tiles", "timings_s",
+                "threshold", "backend_version")
+"""Top-level keys every ``summary.json`` (and job result's ``summary``) has."""
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def _nearest32(v: Any) -> int:
+    try:
+        return max(64, int(round(float(v) / 32.0)) * 32)
+    except (TypeError, ValueError, OverflowError):
+        return 256
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ParamError(name, f"must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_value_range(value_range: Any, n_bands: int) -> None:
+    ok = isinstance(value_range, list) and all(
+        isinstance(r, list) and len(r) == 2 and all(_is_number(x) for x in r) and r[0] < r[1]
+        for r in value_range)
+    if not ok or len(value_range) not in (1, n_bands):
+        raise ParamError("value_range", "must be one [min, max] pair for all bands or one per band "
+                         f"({n_bands}), each with min < max, e.g. [[0, 3000]]")
+
+
+def parse_bands(text: str) -> list[int]:
+    """Parse a band list such as ``"3,2,1"``; raise :class:`ParamError` if malformed."""
+    try:
+        bands = [int(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise ParamError("bands", f"expected comma-separated band numbers like 3,2,1; got {text!r}") from None
+    if not bands:
+        raise ParamError("bands", "expected at least one band number")
+    return bands
+
+
+def parse_value_range(text: str) -> list[list[float]]:
+    """Parse ``"0:3000"`` or ``"0:3000,0:2800,0:2500"`` into [[min, max], ...]."""
+    out = []
+    for part in text.replace(" ", "").split(","):
+        try:
+            lo, hi = part.split(":")
+            out.append([float(lo), float(hi)])
+        except ValueError:
+            raise ParamError("value_range", f"expected MIN:MAX[,MIN:MAX...], got {text!r}") from None
+    return out

@@ -1,0 +1,46 @@
+"""Fixtures shared by the backend and plugin tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _shared_dir() -> Path:
+    return Path(os.environ.get("CHANGECLIP_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository's root folder."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The team's reference folder (../shared, or $CHANGECLIP_SHARED_DIR). Missing = failure."""
+    path = _shared_dir()
+    if not path.is_dir():
+        pytest.fail(f"reference folder {path} is missing; set CHANGECLIP_SHARED_DIR to it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_dir(shared_dir: Path) -> Path:
+    """The parity kit (reference outputs of the official implementation)."""
+    path = Path(os.environ.get("CHANGECLIP_PARITY_DIR", shared_dir / "parity"))
+    if not (path / "README.md").is_file():
+        pytest.fail(f"parity kit not found at {path}; set CHANGECLIP_PARITY_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(shared_dir: Path) -> Path:
+    """Sample imagery (research-only; never copied into the repo)."""
+    return shared_dir / "data"

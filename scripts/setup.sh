@@ -63,10 +63,18 @@ if [ ! -f "$pth" ] || [ "$(cat "$pth")" != "$want" ]; then
   echo "$want" > "$pth"
 fi
 
-want_stamp=$(cat requirements.txt backend/pyproject.toml | sha256sum | cut -d' ' -f1)-$sys_ver
+# numpy must stay the system's own copy: Debian's GDAL and QGIS bindings are compiled
+# against it (1.x on Debian 12, 2.x on Debian 13); a pip numpy in the venv would break them.
+sys_numpy=$("$SYS_PY" -c 'import numpy; print(numpy.__version__)')
+constraints=$VENV/system-constraints.txt
+if [ ! -f "$constraints" ] || [ "$(cat "$constraints")" != "numpy==$sys_numpy" ]; then
+  echo "numpy==$sys_numpy" > "$constraints"
+fi
+
+want_stamp=$(cat requirements.txt backend/pyproject.toml "$constraints" | sha256sum | cut -d' ' -f1)-$sys_ver
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want_stamp" ]; then
   log "installing pinned Python packages into .venv (first time: a few minutes)"
-  pip_install -r requirements.txt
+  pip_install -r requirements.txt -c "$constraints"
   pip_install --no-deps -e backend
   echo "$want_stamp" > "$STAMP"
 fi
@@ -74,6 +82,6 @@ fi
 HF_HUB_OFFLINE=1 QT_QPA_PLATFORM=offscreen "$VENV/bin/python" - <<'PY'
 import numpy, torch, open_clip, osgeo.gdal_array, changeclip  # noqa: F401
 import qgis.core  # noqa: F401
-assert numpy.__version__.startswith("1."), f"numpy {numpy.__version__}: GDAL needs numpy<2"
+assert numpy.__file__.startswith("/usr/lib/python3/"), f"numpy {numpy.__file__} is not the system's: GDAL would break"
 PY
 log "ok: .venv ready (python $sys_ver); backend command: .venv/bin/changeclip"

@@ -86,7 +86,7 @@ def main() -> int:
         return proc.returncode or 1
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     res = result.get("results", {})
-    print("\nChangeCLIP demo finished (engine: %s)" % engine)
+    print(f"\nChangeCLIP demo finished (engine: {engine})")
     for key in outputs:
         print(f"  {key:<19} {res.get(key)}")
     print(f"  CHANGED_AREA_M2     {res.get('CHANGED_AREA_M2')}")

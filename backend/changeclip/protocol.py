@@ -77,7 +77,8 @@ PATH_JOB_CANCEL = API_PREFIX + "/jobs/{job_id}/cancel"   # POST
 PATH_JOB_RESULT = API_PREFIX + "/jobs/{job_id}/result"   # GET: result (409 until succeeded)
 PATH_SHUTDOWN = API_PREFIX + "/shutdown"   # POST
 PATH_OPENAPI = "/openapi.json"
-TOKEN_HEADER = "Authorization"             # value: "Bearer <token>"
+# The header's name (its value is "Bearer <token>"), not a secret:
+TOKEN_HEADER = "Authorization"  # nosec B105
 
 HANDSHAKE_KEYS = ("event", "url", "port", "token_file", "pid", "version", "protocol_version")
 """``changeclip serve`` prints exactly one JSON line with these keys (event == "ready")

@@ -31,8 +31,9 @@ pip_install() {
 need_qgis=0
 "$SYS_PY" -c "import qgis.core" >/dev/null 2>&1 || need_qgis=1
 [ -x /usr/bin/qgis_process.bin ] || [ -x /usr/bin/qgis_process ] || need_qgis=1
+"$SYS_PY" -c "import ensurepip" >/dev/null 2>&1 || need_qgis=1   # python3-venv
 if [ "$need_qgis" = 1 ]; then
-  log "installing QGIS from Debian packages (qgis, python3-qgis)"
+  log "installing QGIS from Debian packages (qgis, python3-qgis, python3-venv)"
   SUDO=""
   if [ "$(id -u)" != 0 ]; then
     command -v sudo >/dev/null || { log "ERROR: QGIS is missing and this user is not root; run 'sudo apt-get install qgis python3-qgis' first"; exit 1; }

@@ -1,0 +1,41 @@
+"""``changeclip serve``: the long-lived backend service (HTTP job API on loopback)."""
+
+from __future__ import annotations
+
+import argparse
+
+from changeclip import protocol
+from changeclip.server.settings import DEFAULT_HOST
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand."""
+    p = subparsers.add_parser(
+        "serve",
+        help="run the backend service that keeps models loaded and runs jobs",
+        description="Run the backend service. Prints one JSON handshake line on stdout when ready "
+                    f"(keys: {', '.join(protocol.HANDSHAKE_KEYS)}); logs go to stderr. Every endpoint "
+                    f"except {protocol.PATH_LIVE} needs 'Authorization: Bearer <token>', the token being "
+                    "the content of token_file. Stop it with POST /v1/shutdown, Ctrl-C or SIGTERM.",
+    )
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help="address to listen on (default %(default)s: this machine only; anything else exposes "
+                        "the service, with its token in clear text, to the network)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (default 0: a free port, see the handshake)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="read the token from FILE if it exists (it must be mode 0600), else create FILE with "
+                        "a new random token (mode 0600); default: a new file in a private temporary folder, "
+                        "removed when the server stops")
+    p.add_argument("--device", default="auto", help=f"device for jobs that ask for 'auto': {protocol.DEVICES_HELP}"
+                                                    " (default %(default)s: the first GPU if any, else the CPU)")
+    p.add_argument("--max-models", type=int, default=2, metavar="N",
+                   help="most models kept loaded at once, least recently used dropped first (default %(default)s)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until shut down."""
+    from changeclip.server.process import run_server
+
+    return run_server(host=args.host, port=args.port, token_file=args.token_file, device=args.device,
+                      max_models=args.max_models, verbose=bool(getattr(args, "verbose", False)))

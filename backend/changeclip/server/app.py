@@ -1,0 +1,206 @@
+"""The FastAPI application of ``changeclip serve`` (built by :func:`create_app`).
+
+Every route except the liveness probe (:data:`protocol.PATH_LIVE`) needs the bearer
+token, the OpenAPI document included; FastAPI's interactive docs are switched off.
+Nothing from a request is executed or evaluated: a job request becomes a validated
+:class:`~changeclip.protocol.DetectParams` whose paths are checked on the file
+system before the job is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from changeclip import __version__, protocol
+from changeclip.errors import ChangeClipError
+from changeclip.server.jobs import JobConflict, JobManager, Runner, UnknownJob
+from changeclip.server.middleware import GuardMiddleware
+from changeclip.server.preflight import PreflightError, preflight
+from changeclip.server.schemas import (
+    DetectRequest,
+    JobInfoModel,
+    JobListModel,
+    JobResultModel,
+    LiveModel,
+    MessageModel,
+    StatusModel,
+)
+from changeclip.server.settings import MAX_BODY_BYTES, ServerSettings
+from changeclip.server.system import ModelCacheLike, SystemInfo
+
+log = logging.getLogger(__name__)
+
+JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="job id (32 hex digits)")]
+_bearer = HTTPBearer(auto_error=False, description="the token from the file named in the handshake line")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": MessageModel, "description": "missing or wrong bearer token"},
+}
+
+
+def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache: ModelCacheLike | None = None,
+               system: SystemInfo | None = None) -> FastAPI:
+    """Build the server application.
+
+    Args:
+        settings: token, default device and limits.
+        runner: runs one job; default: :func:`changeclip.pipeline.run_detection` with
+            ``cache`` bound (tests inject a deterministic one).
+        cache: the model cache shared by all jobs; default: a new
+            :class:`changeclip.inference.cache.ModelCache` bounded by the settings.
+        system: device and model information for ``/v1/status`` (default: the real one).
+
+    Returns:
+        The FastAPI app. ``app.state.manager`` is its :class:`JobManager`;
+        ``app.state.request_shutdown`` is set by the process that serves it.
+    """
+    system = system or SystemInfo(settings.default_device)
+    if runner is None:
+        cache = cache if cache is not None else system.new_cache(settings)
+        runner = _pipeline_runner(cache)
+    manager = JobManager(runner, system.resolve_device, max_finished=settings.max_finished_jobs)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        log.info("stopping: cancelling jobs")
+        await asyncio.to_thread(manager.shutdown, settings.shutdown_timeout_s)
+
+    app = FastAPI(title="ChangeCLIP backend", version=__version__, lifespan=lifespan,
+                  openapi_url=None, docs_url=None, redoc_url=None,
+                  description="Change detection jobs on the local GPU/CPU. Every route except "
+                              f"{protocol.PATH_LIVE} needs 'Authorization: Bearer <token>'.")
+    app.state.manager = manager
+    app.state.settings = settings
+    app.state.request_shutdown = None
+    app.add_middleware(GuardMiddleware, token=settings.token, public_paths=(protocol.PATH_LIVE,),
+                       max_body_bytes=MAX_BODY_BYTES)
+
+    def authorised(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        # The middleware already refused requests without the right token; this
+        # dependency documents the scheme in the OpenAPI document.
+        return None
+
+    auth = [Depends(authorised)]
+
+    @app.exception_handler(UnknownJob)
+    async def _unknown(request: Request, exc: UnknownJob) -> JSONResponse:
+        return JSONResponse({"detail": f"no job {exc.args[0]} (unknown id, or forgotten after it finished)"},
+                            status_code=404)
+
+    @app.exception_handler(JobConflict)
+    async def _conflict(request: Request, exc: JobConflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal server error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+    @app.get(protocol.PATH_LIVE, response_model=LiveModel, tags=["server"], summary="Liveness probe (no token)")
+    def live() -> LiveModel:
+        return LiveModel()
+
+    @app.get(protocol.PATH_OPENAPI, dependencies=auth, include_in_schema=False)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get(protocol.PATH_STATUS, response_model=StatusModel, dependencies=auth, responses=_ERRORS,
+             tags=["server"], summary="Version, devices, loaded models, queues")
+    def server_status() -> StatusModel:
+        queues = manager.queue_lengths()
+        return StatusModel(version=__version__, protocol_version=protocol.PROTOCOL_VERSION, pid=os.getpid(),
+                           cuda_available=system.cuda_available(), devices=system.devices(),
+                           default_device=system.resolve_device("auto"),
+                           loaded_models=system.loaded_models(cache), queue_length=sum(queues.values()),
+                           queues=queues, running=manager.running(), jobs_total=manager.count())
+
+    @app.post(protocol.PATH_JOBS, response_model=JobInfoModel, status_code=status.HTTP_201_CREATED,
+              dependencies=auth, tags=["jobs"], summary="Submit a detection job",
+              responses={**_ERRORS, 400: {"model": MessageModel, "description": "a path cannot be used"},
+                         409: {"model": MessageModel, "description": "output in use, or shutting down"}})
+    def submit(body: DetectRequest) -> dict[str, Any]:
+        try:
+            params = body.to_params()
+        except protocol.ParamError as exc:
+            raise _param_error(exc.field, exc.message) from None
+        try:
+            preflight(params)
+        except PreflightError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+        try:
+            info = manager.submit(params)
+        except ChangeClipError as exc:  # the device cannot be used
+            raise _param_error("device", str(exc)) from None
+        return _info(info)
+
+    @app.get(protocol.PATH_JOBS, response_model=JobListModel, dependencies=auth, responses=_ERRORS,
+             tags=["jobs"], summary="List jobs, oldest first")
+    def list_jobs() -> dict[str, Any]:
+        return {"jobs": [_info(i) for i in manager.list()]}
+
+    @app.get(protocol.PATH_JOB, response_model=JobInfoModel, dependencies=auth, tags=["jobs"],
+             summary="Job state and progress",
+             responses={**_ERRORS, 404: {"model": MessageModel, "description": "unknown job"}})
+    def job(job_id: JobId) -> dict[str, Any]:
+        return _info(manager.get(job_id))
+
+    @app.post(protocol.PATH_JOB_CANCEL, response_model=JobInfoModel, dependencies=auth, tags=["jobs"],
+              summary="Cancel a job (queued: at once; running: at its next batch)",
+              responses={**_ERRORS, 404: {"model": MessageModel, "description": "unknown job"}})
+    def cancel(job_id: JobId) -> dict[str, Any]:
+        return _info(manager.cancel(job_id))
+
+    @app.get(protocol.PATH_JOB_RESULT, response_model=JobResultModel, dependencies=auth, tags=["jobs"],
+             summary="Output paths and summary of a succeeded job",
+             responses={**_ERRORS, 404: {"model": MessageModel, "description": "unknown job"},
+                        409: {"model": MessageModel, "description": "the job has not succeeded"}})
+    def result(job_id: JobId) -> dict[str, Any]:
+        summary = manager.result(job_id)
+        outputs = summary.get("outputs")
+        return {"job_id": job_id, "outputs": outputs if isinstance(outputs, dict) else {}, "summary": summary}
+
+    @app.post(protocol.PATH_SHUTDOWN, response_model=MessageModel, status_code=status.HTTP_202_ACCEPTED,
+              dependencies=auth, tags=["server"], summary="Cancel all jobs and stop the server",
+              responses={**_ERRORS, 503: {"model": MessageModel, "description": "not served by changeclip serve"}})
+    def shutdown() -> MessageModel:
+        stop: Callable[[], None] | None = app.state.request_shutdown
+        if stop is None:
+            raise HTTPException(status_code=503, detail="this app is not run by 'changeclip serve'; stop it there")
+        manager.close()
+        stop()
+        return MessageModel(detail="shutting down: jobs cancelled, partial outputs are being removed")
+
+    return app
+
+
+def _info(info: protocol.JobInfo) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(info)
+
+
+def _param_error(field_name: str, message: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, naming the field."""
+    return HTTPException(status_code=422,
+                         detail=[{"loc": ["body", field_name], "msg": message, "type": "param_error"}])
+
+
+def _pipeline_runner(cache: ModelCacheLike) -> Runner:
+    """The real runner: :func:`changeclip.pipeline.run_detection` with ``cache``."""
+
+    def run(params: protocol.DetectParams, progress: Callable[[str, int, int], None],
+            is_cancelled: Callable[[], bool]) -> dict[str, Any]:
+        from changeclip.pipeline import run_detection
+
+        return run_detection(params, progress=progress, is_cancelled=is_cancelled, cache=cache)
+
+    return run

@@ -1,0 +1,318 @@
+"""The job manager: one FIFO queue and one worker thread per device.
+
+A job runs the detection pipeline (an injectable ``runner`` with the signature of
+:func:`changeclip.pipeline.run_detection` minus the cache) with a progress callback
+and a cancellation flag the pipeline polls between batches. Whatever a job raises
+fails that job only; the manager and its workers keep running.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from changeclip import protocol
+from changeclip.errors import ChangeClipError, JobCancelled
+from changeclip.protocol import DetectParams, JobInfo, JobProgress
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+CancelFn = Callable[[], bool]
+
+
+class Runner(Protocol):
+    """Runs one detection; :func:`changeclip.pipeline.run_detection` with its cache bound."""
+
+    def __call__(self, params: DetectParams, progress: ProgressFn, is_cancelled: CancelFn) -> dict[str, Any]:
+        """Run ``params``; return the summary dict; raise JobCancelled when cancelled."""
+        ...
+
+
+class UnknownJob(KeyError):
+    """No job with this id (never existed, or forgotten)."""
+
+
+class JobConflict(RuntimeError):
+    """The request conflicts with the job's state or with another job."""
+
+
+# Overall-progress fraction at the start of each stage; "tiles" spans 0.10 .. 0.90.
+_STAGE_START = {"queued": 0.0, "preparing": 0.01, "loading_model": 0.03, "scaling": 0.06,
+                "fitting": 0.08, "tiles": 0.10, "polygons": 0.90, "finalising": 0.95, "done": 1.0}
+_TILES_SPAN = 0.80
+
+
+@dataclass
+class Job:
+    """One job and its live state; mutate only under :attr:`JobManager._lock`."""
+
+    job_id: str
+    params: DetectParams
+    device: str
+    created: float
+    state: str = "queued"
+    progress: JobProgress = field(default_factory=JobProgress)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    tiles_started: float | None = None
+
+    def info(self) -> JobInfo:
+        """A snapshot as the protocol's :class:`JobInfo`."""
+        return JobInfo(job_id=self.job_id, state=self.state, params=self.params.to_dict(),
+                       progress=replace(self.progress), device=self.device, created=self.created,
+                       started=self.started, finished=self.finished, error=self.error)
+
+
+class JobManager:
+    """Queues jobs per device and runs them one at a time per device, first in first out.
+
+    Args:
+        runner: runs one job (see :class:`Runner`).
+        resolve_device: maps a job's device string (``auto``, ``cpu``, ``cuda:N``) to the
+            concrete device whose queue runs it; raises ``ChangeClipError`` for a device
+            that does not exist.
+        max_finished: finished jobs remembered; the oldest finished ones are forgotten.
+    """
+
+    def __init__(self, runner: Runner, resolve_device: Callable[[str], str], max_finished: int = 500) -> None:
+        self._runner = runner
+        self._resolve_device = resolve_device
+        self._max_finished = max_finished
+        self._lock = threading.Lock()
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._queues: dict[str, queue.Queue[Job | None]] = {}
+        self._workers: dict[str, threading.Thread] = {}
+        self._closed = False
+
+    # -- public API --------------------------------------------------------------------
+
+    def submit(self, params: DetectParams) -> JobInfo:
+        """Queue a job; return its info (state ``queued``).
+
+        Raises:
+            ChangeClipError: the device cannot be used (from ``resolve_device``).
+            JobConflict: the server is shutting down, or a queued/running job writes the
+                same output folder or file.
+        """
+        device = self._resolve_device(params.device)
+        params = replace(params, device=device)
+        job = Job(job_id=uuid.uuid4().hex, params=params, device=device, created=time.time())
+        with self._lock:
+            if self._closed:
+                raise JobConflict("the server is shutting down; no new jobs are accepted")
+            clash = self._output_clash(params)
+            if clash is not None:
+                raise JobConflict(f"job {clash.job_id} ({clash.state}) already writes to {clash.params.output_dir}; "
+                                  "wait for it, cancel it, or choose another output folder")
+            self._jobs[job.job_id] = job
+            self._queue_for(device).put(job)
+            self._forget_old()
+            log.info("job %s queued on %s (engine %s)", job.job_id, device, params.engine)
+            return job.info()
+
+    def get(self, job_id: str) -> JobInfo:
+        """Info of one job. Raises :class:`UnknownJob`."""
+        with self._lock:
+            return self._job(job_id).info()
+
+    def result(self, job_id: str) -> dict[str, Any]:
+        """The summary of a succeeded job.
+
+        Raises:
+            UnknownJob: no such job.
+            JobConflict: the job has not succeeded (message says its state).
+        """
+        with self._lock:
+            job = self._job(job_id)
+            if job.state != "succeeded" or job.result is None:
+                hint = f": {job.error}" if job.error else ""
+                raise JobConflict(f"job {job_id} is {job.state}{hint}; a result exists only once it has succeeded")
+            return dict(job.result)
+
+    def list(self) -> list[JobInfo]:
+        """All remembered jobs, oldest first."""
+        with self._lock:
+            return [job.info() for job in self._jobs.values()]
+
+    def cancel(self, job_id: str) -> JobInfo:
+        """Cancel a job: a queued one at once, a running one at its next batch.
+
+        Cancelling a finished job changes nothing (its info is returned as is).
+        Raises :class:`UnknownJob`.
+        """
+        with self._lock:
+            job = self._job(job_id)
+            self._cancel_locked(job)
+            return job.info()
+
+    def queue_lengths(self) -> dict[str, int]:
+        """Jobs waiting (not running) per device."""
+        with self._lock:
+            counts = {device: 0 for device in self._queues}
+            for job in self._jobs.values():
+                if job.state == "queued" and not job.cancel_event.is_set():
+                    counts[job.device] = counts.get(job.device, 0) + 1
+            return counts
+
+    def running(self) -> list[str]:
+        """Ids of the running jobs."""
+        with self._lock:
+            return [job.job_id for job in self._jobs.values() if job.state == "running"]
+
+    def count(self) -> int:
+        """Number of remembered jobs."""
+        with self._lock:
+            return len(self._jobs)
+
+    def close(self) -> None:
+        """Refuse new jobs and cancel every queued and running job (does not wait)."""
+        with self._lock:
+            self._closed = True
+            for job in self._jobs.values():
+                self._cancel_locked(job)
+
+    def shutdown(self, timeout_s: float = 60.0) -> bool:
+        """:meth:`close`, then stop the workers, waiting for running jobs to stop.
+
+        Args:
+            timeout_s: how long to wait for running jobs to stop (they stop at their next
+                batch and remove their partial outputs).
+
+        Returns:
+            True if every worker stopped in time.
+        """
+        self.close()
+        with self._lock:
+            for q in self._queues.values():
+                q.put(None)
+            workers = list(self._workers.values())
+        deadline = time.monotonic() + timeout_s
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        stopped = not any(w.is_alive() for w in workers)
+        if not stopped:
+            log.error("a running job did not stop within %.0f s of being cancelled", timeout_s)
+        return stopped
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise UnknownJob(job_id) from None
+
+    def _cancel_locked(self, job: Job) -> None:
+        if job.state in protocol.FINAL_JOB_STATES:
+            return
+        job.cancel_event.set()
+        if job.state == "queued":
+            self._finish(job, "cancelled", error="cancelled before it started")
+        else:
+            job.progress.message = "cancelling"
+        log.info("job %s: cancel requested", job.job_id)
+
+    def _output_clash(self, params: DetectParams) -> Job | None:
+        mine = {p for p in params.output_paths().values() if p}
+        for other in self._jobs.values():
+            if other.state in protocol.FINAL_JOB_STATES:
+                continue
+            theirs = {p for p in other.params.output_paths().values() if p}
+            if mine & theirs:
+                return other
+        return None
+
+    def _queue_for(self, device: str) -> queue.Queue[Job | None]:
+        q = self._queues.get(device)
+        if q is None:
+            q = self._queues[device] = queue.Queue()
+            worker = threading.Thread(target=self._work, args=(device, q), name=f"changeclip-jobs-{device}",
+                                      daemon=True)
+            self._workers[device] = worker
+            worker.start()
+        return q
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self._jobs.values() if j.state in protocol.FINAL_JOB_STATES]
+        for job in finished[: max(0, len(finished) - self._max_finished)]:
+            del self._jobs[job.job_id]
+
+    def _finish(self, job: Job, state: str, error: str | None = None,
+                result: dict[str, Any] | None = None) -> None:
+        job.state = state
+        job.error = error
+        job.result = result
+        job.finished = time.time()
+        job.progress.eta_s = None
+        if state == "succeeded":
+            job.progress.stage, job.progress.fraction, job.progress.message = "done", 1.0, ""
+        else:
+            job.progress.message = error or state
+
+    def _work(self, device: str, q: queue.Queue[Job | None]) -> None:
+        while True:
+            job = q.get()
+            if job is None:
+                return
+            with self._lock:
+                if job.state != "queued" or job.cancel_event.is_set():
+                    continue
+                job.state = "running"
+                job.started = time.time()
+                job.progress.stage = "preparing"
+                job.progress.fraction = _STAGE_START["preparing"]
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        log.info("job %s started on %s", job.job_id, job.device)
+        state, error, result = "failed", None, None
+        try:
+            result = self._runner(job.params, lambda s, d, t: self._progress(job, s, d, t), job.cancel_event.is_set)
+            state = "succeeded"
+            if not isinstance(result, dict):
+                state, error, result = "failed", f"internal error: the pipeline returned {type(result).__name__}", None
+        except JobCancelled as exc:
+            state, error = "cancelled", str(exc) or "cancelled"
+        except ChangeClipError as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a job's failure must never take the server down
+            log.exception("job %s crashed", job.job_id)
+            error = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self._finish(job, state, error=error, result=result)
+            self._forget_old()
+        log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
+
+    def _progress(self, job: Job, stage: str, done: int, total: int) -> None:
+        now = time.time()
+        with self._lock:
+            if job.state != "running":
+                return
+            p = job.progress
+            p.stage = stage if stage in _STAGE_START else p.stage
+            p.done, p.total = int(done), int(total)
+            start = _STAGE_START.get(stage, p.fraction)
+            if stage == "tiles":
+                if job.tiles_started is None:
+                    job.tiles_started = now
+                within = done / total if total > 0 else 0.0
+                fraction = start + _TILES_SPAN * min(1.0, max(0.0, within))
+                elapsed = now - job.tiles_started
+                p.eta_s = (elapsed / done * (total - done)) if done > 0 and total >= done else None
+            else:
+                fraction = start
+                p.eta_s = None
+            p.fraction = round(max(p.fraction, min(1.0, fraction)), 4)
+            if not job.cancel_event.is_set():
+                p.message = ""

@@ -1,0 +1,131 @@
+"""Pydantic models of the HTTP edge, mirroring :mod:`changeclip.protocol`.
+
+:class:`DetectRequest` has exactly the fields of :class:`protocol.DetectParams` with
+the same defaults (a contract test pins this); it checks JSON types and simple
+ranges, then :meth:`to_params` runs the protocol's own validation, so the rules live
+in one place. Everything else here only describes responses for the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from changeclip import protocol
+from changeclip.protocol import DetectParams
+
+
+class DetectRequest(BaseModel):
+    """Body of ``POST /v1/jobs``: the parameters of ``changeclip detect``.
+
+    Paths are absolute paths on the server's machine.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    before: str = Field(min_length=1, max_length=4096, description="absolute path of the 'before' raster")
+    after: str = Field(min_length=1, max_length=4096, description="absolute path of the 'after' raster")
+    output_dir: str = Field(min_length=1, max_length=4096, description="absolute path of the output folder")
+    engine: Literal[protocol.ENGINES] = "changeclip"  # type: ignore[valid-type]
+    weights: str | None = Field(default=None, min_length=1, max_length=4096,
+                                description="ChangeCLIP weights file (engine changeclip)")
+    variant: Literal[protocol.VARIANTS] = "auto"  # type: ignore[valid-type]
+    prompt: str = Field(default="", max_length=2000)
+    prompt_mode: Literal[protocol.PROMPT_MODES] = "auto"  # type: ignore[valid-type]
+    tagger_weights: str | None = Field(default=None, min_length=1, max_length=4096)
+    official_test_prompts: bool = False
+    bands: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, max_length=64)
+    value_range: list[list[float]] | None = Field(default=None, min_length=1, max_length=64)
+    grid: Literal[protocol.GRIDS] = "before"  # type: ignore[valid-type]
+    target_crs: str | None = Field(default=None, min_length=1, max_length=10000)
+    resolution: float | None = Field(default=None, gt=0)
+    tile: int = Field(default=256, ge=64, le=8192, multiple_of=32)
+    overlap: int = Field(default=64, ge=0, le=4096)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d{1,3})?)$")
+    precision: Literal[protocol.PRECISIONS] = "auto"  # type: ignore[valid-type]
+    batch_size: int = Field(default=8, ge=1, le=1024)
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    probability_dtype: Literal[protocol.PROBABILITY_DTYPES] = "uint8"  # type: ignore[valid-type]
+    polygons: bool = False
+    min_area: float = Field(default=0.0, ge=0)
+    overwrite: bool = False
+    mask_path: str | None = Field(default=None, min_length=1, max_length=4096)
+    probability_path: str | None = Field(default=None, min_length=1, max_length=4096)
+    polygons_path: str | None = Field(default=None, min_length=1, max_length=4096)
+
+    def to_params(self) -> DetectParams:
+        """The protocol parameters, validated by :meth:`DetectParams.validate`.
+
+        Raises:
+            protocol.ParamError: a rule of the protocol is broken (names the field).
+        """
+        return DetectParams.from_dict(self.model_dump())
+
+
+class JobProgressModel(BaseModel):
+    """Progress of a job (:class:`protocol.JobProgress`)."""
+
+    stage: str = Field(description=f"one of {', '.join(protocol.STAGES)}")
+    done: int = Field(description="units done in this stage (tiles in stage 'tiles')")
+    total: int = Field(description="units in this stage (0 when unknown)")
+    fraction: float = Field(description="overall progress of the job, 0..1")
+    eta_s: float | None = Field(default=None, description="estimated seconds left, if known")
+    message: str = ""
+
+
+class JobInfoModel(BaseModel):
+    """One job (:class:`protocol.JobInfo`)."""
+
+    job_id: str
+    state: Literal[protocol.JOB_STATES]  # type: ignore[valid-type]
+    params: dict[str, Any]
+    progress: JobProgressModel
+    device: str
+    created: float = Field(description="submission time, seconds since the epoch")
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+
+
+class JobListModel(BaseModel):
+    """All jobs the server remembers, oldest first."""
+
+    jobs: list[JobInfoModel]
+
+
+class JobResultModel(BaseModel):
+    """Result of a succeeded job: output paths and the summary (same as ``summary.json``)."""
+
+    job_id: str
+    outputs: dict[str, str | None]
+    summary: dict[str, Any]
+
+
+class StatusModel(BaseModel):
+    """Server health and load."""
+
+    status: Literal["ok"] = "ok"
+    version: str
+    protocol_version: int
+    pid: int
+    cuda_available: bool
+    devices: list[dict[str, Any]] = Field(description="devices with name and memory")
+    default_device: str
+    loaded_models: list[dict[str, Any]]
+    queue_length: int = Field(description="jobs waiting (not yet running), all devices")
+    queues: dict[str, int] = Field(description="jobs waiting, per device")
+    running: list[str] = Field(description="ids of running jobs")
+    jobs_total: int
+
+
+class LiveModel(BaseModel):
+    """Liveness probe answer."""
+
+    status: Literal["ok"] = "ok"
+
+
+class MessageModel(BaseModel):
+    """A plain acknowledgement or error (``detail`` says what happened)."""
+
+    detail: str

@@ -1,0 +1,324 @@
+"""ChangeCLIP inference on batches of bitemporal tiles: model loading and the predictor.
+
+:func:`load_model` turns a weights file into a network in eval mode on a device, with its
+precision policy and a text-feature cache. :class:`ChangeCLIPPredictor` adds the prompt
+policy (spec §5) and maps 0..255 RGB tile pairs to change logits / probabilities:
+
+* ``none``: constant prompts (no tags, no words); text features computed once.
+* ``words``: the user's words as the foreground tags; text features computed once.
+* ``auto``: the CLIP tagger's top-9 tags of each tile (plus the user's words if any); text
+  features cached per distinct prompt string.
+
+``official_test_prompts=True`` reproduces the official test-time quirk (spec §1.3-1): date
+B's foreground prompt is built from date A's tags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from changeclip.errors import InputError, ModelError
+from changeclip.inference.devices import resolve_device, resolve_precision
+from changeclip.model import IMAGENET_MEAN, IMAGENET_STD, ChangeCLIP, ChangeCLIPConfig, build_model_from_state_dict
+from changeclip.model.prompts import RS_CLASSES, TOP_K_TAGS, TextFeatureCache, build_prompts, count_tokens, tokenize
+from changeclip.model.tagger import Tagger
+from changeclip.weights import LoadedWeights, load_weights
+from changeclip.weights.checks import RECOMPUTABLE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROMPT_MODES = ("auto", "none", "words")
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference.
+
+    Attributes:
+        model: The network, eval mode, fp32 weights, on ``device``.
+        cfg: Its configuration.
+        device: ``cpu`` or ``cuda:N``.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (the latter two via autocast).
+        weights_path: File the weights came from.
+        weights_sha256: SHA-256 of that file.
+        source_format: ``native`` or ``official``.
+        meta: The weights file's metadata.
+        text_cache: Text-encoder outputs per prompt string (shared by every predictor of
+            this model).
+        channels_last: Whether inputs are passed in channels-last layout.
+    """
+
+    model: ChangeCLIP
+    cfg: ChangeCLIPConfig
+    device: str
+    precision: str
+    weights_path: str
+    weights_sha256: str
+    source_format: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    text_cache: TextFeatureCache | None = None
+    channels_last: bool = False
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The autocast context of this model's precision (a no-op for fp32)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=_DTYPES[self.precision])
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``model.encode_text`` under this model's precision, float32 out. (N, 64) -> (N, D)."""
+        with torch.inference_mode(), self.autocast():
+            return self.model.encode_text(tokens).float()
+
+
+def _fill_recomputable(state: dict[str, torch.Tensor], cfg: ChangeCLIPConfig) -> dict[str, torch.Tensor]:
+    """Add rebuildable integer buffers (Swin index tables, BN counters) a checkpoint lacks."""
+    from changeclip.model import build_model
+    from changeclip.model.swin import relative_position_index
+
+    skeleton = build_model(cfg, device="meta").state_dict()
+    missing = [k for k in skeleton if k not in state and k.endswith(RECOMPUTABLE_SUFFIXES)]
+    if not missing:
+        return state
+    state = dict(state)
+    for key in missing:
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.zeros((), dtype=torch.long)
+        else:
+            state[key] = relative_position_index(cfg.swin_window).to(skeleton[key].dtype)
+    log.info("rebuilt %d integer buffer(s) the checkpoint did not store", len(missing))
+    return state
+
+
+def load_model(weights: str | Path | LoadedWeights, variant: str = "auto", device: str = "auto",
+               precision: str = "auto") -> LoadedModel:
+    """Load ChangeCLIP weights into a network ready for inference.
+
+    Args:
+        weights: Weights file (native ``.safetensors`` or official ``.pth``) or an already
+            loaded :class:`~changeclip.weights.LoadedWeights`.
+        variant: ``auto``, ``rn50`` or ``vit-b-16``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``auto`` (fp32 on CPU; bf16 autocast on CUDA, fp16 where bf16 is
+            unsupported), ``fp32``, ``bf16`` or ``fp16``.
+
+    Returns:
+        The loaded model (eval mode, on the device, channels-last for RN50 on CUDA).
+
+    Raises:
+        ModelError: weights missing, unreadable or of another model/variant.
+        InputError: unusable device or precision.
+    """
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    loaded = weights if isinstance(weights, LoadedWeights) else load_weights(weights, variant)
+    if isinstance(weights, LoadedWeights) and variant != "auto":
+        from changeclip.weights.checks import require_variant
+
+        require_variant(loaded.cfg, variant, Path(loaded.path).name or "weights")
+    state = _fill_recomputable(loaded.state_dict, loaded.cfg)
+    model = build_model_from_state_dict(loaded.cfg, state, device=dev).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    channels_last = dev.startswith("cuda") and loaded.cfg.backbone == "rn50"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    result = LoadedModel(model=model, cfg=loaded.cfg, device=dev, precision=prec, weights_path=loaded.path,
+                         weights_sha256=loaded.sha256, source_format=loaded.source_format, meta=loaded.meta,
+                         channels_last=channels_last)
+    result.text_cache = TextFeatureCache(result.encode_text, device=dev)
+    log.info("loaded %s (%s) on %s, precision %s", loaded.cfg.name, loaded.source_format, dev, prec)
+    return result
+
+
+def _longest_tags(k: int = TOP_K_TAGS) -> list[str]:
+    """The ``k`` vocabulary names with the most tokens (worst case for prompt length)."""
+    return sorted(RS_CLASSES, key=lambda c: -count_tokens(c))[:k]
+
+
+class ChangeCLIPPredictor:
+    """Change logits/probabilities for tile pairs, with one prompt policy.
+
+    Args:
+        loaded: Output of :func:`load_model`.
+        prompt_mode: ``auto``, ``none`` or ``words``.
+        prompt: User words (comma separated); required for ``words``, optional for ``auto``,
+            must be empty for ``none``.
+        tagger: The CLIP tagger, required for ``auto``.
+        official_test_prompts: Build date B's foreground prompt from date A's tags (the
+            official test-time behaviour; only matters in ``auto`` mode).
+        batch_size: Tile pairs per forward pass.
+
+    Raises:
+        InputError: bad mode/words combination, or words too long for the prompt.
+        ModelError: ``auto`` without a tagger.
+    """
+
+    def __init__(self, loaded: LoadedModel, prompt_mode: str = "auto", prompt: str = "",
+                 tagger: Tagger | None = None, official_test_prompts: bool = False, batch_size: int = 8) -> None:
+        if prompt_mode not in PROMPT_MODES:
+            raise InputError(f"prompt mode must be one of {', '.join(PROMPT_MODES)}, got {prompt_mode!r}")
+        words = " ".join((prompt or "").split())
+        if prompt_mode == "none" and words:
+            raise InputError("prompt words were given but prompt mode is 'none'; use mode 'words' or 'auto', "
+                             "or leave the prompt empty")
+        if prompt_mode == "words" and not words:
+            raise InputError("prompt mode 'words' needs prompt words, e.g. 'building, road'")
+        if prompt_mode == "auto" and tagger is None:
+            raise ModelError("prompt mode 'auto' needs the CLIP tagger; pass --tagger-weights FILE, or use "
+                             "prompt mode 'none' or 'words'")
+        self.loaded = loaded
+        self.prompt_mode = prompt_mode
+        self.words = words
+        self.tagger = tagger if prompt_mode == "auto" else None
+        self.official_test_prompts = bool(official_test_prompts)
+        self.batch_size = max(1, int(batch_size))
+        self.tag_counts: Counter[str] = Counter()
+        self.tiles_seen = 0
+        if loaded.text_cache is None:
+            loaded.text_cache = TextFeatureCache(loaded.encode_text, device=loaded.device)
+        self.cache: TextFeatureCache = loaded.text_cache
+        # fail now, not after the first tile, if the words cannot fit
+        worst = _longest_tags() if prompt_mode == "auto" else []
+        tokenize(list(build_prompts(worst, words)), loaded.cfg.prompt_length)
+        mean = torch.tensor(IMAGENET_MEAN * 2, dtype=torch.float32).view(1, 6, 1, 1)
+        std = torch.tensor(IMAGENET_STD * 2, dtype=torch.float32).view(1, 6, 1, 1)
+        self._mean = mean.to(loaded.device)
+        self._std = std.to(loaded.device)
+
+    # ----------------------------------------------------------------- text
+    def _constant_text(self) -> torch.Tensor:
+        bg, fg = build_prompts([], self.words)
+        return self.cache.get([bg, fg]).unsqueeze(0)  # 1, 2, D
+
+    def prompts_for(self, before: np.ndarray | torch.Tensor,
+                    after: np.ndarray | torch.Tensor) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The (background, foreground) prompts of date A and date B for each tile pair.
+
+        Args:
+            before: (N, 3, H, W) float32 0..255 RGB of date A.
+            after: Same for date B.
+
+        Returns:
+            Two lists of N prompt pairs.
+        """
+        n = int(before.shape[0])
+        if self.prompt_mode != "auto":
+            pair = build_prompts([], self.words)
+            return [pair] * n, [pair] * n
+        if self.tagger is None:  # guarded in __init__; kept for type checkers
+            raise ModelError("prompt mode 'auto' needs the CLIP tagger")
+        tags_a = self.tagger.tag(before)
+        tags_b = tags_a if self.official_test_prompts else self.tagger.tag(after)
+        for tags in tags_a + ([] if self.official_test_prompts else tags_b):
+            self.tag_counts.update(tags)
+        return ([build_prompts(t, self.words) for t in tags_a],
+                [build_prompts(t, self.words) for t in tags_b])
+
+    def _text(self, prompts: Sequence[tuple[str, str]]) -> torch.Tensor:
+        flat = [p for pair in prompts for p in pair]
+        return self.cache.get(flat).view(len(prompts), 2, -1)
+
+    # ----------------------------------------------------------------- images
+    @staticmethod
+    def _check(before: np.ndarray, after: np.ndarray) -> None:
+        for label, arr in (("before", before), ("after", after)):
+            if arr.ndim != 4 or arr.shape[1] != 3:
+                raise InputError(f"{label} tiles must be (N, 3, H, W) RGB, got shape {tuple(arr.shape)}")
+        if before.shape != after.shape:
+            raise InputError(f"before and after tiles differ in shape: {tuple(before.shape)} vs {tuple(after.shape)}")
+        h, w = before.shape[2:]
+        if h % 32 or w % 32:
+            raise InputError(f"tile size {h}x{w} px is not a multiple of 32; use e.g. 256")
+
+    def _batches(self, before: np.ndarray, after: np.ndarray) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        for i in range(0, before.shape[0], self.batch_size):
+            sl = slice(i, i + self.batch_size)
+            yield sl, torch.from_numpy(np.ascontiguousarray(before[sl], dtype=np.float32)), \
+                torch.from_numpy(np.ascontiguousarray(after[sl], dtype=np.float32))
+
+    def predict_logits(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Two-class change logits.
+
+        Args:
+            before: float32 (N, 3, H, W), RGB 0..255 (already radiometrically scaled), H and W
+                multiples of 32.
+            after: Same shape, date B.
+
+        Returns:
+            float32 (N, 2, H, W): class 0 = no change, class 1 = change.
+
+        Raises:
+            InputError: wrong shapes; PromptTooLong for over-long prompts.
+        """
+        before = np.asarray(before)
+        after = np.asarray(after)
+        self._check(before, after)
+        lm = self.loaded
+        out = np.empty((before.shape[0], 2, *before.shape[2:]), dtype=np.float32)
+        constant = self._constant_text() if self.prompt_mode != "auto" else None
+        with torch.inference_mode():
+            for sl, a, b in self._batches(before, after):
+                a = a.to(lm.device, non_blocking=True)
+                b = b.to(lm.device, non_blocking=True)
+                if constant is not None:
+                    text_a = text_b = constant.expand(a.shape[0], -1, -1)
+                else:
+                    prompts_a, prompts_b = self.prompts_for(a, b)
+                    text_a, text_b = self._text(prompts_a), self._text(prompts_b)
+                x = (torch.cat([a, b], dim=1) - self._mean) / self._std
+                if lm.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with lm.autocast():
+                    logits = lm.model(x, text_a, text_b)
+                out[sl] = logits.float().cpu().numpy()
+                self.tiles_seen += a.shape[0]
+        return out
+
+    def predict_proba(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Change probability (softmax over the two classes, class 1).
+
+        Args:
+            before: float32 (N, 3, H, W), RGB 0..255.
+            after: Same shape, date B.
+
+        Returns:
+            float32 (N, H, W) in [0, 1].
+        """
+        logits = torch.from_numpy(self.predict_logits(before, after))
+        return logits.softmax(dim=1)[:, 1].numpy().astype(np.float32, copy=False)
+
+    def describe(self) -> dict[str, Any]:
+        """Summary of the model and prompt policy (for summary.json)."""
+        lm = self.loaded
+        info: dict[str, Any] = {
+            "variant": lm.cfg.name,
+            "backbone": lm.cfg.backbone,
+            "weights": lm.weights_path,
+            "weights_sha256": lm.weights_sha256,
+            "weights_format": lm.source_format,
+            "random_weights": bool(lm.meta.get("random")) or lm.meta.get("source") == "seeded",
+            "device": lm.device,
+            "precision": lm.precision,
+            "prompt_mode": self.prompt_mode,
+            "prompt": self.words,
+            "official_test_prompts": self.official_test_prompts,
+            "tagger": self.tagger.describe() if self.tagger is not None else None,
+            "text_cache": self.cache.stats(),
+            "tiles": self.tiles_seen,
+        }
+        if self.prompt_mode != "auto":
+            info["prompts"] = list(build_prompts([], self.words))
+        else:
+            info["top_tags"] = dict(self.tag_counts.most_common(10))
+        return info

@@ -44,3 +44,30 @@ def parity_dir(shared_dir: Path) -> Path:
 def data_dir(shared_dir: Path) -> Path:
     """Sample imagery (research-only; never copied into the repo)."""
     return shared_dir / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
+    """A function ``make(variant) -> Path`` of a native weights file with seeded TINY weights.
+
+    ``variant`` is ``"tiny-rn50"`` or ``"tiny-vit"``; the file holds ``seeded_state_dict(cfg, 0)``
+    (the parity kit's rule) and is made once per session.
+    """
+    from changeclip.model.config import PRESETS
+    from changeclip.weights.native import save_weights
+    from changeclip.weights.seeded import seeded_state_dict
+
+    folder = tmp_path_factory.mktemp("tiny_weights")
+    made: dict[str, Path] = {}
+
+    def make(variant: str) -> Path:
+        if variant not in ("tiny-rn50", "tiny-vit"):
+            raise ValueError(f"tiny_weights: unknown variant {variant!r}; use 'tiny-rn50' or 'tiny-vit'")
+        if variant not in made:
+            cfg = PRESETS[variant]
+            path = folder / f"{variant}-seeded0.safetensors"
+            save_weights(seeded_state_dict(cfg, seed=0), cfg, path, meta={"source": "seeded", "seed": 0})
+            made[variant] = path
+        return made[variant]
+
+    return make

@@ -1,0 +1,401 @@
+"""The one core call: two georeferenced rasters in, georeferenced change layers out.
+
+:func:`run_detection` is what the command line, the job server and therefore the QGIS plugin
+run. Steps (reported through ``progress(stage, done, total)`` with the stages of
+``protocol.STAGES``):
+
+1. *preparing*: validate parameters, output locations (before any work: an existing output
+   without ``overwrite`` or an unwritable folder stops here), open both rasters, check bands and
+   CRSs, pick the reference grid, warp the other raster onto it (a streaming VRT) and compute
+   the processed window (the intersection).
+2. *loading_model*: build the engine (changeclip loads weights through the model cache).
+3. *scaling*: one fixed per-band range for both dates from a nodata-free sample.
+4. *fitting*: the engine's global fit (IR-MAD's canonical correlation; no-op for changeclip).
+5. *tiles*: stream tiles in row order, batched; blend overlapping probabilities; write finished
+   output rows straight to temporary GeoTIFFs. ``is_cancelled()`` is polled before every batch.
+6. *polygons* (optional), *finalising* (COGs, summary.json, atomic renames), *done*.
+
+Any failure or cancellation removes every temporary file; nothing appears under a final name
+before all outputs are complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from osgeo import gdal
+
+from changeclip import __version__
+from changeclip.engines import ChangeEngine, build_engine
+from changeclip.errors import InputError, JobCancelled
+from changeclip.inference.cache import ModelCache
+from changeclip.protocol import DetectParams, ParamError
+from changeclip.raster import align, io, scaling
+from changeclip.raster.area import row_pixel_areas
+from changeclip.raster.outputs import ChangeRasterWriter, TempFiles, polygonize, to_cog, write_json
+from changeclip.raster.tiling import BlendAccumulator, pad_to_tile
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str, int, int], None]
+CancelFn = Callable[[], bool]
+FILL_VALUE = 127.5
+"""Value both dates get where either is invalid (neutral grey: no change seen there)."""
+_GDAL_CACHE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class Inputs:
+    """Both rasters opened, checked and on the reference grid."""
+
+    grid: align.Grid
+    window: align.Window
+    before: io.GridReader
+    after: io.GridReader
+    warped: dict[str, bool]
+    eight_bit: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_detection(params: DetectParams, progress: ProgressFn | None = None,
+                  is_cancelled: CancelFn | None = None, cache: ModelCache | None = None) -> dict[str, Any]:
+    """Run change detection for one job and write its outputs.
+
+    Args:
+        params: Every option of the run (validated here again).
+        progress: Called as ``progress(stage, done, total)``.
+        is_cancelled: Polled before every tile batch; True stops the run.
+        cache: Model cache shared between jobs (None: load the model for this run only).
+
+    Returns:
+        The summary (also written to ``summary.json``), with every ``protocol.SUMMARY_KEYS`` key.
+
+    Raises:
+        InputError: Bad parameters, inputs or output location, or writing failed (disk full).
+        ModelError: Weights missing, unreadable or of another model.
+        JobCancelled: ``is_cancelled()`` returned True; partial outputs were removed.
+    """
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    report = progress or (lambda stage, done, total: None)
+    cancelled = is_cancelled or (lambda: False)
+    _limit_gdal_cache()
+
+    report("preparing", 0, 1)
+    try:
+        params.validate()
+    except ParamError as exc:
+        raise InputError(str(exc)) from None
+    paths = params.output_paths()
+    created_dirs = _check_outputs(paths, params.overwrite)
+    inputs = _prepare_inputs(params)
+    timings["preparing"] = time.perf_counter() - started
+
+    temp = TempFiles()
+    try:
+        t = time.perf_counter()
+        report("loading_model", 0, 1)
+        engine = build_engine(params, cache)
+        log.info("engine: %s on %s", engine.name, engine.device)
+        timings["loading_model"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        report("scaling", 0, 1)
+        sample_b, sample_a, _ = scaling.collect_sample(inputs.before, inputs.after, inputs.window)
+        scaler = _scaling(params, inputs, sample_b, sample_a)
+        log.info("radiometric scaling (%s): low %s high %s", scaler.source, scaler.low.round(3).tolist(),
+                 scaler.high.round(3).tolist())
+        timings["scaling"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        report("fitting", 0, 1)
+        engine.fit(scaler.apply_pixels(sample_b, engine.clip_input),
+                   scaler.apply_pixels(sample_a, engine.clip_input))
+        timings["fitting"] = time.perf_counter() - t
+
+        for d in created_dirs:
+            os.makedirs(d, exist_ok=True)
+        threshold = params.threshold if params.threshold is not None else engine.default_threshold
+        t = time.perf_counter()
+        tmp_mask = temp.new(paths["mask"], "part")
+        tmp_prob = temp.new(paths["probability"], "part")
+        writer = ChangeRasterWriter(tmp_mask, tmp_prob, inputs.grid, params.probability_dtype, threshold)
+        try:
+            stats = _run_tiles(params, inputs, engine, scaler, writer, report, cancelled)
+        finally:
+            writer.close()
+        timings["tiles"] = time.perf_counter() - t
+
+        polygons_info = None
+        if paths["polygons"]:
+            t = time.perf_counter()
+            report("polygons", 0, 1)
+            tmp_gpkg = temp.new(paths["polygons"])
+            polygons_info = polygonize(tmp_mask, tmp_gpkg, inputs.grid, params.min_area)
+            timings["polygons"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        report("finalising", 0, 2)
+        final_mask = temp.new(paths["mask"])
+        to_cog(tmp_mask, final_mask, "NEAREST")
+        report("finalising", 1, 2)
+        final_prob = temp.new(paths["probability"])
+        to_cog(tmp_prob, final_prob, "AVERAGE")
+        report("finalising", 2, 2)
+        timings["finalising"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - started
+        summary = _summary(params, inputs, engine, scaler, threshold, stats, polygons_info, paths,
+                           {k: round(v, 3) for k, v in timings.items()})
+        tmp_summary = temp.new(paths["summary"])
+        write_json(tmp_summary, summary)
+        if cancelled():
+            raise JobCancelled("the run was cancelled; no outputs were written")
+        temp.commit(final_mask, paths["mask"])
+        temp.commit(final_prob, paths["probability"])
+        if paths["polygons"]:
+            temp.commit(tmp_gpkg, paths["polygons"])
+        temp.commit(tmp_summary, paths["summary"])
+        temp.cleanup()
+        report("done", 1, 1)
+        log.info("engine %s: %.4f %% of the valid area changed (%.1f m²); outputs in %s", engine.name,
+                 100 * (summary["changed_fraction"] or 0), summary["changed_area_m2"] or 0, params.output_dir)
+        return summary
+    except OSError as exc:
+        temp.cleanup()
+        _remove_empty(created_dirs)
+        hint = "the disk is full: free some space" if exc.errno == errno.ENOSPC else "check the folder"
+        raise InputError(f"writing the outputs failed ({exc.strerror or exc}); {hint} or choose another "
+                         "output folder; no output was written") from None
+    except RuntimeError as exc:  # GDAL reading errors (e.g. a truncated file)
+        temp.cleanup()
+        _remove_empty(created_dirs)
+        raise InputError(f"reading the rasters failed: {str(exc).strip()}; check that both files are "
+                         "complete and readable") from None
+    except BaseException:
+        temp.cleanup()
+        _remove_empty(created_dirs)
+        raise
+
+
+def _limit_gdal_cache() -> None:
+    """Keep GDAL's block cache small (its default, 5 % of RAM, would make RSS grow with the raster)."""
+    if "GDAL_CACHEMAX" not in os.environ and gdal.GetCacheMax() > _GDAL_CACHE_BYTES:
+        gdal.SetCacheMax(_GDAL_CACHE_BYTES)
+
+
+def _check_outputs(paths: dict[str, str | None], overwrite: bool) -> list[str]:
+    """Refuse existing outputs (without overwrite) and unwritable folders; nothing is created.
+
+    Returns:
+        Folders that do not exist yet and will be created once the inputs are known to be good.
+    """
+    existing = [p for p in paths.values() if p and os.path.exists(p)]
+    if existing and not overwrite:
+        raise InputError(f"output {existing[0]!r} already exists; pass --overwrite (overwrite: true) to replace "
+                         "it, or choose another output folder")
+    to_create: list[str] = []
+    for folder in dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in paths.values() if p):
+        probe = folder
+        while not os.path.exists(probe):
+            to_create.append(probe)
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise InputError(f"cannot create the output folder {folder!r}: {probe!r} is a file, not a folder; "
+                             "choose another output folder")
+        try:
+            fd, name = tempfile.mkstemp(prefix=".changeclip-probe-", dir=probe)
+            os.close(fd)
+            os.remove(name)
+        except OSError as exc:
+            raise InputError(f"the output folder {folder!r} is not writable ({exc.strerror}); choose a folder "
+                             "you can write to") from None
+    return sorted(set(to_create), key=len)
+
+
+def _remove_empty(folders: list[str]) -> None:
+    for d in sorted(folders, key=len, reverse=True):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
+def _prepare_inputs(params: DetectParams) -> Inputs:
+    """Open, check and align both rasters; no pixel is read except for validation."""
+    ds_b = io.open_raster(params.before, "before")
+    ds_a = io.open_raster(params.after, "after")
+    io.check_bands(ds_b, params.bands, "before")
+    io.check_bands(ds_a, params.bands, "after")
+    g_b, g_a = align.grid_of(ds_b), align.grid_of(ds_a)
+    align.check_crs(g_b, g_a, params.before, params.after)
+    warnings: list[str] = []
+    if not g_b.wkt:
+        if params.grid == "custom" or not align.same_grid(g_b, g_a):
+            raise InputError("neither raster has a CRS and their grids differ, so they cannot be aligned; "
+                             "assign the right CRS to both (gdal_edit.py -a_srs EPSG:XXXX FILE)")
+        warnings.append("the rasters have no CRS: outputs are in pixel coordinates and areas are unknown")
+    grid = align.reference_grid(params.grid, g_b, g_a, params.target_crs, params.resolution)
+    if params.resolution is not None and params.grid != "custom":
+        warnings.append(f"resolution {params.resolution} is ignored with grid '{params.grid}' "
+                        "(it only applies to a custom grid)")
+    window = align.processed_window(grid, [g_b, g_a])
+    readers: dict[str, io.GridReader] = {}
+    warped: dict[str, bool] = {}
+    for role, ds, g in (("before", ds_b, g_b), ("after", ds_a, g_a)):
+        if align.same_grid(g, grid):
+            readers[role] = io.GridReader(ds, params.bands)
+            warped[role] = False
+        else:
+            vrt, alpha = align.warp_to_grid(ds, grid)
+            readers[role] = io.GridReader(vrt, params.bands, alpha_band=alpha, keep=[ds])
+            warped[role] = True
+            log.info("%s raster warped onto the reference grid (bilinear, streaming VRT)", role)
+    srs = grid.srs()
+    if srs is not None and srs.IsGeographic():
+        warnings.append("the reference grid is in a geographic CRS (degrees); areas are computed on the "
+                        "ellipsoid, but pixels are not square on the ground")
+    for w in warnings:
+        log.warning("%s", w)
+    return Inputs(grid, window, readers["before"], readers["after"], warped,
+                  io.is_8bit(ds_b, params.bands) and io.is_8bit(ds_a, params.bands), warnings)
+
+
+def _scaling(params: DetectParams, inputs: Inputs, sample_b: np.ndarray, sample_a: np.ndarray
+             ) -> scaling.BandScaling:
+    if params.value_range is not None:
+        return scaling.user_scaling(params.value_range, len(params.bands))
+    if inputs.eight_bit:
+        return scaling.eight_bit_scaling(len(params.bands))
+    return scaling.percentile_scaling(sample_b, sample_a)
+
+
+def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scaler: scaling.BandScaling,
+               writer: ChangeRasterWriter, report: ProgressFn, cancelled: CancelFn) -> dict[str, Any]:
+    """Stream every tile of the window through the engine; write finished rows."""
+    win, grid = inputs.window, inputs.grid
+    tile = params.tile
+    overlap = params.overlap if engine.needs_context else 0
+    acc = BlendAccumulator(win.width, win.height, tile, overlap)
+    total = len(acc.xs) * len(acc.ys)
+    done = skipped = 0
+    changed_px = valid_px = 0
+    changed_m2 = valid_m2 = 0.0
+    has_area = bool(grid.wkt)
+    report("tiles", 0, total)
+
+    def flush(until: int) -> None:
+        nonlocal changed_px, valid_px, changed_m2, valid_m2
+        for row0, prob, valid in acc.release(until):
+            ch, va = writer.write_rows(prob, valid, win.xoff, win.yoff + row0)
+            changed_px += int(ch.sum())
+            valid_px += int(va.sum())
+            areas = row_pixel_areas(grid, win.yoff + row0, len(ch))
+            if areas is not None:
+                changed_m2 += float(ch @ areas)
+                valid_m2 += float(va @ areas)
+
+    for i, y0 in enumerate(acc.ys):
+        row = [(x0, y0) for x0 in acc.xs]
+        for start in range(0, len(row), params.batch_size):
+            if cancelled():
+                raise JobCancelled("the run was cancelled; partial outputs were removed")
+            batch_b, batch_a, batch_v, where = [], [], [], []
+            for x0, ty in row[start:start + params.batch_size]:
+                got = _read_tile(inputs, scaler, engine.clip_input, x0, ty, tile)
+                if got is None:
+                    skipped += 1
+                    continue
+                batch_b.append(got[0])
+                batch_a.append(got[1])
+                batch_v.append(got[2])
+                where.append((x0, ty))
+            if where:
+                valid = np.stack(batch_v)
+                probs = engine.predict_proba(np.stack(batch_b), np.stack(batch_a), valid)
+                for (x0, ty), p, v in zip(where, probs, valid, strict=True):
+                    acc.add(p, v, x0, ty)
+            done += len(row[start:start + params.batch_size])
+            report("tiles", done, total)
+        flush(acc.ys[i + 1] if i + 1 < len(acc.ys) else win.height)
+
+    if valid_px == 0:
+        raise InputError("no pixel of the overlapping area is valid in both rasters; check nodata values "
+                         "and masks")
+    return {"tiles": {"size": tile, "overlap": overlap, "overlap_requested": params.overlap,
+                      "batch_size": params.batch_size, "total": total, "processed": total - skipped,
+                      "skipped_nodata": skipped},
+            "changed_px": changed_px, "valid_px": valid_px,
+            "changed_m2": changed_m2 if has_area else None, "valid_m2": valid_m2 if has_area else None}
+
+
+def _read_tile(inputs: Inputs, scaler: scaling.BandScaling, clip: bool, x0: int, y0: int, tile: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """One tile of both dates, scaled, filled where invalid and padded: or None if all invalid.
+
+    Returns:
+        ``(before (C, tile, tile), after (C, tile, tile), valid (tile, tile))``.
+    """
+    win = inputs.window
+    gx, gy = win.xoff + x0, win.yoff + y0
+    w, h = min(tile, win.width - x0), min(tile, win.height - y0)
+    valid = inputs.before.read_valid(gx, gy, w, h) & inputs.after.read_valid(gx, gy, w, h)
+    if not valid.any():
+        return None
+    db, vb = inputs.before.read(gx, gy, w, h, valid)
+    da, va = inputs.after.read(gx, gy, w, h, valid)
+    valid = vb & va
+    if not valid.any():
+        return None
+    sb, sa = scaler.apply(db, clip), scaler.apply(da, clip)
+    sb[:, ~valid] = FILL_VALUE
+    sa[:, ~valid] = FILL_VALUE
+    return pad_to_tile(sb, tile), pad_to_tile(sa, tile), pad_to_tile(valid, tile)
+
+
+def _summary(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scaler: scaling.BandScaling,
+             threshold: float, stats: dict[str, Any], polygons_info: dict[str, Any] | None,
+             paths: dict[str, str | None], timings: dict[str, float]) -> dict[str, Any]:
+    warnings = list(inputs.warnings)
+    is_net = engine.name == "changeclip"
+    if not is_net and params.weights:
+        warnings.append("weights are not used by the irmad engine")
+    if not is_net and params.prompt.strip():
+        warnings.append("prompt words are not used by the irmad engine")
+    valid_m2, changed_m2 = stats["valid_m2"], stats["changed_m2"]
+    fraction = (changed_m2 / valid_m2 if valid_m2 else
+                stats["changed_px"] / stats["valid_px"] if stats["valid_px"] else 0.0)
+    win = inputs.window
+    return {
+        "engine": engine.name,
+        "model": engine.describe(),
+        "device": engine.device,
+        "prompt_mode": params.prompt_mode if is_net else None,
+        "prompt": params.prompt if is_net else None,
+        "grid": {**inputs.grid.to_dict(), "reference": params.grid,
+                 "window": {"xoff": win.xoff, "yoff": win.yoff, "width": win.width, "height": win.height}},
+        "outputs": {"mask": paths["mask"], "probability": paths["probability"],
+                    "probability_dtype": params.probability_dtype, "polygons": paths["polygons"],
+                    "summary": paths["summary"]},
+        "changed_area_m2": changed_m2,
+        "changed_fraction": fraction,
+        "valid_area_m2": valid_m2,
+        "changed_pixels": stats["changed_px"],
+        "valid_pixels": stats["valid_px"],
+        "tiles": stats["tiles"],
+        "timings_s": timings,
+        "threshold": threshold,
+        "backend_version": __version__,
+        "inputs": {"before": params.before, "after": params.after, "bands": params.bands,
+                   "warped": inputs.warped},
+        "scaling": scaler.to_dict(),
+        "polygons": polygons_info,
+        "warnings": warnings,
+    }

@@ -1,0 +1,264 @@
+"""Output files: temporary names, block-wise GeoTIFF writing, COG conversion, polygons, atomic rename.
+
+Every output is written under a hidden temporary name in its final folder (so the final rename
+is atomic on the same file system): the mask and probability first as tiled, compressed
+GeoTIFFs written block by block as rows finish, then converted to Cloud-Optimised GeoTIFFs with
+overviews, then renamed. :class:`TempFiles` remembers every temporary path so that a failure or
+a cancellation removes them all; nothing ever appears under a final name half-written.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import uuid
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+from osgeo import gdal, ogr
+
+from changeclip.protocol import MASK_CHANGE, MASK_NO_CHANGE, MASK_NODATA
+from changeclip.raster.align import Grid
+from changeclip.raster.area import PolygonArea
+
+gdal.UseExceptions()
+ogr.UseExceptions()
+log = logging.getLogger(__name__)
+
+PROB_NODATA_UINT8 = 255
+PROB_NODATA_FLOAT = -1.0
+BLOCK = 512
+
+
+class TempFiles:
+    """Temporary output paths next to their final paths; removed on :meth:`cleanup`."""
+
+    def __init__(self) -> None:
+        self._paths: list[str] = []
+        self.token = uuid.uuid4().hex[:8]
+
+    def new(self, final: str, tag: str = "tmp") -> str:
+        """A new temporary path in ``final``'s folder keeping its extension."""
+        folder, name = os.path.split(os.path.abspath(final))
+        stem, ext = os.path.splitext(name)
+        path = os.path.join(folder, f".{stem}.{self.token}.{tag}{ext}")
+        self._paths.append(path)
+        return path
+
+    def commit(self, temp: str, final: str) -> None:
+        """Rename ``temp`` to ``final`` (replacing it) atomically."""
+        os.replace(temp, final)
+        self._paths.remove(temp)
+
+    def cleanup(self) -> None:
+        """Remove every temporary file still present (and GDAL/SQLite side files)."""
+        for path in self._paths:
+            for p in (path, path + ".aux.xml", path + "-journal", path + "-wal", path + "-shm"):
+                try:
+                    os.remove(p)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:  # pragma: no cover - best effort
+                    log.warning("could not remove temporary file %s: %s", p, exc)
+        self._paths.clear()
+
+
+def _check_gdal_write(what: str) -> None:
+    if gdal.GetLastErrorType() >= gdal.CE_Failure:
+        msg = gdal.GetLastErrorMsg()
+        gdal.ErrorReset()
+        raise OSError(errno.EIO, f"writing {what} failed: {msg}")
+
+
+class BlockRasterWriter:
+    """A one-band tiled, compressed GeoTIFF on ``grid``, written window by window.
+
+    Blocks never written hold ``nodata`` (GDAL fills unwritten blocks with it on close).
+
+    Args:
+        path: Where to create it (a temporary name).
+        grid: The reference grid.
+        dtype: ``"uint8"`` or ``"float32"``.
+        nodata: The nodata value.
+    """
+
+    def __init__(self, path: str, grid: Grid, dtype: str, nodata: float) -> None:
+        gdt = gdal.GDT_Byte if dtype == "uint8" else gdal.GDT_Float32
+        opts = ["TILED=YES", f"BLOCKXSIZE={BLOCK}", f"BLOCKYSIZE={BLOCK}", "COMPRESS=DEFLATE", "ZLEVEL=1",
+                "BIGTIFF=IF_SAFER", "SPARSE_OK=FALSE"]
+        if dtype == "float32":
+            opts.append("PREDICTOR=3")
+        self.path = path
+        gdal.ErrorReset()
+        self._ds = gdal.GetDriverByName("GTiff").Create(path, grid.width, grid.height, 1, gdt, options=opts)
+        self._ds.SetGeoTransform(grid.geotransform)
+        if grid.wkt:
+            self._ds.SetProjection(grid.wkt)
+        self._band = self._ds.GetRasterBand(1)
+        self._band.SetNoDataValue(nodata)
+
+    def write(self, array: np.ndarray, xoff: int, yoff: int) -> None:
+        """Write a ``(h, w)`` array at pixel ``(xoff, yoff)``."""
+        try:
+            self._band.WriteArray(array, xoff, yoff)
+        except RuntimeError as exc:
+            raise OSError(errno.EIO, f"writing {self.path} failed: {exc}") from None
+
+    def close(self) -> None:
+        """Flush and close; raise OSError if GDAL reported a write failure."""
+        if self._ds is None:
+            return
+        try:
+            self._ds.FlushCache()
+            _check_gdal_write(self.path)
+        except RuntimeError as exc:
+            raise OSError(errno.EIO, f"writing {self.path} failed: {exc}") from None
+        finally:
+            self._band = None
+            self._ds = None
+
+
+def to_cog(src: str, dst: str, resampling: str) -> None:
+    """Convert a GeoTIFF to a COG (DEFLATE, 512 px blocks, overviews) at ``dst``.
+
+    Raises:
+        OSError: GDAL could not write it (e.g. disk full).
+    """
+    opts = ["COMPRESS=DEFLATE", "BLOCKSIZE=512", f"RESAMPLING={resampling}", "OVERVIEWS=IGNORE_EXISTING",
+            "BIGTIFF=IF_SAFER"]
+    gdal.ErrorReset()
+    try:
+        out = gdal.Translate(dst, src, format="COG", creationOptions=opts)
+        if out is None:
+            raise RuntimeError(gdal.GetLastErrorMsg() or "unknown GDAL error")
+        out.FlushCache()
+        out = None
+        _check_gdal_write(dst)
+    except RuntimeError as exc:
+        raise OSError(errno.EIO, f"writing {dst} failed: {exc}") from None
+
+
+class ChangeRasterWriter:
+    """Writes the change mask and probability rows as they are released by the blender.
+
+    Args:
+        mask_path, prob_path: Temporary GeoTIFF paths.
+        grid: The reference grid.
+        prob_dtype: ``"uint8"`` (percent, 255 nodata) or ``"float32"`` (0..1, -1 nodata).
+        threshold: Probability above which a pixel is change.
+    """
+
+    def __init__(self, mask_path: str, prob_path: str, grid: Grid, prob_dtype: str, threshold: float) -> None:
+        self.threshold = float(threshold)
+        self.prob_dtype = prob_dtype
+        self.mask = BlockRasterWriter(mask_path, grid, "uint8", MASK_NODATA)
+        self.prob = BlockRasterWriter(prob_path, grid, prob_dtype,
+                                      PROB_NODATA_UINT8 if prob_dtype == "uint8" else PROB_NODATA_FLOAT)
+
+    def write_rows(self, prob: np.ndarray, valid: np.ndarray, xoff: int, yoff: int) -> tuple[np.ndarray, np.ndarray]:
+        """Write rows of the processed window.
+
+        Args:
+            prob: ``(n, w)`` float32 blended probability 0..1.
+            valid: ``(n, w)`` bool.
+            xoff, yoff: Position of the rows on the reference grid.
+
+        Returns:
+            ``(changed_per_row, valid_per_row)`` pixel counts, ``(n,)`` int64 each.
+        """
+        change = (prob > self.threshold) & valid
+        mask = np.where(valid, np.where(change, MASK_CHANGE, MASK_NO_CHANGE), MASK_NODATA).astype(np.uint8)
+        self.mask.write(mask, xoff, yoff)
+        if self.prob_dtype == "uint8":
+            p = np.where(valid, np.clip(np.rint(prob * 100.0), 0, 100), PROB_NODATA_UINT8).astype(np.uint8)
+        else:
+            p = np.where(valid, np.clip(prob, 0.0, 1.0), PROB_NODATA_FLOAT).astype(np.float32)
+        self.prob.write(p, xoff, yoff)
+        return change.sum(axis=1, dtype=np.int64), valid.sum(axis=1, dtype=np.int64)
+
+    def close(self) -> None:
+        """Close both files."""
+        try:
+            self.mask.close()
+        finally:
+            self.prob.close()
+
+
+def _lut_vrt(mask_path: str, grid: Grid) -> str:
+    """An in-memory VRT over the mask that reads 1 for change and 0 for everything else."""
+    vrt = f"/vsimem/changeclip_{uuid.uuid4().hex}.vrt"
+    srs = f"<SRS>{escape(grid.wkt)}</SRS>" if grid.wkt else ""
+    gt = ", ".join(repr(v) for v in grid.geotransform)
+    xml = (f'<VRTDataset rasterXSize="{grid.width}" rasterYSize="{grid.height}">{srs}'
+           f"<GeoTransform>{gt}</GeoTransform>"
+           '<VRTRasterBand dataType="Byte" band="1"><ComplexSource>'
+           f'<SourceFilename relativeToVRT="0">{escape(os.path.abspath(mask_path))}</SourceFilename>'
+           "<SourceBand>1</SourceBand>"
+           f"<LUT>0:0,{MASK_CHANGE}:1,{MASK_CHANGE + 1}:0,255:0</LUT>"
+           "</ComplexSource></VRTRasterBand></VRTDataset>")
+    gdal.FileFromMemBuffer(vrt, xml.encode())
+    return vrt
+
+
+def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float) -> dict[str, Any]:
+    """Change polygons (mask == 1, 4-connected) into a GeoPackage with ``area_m2``.
+
+    Args:
+        mask_path: The finished change mask GeoTIFF (values 0, 1, 255).
+        out_path: The GeoPackage to create (a temporary name).
+        grid: The reference grid (CRS for the layer and the area computation).
+        min_area_m2: Polygons smaller than this are dropped.
+
+    Returns:
+        ``{"count", "dropped", "area_m2"}``.
+    """
+    vrt = _lut_vrt(mask_path, grid)
+    try:
+        src = gdal.Open(vrt)
+        band = src.GetRasterBand(1)
+        drv = ogr.GetDriverByName("GPKG")
+        ds = drv.CreateDataSource(out_path)
+        layer = ds.CreateLayer("change_polygons", srs=grid.srs(), geom_type=ogr.wkbPolygon)
+        layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
+        ds.StartTransaction()
+        gdal.Polygonize(band, band, layer, -1, [])
+        ds.CommitTransaction()
+        measure = PolygonArea(grid)
+        kept, dropped, total = 0, 0, 0.0
+        drop: list[int] = []
+        ds.StartTransaction()
+        layer.ResetReading()
+        for feat in layer:
+            area = measure.area_m2(feat.GetGeometryRef())
+            if area is not None and area < min_area_m2:
+                drop.append(feat.GetFID())
+                continue
+            feat.SetField("area_m2", area)
+            layer.SetFeature(feat)
+            kept += 1
+            total += area or 0.0
+        for fid in drop:
+            layer.DeleteFeature(fid)
+        dropped = len(drop)
+        ds.CommitTransaction()
+        ds.FlushCache()
+        layer = None
+        ds = None
+        src = None
+    except RuntimeError as exc:
+        raise OSError(errno.EIO, f"writing polygons {out_path} failed: {exc}") from None
+    finally:
+        gdal.Unlink(vrt)
+    return {"count": kept, "dropped": dropped, "area_m2": total}
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON (to a temporary path; rename separately)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -16,6 +16,9 @@ from changeclip.errors import ChangeClipError
 
 COMMANDS = (
     "eval",
+    "weights",
+    "serve",
+    "jobs",
 )
 """Subcommand modules, in the order ``--help`` lists them."""
 

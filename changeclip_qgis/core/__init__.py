@@ -1,0 +1,1 @@
+"""Widget-free logic of the plugin: parameters, backend client and launcher, layers, settings."""

@@ -1,0 +1,228 @@
+"""QGIS layers in and out of a run.
+
+In: a layer becomes a local file path the backend can open. GDAL layers on local files are
+passed as they are; any other raster (WMS/XYZ tiles, WCS, virtual rasters, …) is exported to a
+temporary GeoTIFF of a chosen extent and pixel size, or refused with a message that says what
+to do. CRS differences are left to the backend's alignment.
+
+Out: the mask, the probability raster and the polygons are loaded with the styles in
+``resources/styles`` into one layer-tree group per run. Loading happens on the main thread only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransformContext,
+    QgsMapLayer,
+    QgsProject,
+    QgsProviderRegistry,
+    QgsRasterDataProvider,
+    QgsRasterFileWriter,
+    QgsRasterLayer,
+    QgsRasterPipe,
+    QgsRasterProjector,
+    QgsRectangle,
+    QgsVectorLayer,
+)
+
+from . import protocol
+from .errors import LayerNotSupported
+from .log import log
+from .paths import style_path
+
+MAX_EXPORT_SIDE_PX = 20000
+"""Largest width or height of an exported raster; bigger extents are refused."""
+
+STYLE_FOR_OUTPUT = {"mask": "change_mask", "probability": "change_probability", "polygons": "change_polygons"}
+
+
+def local_raster_path(layer: QgsMapLayer) -> str | None:
+    """The local file behind a GDAL raster layer, or None when it is not a plain local file."""
+    if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
+        return None
+    parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+    path = parts.get("path") or ""
+    if parts.get("layerName") or not path or not os.path.isfile(path):
+        return None
+    return path
+
+
+@dataclass
+class ExportRequest:
+    """Everything needed to write a layer to GeoTIFF off the main thread.
+
+    Attributes:
+        name: the layer's name (for messages).
+        provider: a clone of the layer's data provider (owned by this request).
+        crs: the CRS of ``extent`` and of the written file.
+        extent: the area to write, in ``crs``.
+        width, height: raster size in pixels.
+        transform_context: the project's transform context.
+    """
+
+    name: str
+    provider: QgsRasterDataProvider
+    crs: QgsCoordinateReferenceSystem
+    extent: QgsRectangle
+    width: int
+    height: int
+    transform_context: QgsCoordinateTransformContext
+
+
+def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
+                  extent_crs: QgsCoordinateReferenceSystem | None = None,
+                  pixel_size: float | None = None,
+                  transform_context: QgsCoordinateTransformContext | None = None) -> str | ExportRequest:
+    """A local path for ``layer``, or an :class:`ExportRequest` for it (call on the main thread).
+
+    Args:
+        layer: the chosen raster layer.
+        extent: the area to export for non-file layers (in ``extent_crs``); None = the layer's
+            own extent when it is finite and not global.
+        extent_crs: CRS of ``extent`` (default: the layer's).
+        pixel_size: export pixel size in ``extent_crs`` units; None = the layer's own
+            resolution when it has one.
+        transform_context: for reprojecting ``extent`` (default: the project's).
+
+    Raises:
+        LayerNotSupported: the layer is not a valid raster, or no sensible extent/size exists.
+    """
+    if layer is None or not isinstance(layer, QgsRasterLayer):
+        raise LayerNotSupported("pick a raster layer (vector and mesh layers cannot be compared)")
+    if not layer.isValid():
+        raise LayerNotSupported(f"layer '{layer.name()}' is not valid (its data source cannot be read)")
+    path = local_raster_path(layer)
+    if path is not None:
+        return path
+    context = transform_context or QgsProject.instance().transformContext()
+    crs = extent_crs if extent_crs is not None and extent_crs.isValid() else layer.crs()
+    if extent is None or extent.isEmpty():
+        provider = layer.dataProvider()
+        if not (provider.capabilities() & QgsRasterDataProvider.Size) or provider.xSize() <= 0:
+            raise LayerNotSupported(
+                f"layer '{layer.name()}' ({layer.providerType()}) is not a local file and has no fixed extent; "
+                "choose an extent to export (the other raster's, or zoom the map to the area) or save it "
+                "as a GeoTIFF first (Export → Save As…)")
+        extent = layer.extent()
+        crs = layer.crs()
+    if pixel_size is None:
+        provider = layer.dataProvider()
+        if (provider.capabilities() & QgsRasterDataProvider.Size) and provider.xSize() > 0 and crs == layer.crs():
+            pixel_size = layer.rasterUnitsPerPixelX()
+    if not pixel_size or pixel_size <= 0:
+        raise LayerNotSupported(f"layer '{layer.name()}' has no native resolution; choose a pixel size to "
+                                "export it at (the dock uses the other raster's or the map's)")
+    width = int(round(extent.width() / pixel_size))
+    height = int(round(extent.height() / pixel_size))
+    if width < 1 or height < 1:
+        raise LayerNotSupported(f"the export extent for '{layer.name()}' is empty; choose a larger extent")
+    if max(width, height) > MAX_EXPORT_SIDE_PX:
+        raise LayerNotSupported(
+            f"exporting '{layer.name()}' at {pixel_size:g} units/pixel would make a {width}x{height} raster "
+            f"(limit {MAX_EXPORT_SIDE_PX} px per side); zoom in / choose a smaller extent or save it as a "
+            "GeoTIFF yourself")
+    provider = layer.dataProvider().clone()
+    return ExportRequest(name=layer.name(), provider=provider, crs=crs, extent=QgsRectangle(extent),
+                         width=width, height=height, transform_context=context)
+
+
+def run_export(request: ExportRequest, out_dir: str | None = None, feedback: Any = None) -> str:
+    """Write ``request`` to a temporary GeoTIFF and return its path (safe off the main thread).
+
+    Raises:
+        LayerNotSupported: the provider could not deliver the data (network error, …).
+    """
+    out_dir = out_dir or tempfile.gettempdir()
+    final = os.path.join(out_dir, f"changeclip_export_{uuid.uuid4().hex[:12]}.tif")
+    partial = final + ".part.tif"
+    pipe = QgsRasterPipe()
+    if not pipe.set(request.provider):
+        raise LayerNotSupported(f"cannot read layer '{request.name}' for export")
+    if request.provider.crs() != request.crs:  # reproject on the fly into the export CRS
+        projector = QgsRasterProjector()
+        projector.setCrs(request.provider.crs(), request.crs, request.transform_context)
+        pipe.set(projector)
+    writer = QgsRasterFileWriter(partial)
+    writer.setOutputFormat("GTiff")
+    writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES"])
+    error = writer.writeRaster(pipe, request.width, request.height, request.extent, request.crs,
+                               request.transform_context, feedback)
+    if error != QgsRasterFileWriter.NoError or not os.path.isfile(partial):
+        _remove(partial)
+        raise LayerNotSupported(f"exporting layer '{request.name}' to GeoTIFF failed (writer error {error}); "
+                                "check that its source is reachable, or save it as a GeoTIFF first")
+    os.replace(partial, final)
+    log(f"exported '{request.name}' to {final} ({request.width}x{request.height} px)")
+    return final
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+# --- outputs -------------------------------------------------------------------------
+
+
+def apply_style(layer: QgsMapLayer, kind: str) -> bool:
+    """Apply the bundled QML style for output ``kind`` (mask / probability / polygons)."""
+    qml = style_path(STYLE_FOR_OUTPUT[kind])
+    if not qml.is_file():
+        log(f"style {qml} is missing", "warning")
+        return False
+    message, ok = layer.loadNamedStyle(str(qml))
+    if not ok:
+        log(f"could not apply {qml.name} to {layer.name()}: {message}", "warning")
+        return False
+    layer.triggerRepaint()
+    return True
+
+
+def load_outputs(summary: dict[str, Any], run_name: str, project: QgsProject | None = None) -> dict[str, QgsMapLayer]:
+    """Load a run's outputs, styled, into a new group at the top of the layer tree (main thread).
+
+    Args:
+        summary: the run's summary (its ``outputs`` dict names the files).
+        run_name: group name, e.g. ``"2015 → 2020 [building]"``.
+        project: the project (default: the current one).
+
+    Returns:
+        The loaded layers by output kind (``mask``, ``probability``, ``polygons``).
+    """
+    project = project or QgsProject.instance()
+    outputs = summary.get("outputs") or {}
+    group = project.layerTreeRoot().insertGroup(0, f"ChangeCLIP: {run_name}")
+    loaded: dict[str, QgsMapLayer] = {}
+    order = (("polygons", "change polygons"), ("mask", "change mask"), ("probability", "change probability"))
+    for kind, label in order:
+        path = outputs.get(kind)
+        if not path or not os.path.exists(path):
+            continue
+        if kind == "polygons":
+            layer: QgsMapLayer = QgsVectorLayer(path, f"{label} — {run_name}", "ogr")
+        else:
+            layer = QgsRasterLayer(path, f"{label} — {run_name}", "gdal")
+        if not layer.isValid():
+            log(f"output {path} could not be loaded", "warning")
+            continue
+        apply_style(layer, kind)
+        project.addMapLayer(layer, False)
+        node = group.addLayer(layer)
+        if kind == "probability":
+            node.setItemVisibilityChecked(False)
+        loaded[kind] = layer
+    return loaded
+
+
+def output_paths(params: protocol.DetectParams) -> dict[str, str | None]:
+    """Where a job's outputs will be (for messages before the job ran)."""
+    return params.output_paths()

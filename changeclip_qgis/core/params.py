@@ -1,0 +1,133 @@
+"""Build :class:`protocol.DetectParams` from the dock's widgets or the algorithm's parameters.
+
+Both front-ends call :func:`build_params`, so a run from the dock and one from Processing with
+the same choices send the same job to the backend.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+from pathlib import Path
+
+from . import protocol
+from .errors import ConfigError
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+LABELS = {
+    "before": "Before raster", "after": "After raster", "output_dir": "Output folder",
+    "engine": "Engine", "weights": "Weights file", "prompt": "Prompt", "prompt_mode": "Prompt mode",
+    "bands": "Bands", "tile": "Tile size", "overlap": "Overlap", "device": "Device",
+    "threshold": "Threshold", "min_area": "Minimum area",
+}
+"""What the UI calls each job parameter (used in error messages)."""
+
+
+def resolve_weights(weights: str, weights_dir: str, engine: str) -> str | None:
+    """The weights file for a run.
+
+    Args:
+        weights: a path, a file name inside ``weights_dir``, or "" for the default.
+        weights_dir: the configured weights folder ("" if none).
+        engine: ``changeclip`` needs weights; ``irmad`` ignores them.
+
+    Returns:
+        An absolute path, or None for ``irmad``.
+
+    Raises:
+        ConfigError: the file does not exist, or no default can be chosen.
+    """
+    if engine != "changeclip":
+        return None
+    weights = (weights or "").strip()
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_absolute() and weights_dir:
+            path = Path(weights_dir).expanduser() / path
+        if not path.is_file():
+            raise ConfigError(f"Weights file {path} does not exist; pick a .safetensors or .pth file "
+                              "(or put it in the weights folder set in the ChangeCLIP settings)")
+        return str(path.resolve())
+    if not weights_dir:
+        raise ConfigError("The changeclip engine needs a weights file: pick one, set a weights folder "
+                          "in the ChangeCLIP settings (or CHANGECLIP_WEIGHTS_DIR), or use the irmad engine")
+    folder = Path(weights_dir).expanduser()
+    found = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
+    if len(found) != 1:
+        what = "no weights files" if not found else f"{len(found)} weights files"
+        raise ConfigError(f"The weights folder {folder} has {what}; pick the weights file to use")
+    return str(found[0].resolve())
+
+
+def build_params(before: str, after: str, output_dir: str, *, engine: str = "changeclip",
+                 weights: str = "", weights_dir: str = "", prompt: str = "", prompt_mode: str = "auto",
+                 bands: str | list[int] = "1,2,3", tile: int = 256, overlap: int = 64,
+                 threshold: float | None = None, device: str = "auto", polygons: bool = False,
+                 min_area_m2: float = 0.0, mask_path: str | None = None,
+                 probability_path: str | None = None, polygons_path: str | None = None,
+                 overwrite: bool = False) -> protocol.DetectParams:
+    """A validated job from UI-level values.
+
+    Args:
+        before, after: local raster files (see :mod:`layers` for non-file layers).
+        output_dir: folder for the outputs and ``summary.json``.
+        engine: ``changeclip`` or ``irmad``.
+        weights, weights_dir: see :func:`resolve_weights`.
+        prompt, prompt_mode: the prompt words and how they are used (``auto``/``none``/``words``).
+        bands: 1-based band numbers, as a list or text like ``"3,2,1"``.
+        tile, overlap: tile size and overlap in pixels.
+        threshold: change threshold in (0, 1), or None/0 for the engine's default.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        polygons, min_area_m2: write change polygons, dropping those under ``min_area_m2``.
+        mask_path, probability_path, polygons_path: explicit output files (Processing).
+        overwrite: replace existing outputs.
+
+    Raises:
+        ConfigError: a value is invalid; the message names the field as the UI labels it.
+    """
+    try:
+        band_list = protocol.parse_bands(bands) if isinstance(bands, str) else list(bands)
+        params = protocol.DetectParams(
+            before=before, after=after, output_dir=output_dir, engine=engine,
+            weights=resolve_weights(weights, weights_dir, engine), prompt=prompt.strip(),
+            prompt_mode=prompt_mode, bands=band_list, tile=int(tile), overlap=int(overlap),
+            threshold=threshold if threshold else None, device=(device or "auto").strip(),
+            polygons=bool(polygons), min_area=float(min_area_m2), mask_path=mask_path or None,
+            probability_path=probability_path or None, polygons_path=polygons_path or None,
+            overwrite=overwrite)
+        params.validate()
+    except protocol.ParamError as exc:
+        raise ConfigError(f"{LABELS.get(exc.field, exc.field)}: {exc.message}") from None
+    return params
+
+
+def run_name(before_name: str, after_name: str, prompt: str = "", engine: str = "changeclip") -> str:
+    """A short human name for a run: ``"<before> → <after> [prompt]"``."""
+    name = f"{before_name} → {after_name}"
+    if prompt.strip():
+        name += f" [{prompt.strip()[:40]}]"
+    elif engine == "irmad":
+        name += " [IR-MAD]"
+    return name
+
+
+def default_output_dir(base_dir: str, before_name: str, after_name: str,
+                       now: _dt.datetime | None = None) -> str:
+    """A fresh folder for a dock run: ``<base>/<before>_<after>_<YYYYmmdd-HHMMSS>``."""
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    slug = _slug(f"{before_name}_{after_name}")
+    return os.path.join(base_dir, f"{slug}_{stamp}")
+
+
+def default_output_base(project_home: str = "") -> str:
+    """Where dock runs go by default: ``<project folder>/changeclip_runs`` or ``~/ChangeCLIP``."""
+    if project_home and os.path.isdir(project_home):
+        return os.path.join(project_home, "changeclip_runs")
+    return os.path.join(os.path.expanduser("~"), "ChangeCLIP")
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    return slug[:80] or "run"

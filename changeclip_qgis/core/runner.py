@@ -1,0 +1,67 @@
+"""The one call both front-ends use: make sure a backend runs, then run a job on it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from . import protocol
+from .backend_launcher import LAUNCHER, BackendLauncher
+from .settings import BackendConfig
+
+STAGE_LABELS = {
+    "queued": "Waiting in the backend's queue", "preparing": "Opening and aligning rasters",
+    "loading_model": "Loading the model", "scaling": "Scaling radiometry", "fitting": "Fitting IR-MAD",
+    "tiles": "Detecting changes", "polygons": "Making polygons", "finalising": "Writing outputs",
+    "done": "Done",
+}
+
+
+def progress_text(progress: protocol.JobProgress) -> str:
+    """A one-line description of a progress report, e.g. ``"Detecting changes (12/40 tiles)"``."""
+    label = STAGE_LABELS.get(progress.stage, progress.stage)
+    if progress.total:
+        unit = " tiles" if progress.stage == "tiles" else ""
+        label += f" ({progress.done}/{progress.total}{unit})"
+    if progress.eta_s is not None and progress.stage == "tiles" and progress.eta_s > 1:
+        label += f", about {progress.eta_s:.0f} s left"
+    return label
+
+
+def progress_percent(progress: protocol.JobProgress) -> float:
+    """Overall progress in percent (0-100)."""
+    return max(0.0, min(100.0, float(progress.fraction or 0.0) * 100.0))
+
+
+def run_detection(params: protocol.DetectParams,
+                  on_progress: Callable[[protocol.JobProgress], None] | None = None,
+                  is_cancelled: Callable[[], bool] | None = None,
+                  launcher: BackendLauncher = LAUNCHER,
+                  config: BackendConfig | None = None) -> dict[str, Any]:
+    """Start or reuse the backend and run ``params`` on it; return the run's summary.
+
+    Raises:
+        BackendUnavailable, BackendError, JobFailed, JobCancelledError: see :mod:`errors`.
+    """
+    backend = launcher.ensure(config)
+    return backend.client.run_job(params, on_progress=on_progress, is_cancelled=is_cancelled)
+
+
+def device_line(status: dict[str, Any]) -> str:
+    """Where the backend computes, for the dock: ``"cuda:0 NVIDIA H100 …"`` or ``"CPU — slow"``.
+
+    Args:
+        status: the answer of ``GET /v1/status``.
+    """
+    device = str(status.get("default_device") or "")
+    devices = status.get("devices") or []
+    name = ""
+    for entry in devices:
+        if isinstance(entry, dict) and str(entry.get("id", "")) == device:
+            name = str(entry.get("name", ""))
+            memory = entry.get("memory_total_bytes")
+            if memory:
+                name += f" ({float(memory) / 2**30:.0f} GiB)"
+    if not device or device == "cpu":
+        return "CPU — slow (no GPU available to the backend)"
+    return f"{device} {name}".strip()

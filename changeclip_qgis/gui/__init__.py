@@ -1,0 +1,1 @@
+"""The plugin's widgets: the dock and the backend set-up dialog."""

@@ -1,0 +1,325 @@
+"""The ChangeCLIP dock: pick two rasters and a prompt, run, watch progress, get styled layers.
+
+The dock only turns widgets into a job (:func:`core.params.build_params`) and hands it to a
+:class:`DetectTask`; it never waits on the backend itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from qgis.core import QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
+from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core import protocol
+from ..core.errors import ChangeClipPluginError
+from ..core.layers import ExportRequest, local_raster_path, prepare_input
+from ..core.params import build_params, default_output_base, default_output_dir, run_name
+from ..core.runner import device_line
+from ..core.settings import KEY_OUTPUT_BASE, BackendConfig, get, set_value
+from ..tasks.detect_task import BackendCheckTask, DetectTask
+
+PROMPT_MODE_LABELS = (("auto", "Auto tags (+ my words)"), ("none", "None"), ("words", "My words only"))
+
+
+class ChangeClipDock(QgsDockWidget):
+    """The dock widget.
+
+    Args:
+        iface: the QGIS interface (may be None in tests; then no message bar and no canvas).
+        parent: parent widget.
+
+    Signals:
+        runFinished(dict): the summary of a successful run.
+        runFailed(str): the message of a failed or cancelled run.
+    """
+
+    runFinished = pyqtSignal(dict)
+    runFailed = pyqtSignal(str)
+
+    def __init__(self, iface: Any = None, parent: QWidget | None = None) -> None:
+        super().__init__("ChangeCLIP change detection", parent)
+        self.setObjectName("ChangeClipDock")
+        self.iface = iface
+        self.task: DetectTask | None = None
+        self.check_task: BackendCheckTask | None = None
+        self.last_summary: dict[str, Any] | None = None
+        self._build()
+        self._update_engine()
+
+    # -- construction --------------------------------------------------------------
+
+    def _build(self) -> None:
+        body = QWidget(self)
+        outer = QVBoxLayout(body)
+        form = QFormLayout()
+        self.before_combo = QgsMapLayerComboBox(body)
+        self.before_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.after_combo = QgsMapLayerComboBox(body)
+        self.after_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        if self.after_combo.count() > 1:
+            self.after_combo.setLayer(self.after_combo.layer(1))
+        form.addRow("Before", self.before_combo)
+        form.addRow("After", self.after_combo)
+        self.prompt_edit = QLineEdit(body)
+        self.prompt_edit.setPlaceholderText("what to look for, e.g. building, road")
+        self.prompt_mode_combo = QComboBox(body)
+        for value, label in PROMPT_MODE_LABELS:
+            self.prompt_mode_combo.addItem(label, value)
+        prompt_row = QHBoxLayout()
+        prompt_row.addWidget(self.prompt_edit, 1)
+        prompt_row.addWidget(self.prompt_mode_combo)
+        form.addRow("Prompt", prompt_row)
+        self.engine_combo = QComboBox(body)
+        self.engine_combo.addItem("ChangeCLIP (deep learning)", "changeclip")
+        self.engine_combo.addItem("IR-MAD (unsupervised, no weights)", "irmad")
+        self.engine_combo.currentIndexChanged.connect(self._update_engine)
+        form.addRow("Engine", self.engine_combo)
+        self.weights_widget = QgsFileWidget(body)
+        self.weights_widget.setFilter("Weights (*.safetensors *.pth *.pt)")
+        self.weights_widget.setDialogTitle("ChangeCLIP weights file")
+        weights_dir = BackendConfig.load().weights_dir
+        if weights_dir:
+            self.weights_widget.setDefaultRoot(weights_dir)
+        self.weights_widget.lineEdit().setPlaceholderText("default: the one file in the weights folder")
+        form.addRow("Weights", self.weights_widget)
+        self.device_combo = QComboBox(body)
+        self.device_combo.setEditable(True)
+        self.device_combo.addItems(["auto", "cpu", "cuda", "cuda:0", "cuda:1"])
+        form.addRow("Device", self.device_combo)
+        outer.addLayout(form)
+
+        self.advanced_box = QgsCollapsibleGroupBox("Advanced", body)
+        self.advanced_box.setCollapsed(True)
+        adv = QFormLayout(self.advanced_box)
+        self.bands_edit = QLineEdit("1,2,3", self.advanced_box)
+        self.bands_edit.setToolTip("1-based band numbers of red, green, blue in both rasters")
+        adv.addRow("Bands (R,G,B)", self.bands_edit)
+        self.tile_spin = QSpinBox(self.advanced_box)
+        self.tile_spin.setRange(64, 4096)
+        self.tile_spin.setSingleStep(32)
+        self.tile_spin.setValue(256)
+        self.tile_spin.setSuffix(" px")
+        adv.addRow("Tile size", self.tile_spin)
+        self.overlap_spin = QSpinBox(self.advanced_box)
+        self.overlap_spin.setRange(0, 2047)
+        self.overlap_spin.setValue(64)
+        self.overlap_spin.setSuffix(" px")
+        adv.addRow("Overlap", self.overlap_spin)
+        self.threshold_spin = QDoubleSpinBox(self.advanced_box)
+        self.threshold_spin.setRange(0.0, 0.99)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        self.threshold_spin.setSpecialValueText("engine default")
+        adv.addRow("Threshold", self.threshold_spin)
+        self.polygons_check = QCheckBox("Also make change polygons", self.advanced_box)
+        self.polygons_check.setChecked(True)
+        adv.addRow("Polygons", self.polygons_check)
+        self.min_area_spin = QDoubleSpinBox(self.advanced_box)
+        self.min_area_spin.setRange(0.0, 1e9)
+        self.min_area_spin.setDecimals(1)
+        self.min_area_spin.setSuffix(" m²")
+        adv.addRow("Minimum area", self.min_area_spin)
+        self.output_widget = QgsFileWidget(self.advanced_box)
+        self.output_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.output_widget.setFilePath(get(KEY_OUTPUT_BASE))
+        self.output_widget.lineEdit().setPlaceholderText(self.default_output_base())
+        self.output_widget.setToolTip("each run gets its own subfolder here")
+        adv.addRow("Output folder", self.output_widget)
+        outer.addWidget(self.advanced_box)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run", body)
+        self.run_button.clicked.connect(self.start_run)
+        self.cancel_button = QPushButton("Cancel", body)
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel_run)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        outer.addLayout(buttons)
+        self.progress_bar = QProgressBar(body)
+        self.progress_bar.setRange(0, 100)
+        self.progress_bar.setValue(0)
+        outer.addWidget(self.progress_bar)
+        self.stage_label = QLabel("Ready", body)
+        self.stage_label.setWordWrap(True)
+        outer.addWidget(self.stage_label)
+        self.summary_label = QLabel("", body)
+        self.summary_label.setWordWrap(True)
+        self.summary_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        outer.addWidget(self.summary_label)
+
+        backend_row = QHBoxLayout()
+        self.backend_label = QLabel(f"Backend: {BackendConfig.load().describe()} (not connected)", body)
+        self.backend_label.setWordWrap(True)
+        backend_row.addWidget(self.backend_label, 1)
+        self.check_button = QPushButton("Connect", body)
+        self.check_button.setToolTip("start or reach the backend and show where it computes")
+        self.check_button.clicked.connect(self.check_backend)
+        backend_row.addWidget(self.check_button)
+        self.diagnostics_button = QPushButton("Diagnostics", body)
+        self.diagnostics_button.clicked.connect(self.show_diagnostics)
+        backend_row.addWidget(self.diagnostics_button)
+        outer.addLayout(backend_row)
+        outer.addStretch(1)
+        self.setWidget(body)
+
+    # -- helpers -------------------------------------------------------------------
+
+    @staticmethod
+    def default_output_base() -> str:
+        """Where runs go when no output folder is chosen."""
+        return default_output_base(QgsProject.instance().homePath())
+
+    def _update_engine(self) -> None:
+        needs_weights = self.engine_combo.currentData() == "changeclip"
+        self.weights_widget.setEnabled(needs_weights)
+        self.prompt_edit.setEnabled(needs_weights)
+        self.prompt_mode_combo.setEnabled(needs_weights)
+
+    def _message(self, text: str, level: str = "info") -> None:
+        if self.iface is None:
+            return
+        from qgis.core import Qgis
+
+        qlevel = {"info": Qgis.Info, "success": Qgis.Success, "warning": Qgis.Warning,
+                  "critical": Qgis.Critical}[level]
+        self.iface.messageBar().pushMessage("ChangeCLIP", text, qlevel, 8)
+
+    def _canvas(self) -> Any:
+        return self.iface.mapCanvas() if self.iface is not None else None
+
+    def _input(self, layer: QgsRasterLayer, other: QgsRasterLayer) -> str | ExportRequest:
+        """A path or an export request for ``layer`` (non-file layers use the other raster's or the map's grid)."""
+        extent = crs = pixel = None
+        if layer is not None and local_raster_path(layer) is None:
+            if other is not None and local_raster_path(other) is not None:
+                extent, crs, pixel = other.extent(), other.crs(), other.rasterUnitsPerPixelX()
+            elif self._canvas() is not None:
+                canvas = self._canvas()
+                extent, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
+                pixel = canvas.mapUnitsPerPixel()
+        return prepare_input(layer, extent, crs, pixel)
+
+    def collect(self) -> tuple[protocol.DetectParams, dict[str, ExportRequest], str]:
+        """The job, the exports it needs first, and the run's name (main thread).
+
+        Raises:
+            ChangeClipPluginError: a choice is invalid (message names the field).
+        """
+        before, after = self.before_combo.currentLayer(), self.after_combo.currentLayer()
+        if before is None or after is None:
+            raise ChangeClipPluginError("Pick a before and an after raster (load them into the project first)")
+        if before.id() == after.id():
+            raise ChangeClipPluginError("Before and after are the same layer; pick two different dates")
+        inputs = {"before": self._input(before, after), "after": self._input(after, before)}
+        exports = {k: v for k, v in inputs.items() if isinstance(v, ExportRequest)}
+        paths = {k: (v if isinstance(v, str) else "(exported when the run starts)") for k, v in inputs.items()}
+        engine = self.engine_combo.currentData()
+        prompt = self.prompt_edit.text() if engine == "changeclip" else ""
+        prompt_mode = self.prompt_mode_combo.currentData() if engine == "changeclip" else "none"
+        base = self.output_widget.filePath().strip() or self.default_output_base()
+        name = run_name(before.name(), after.name(), prompt, engine)
+        params = build_params(
+            paths["before"], paths["after"], default_output_dir(base, before.name(), after.name()),
+            engine=engine, weights=self.weights_widget.filePath(), weights_dir=BackendConfig.load().weights_dir,
+            prompt=prompt, prompt_mode=prompt_mode, bands=self.bands_edit.text(), tile=self.tile_spin.value(),
+            overlap=self.overlap_spin.value(), threshold=self.threshold_spin.value() or None,
+            device=self.device_combo.currentText(), polygons=self.polygons_check.isChecked(),
+            min_area_m2=self.min_area_spin.value())
+        return params, exports, name
+
+    # -- actions -------------------------------------------------------------------
+
+    def start_run(self) -> DetectTask | None:
+        """Build the job and start it in the background; returns the task (None if refused)."""
+        if self.task is not None:
+            return None
+        try:
+            params, exports, name = self.collect()
+        except ChangeClipPluginError as exc:
+            self._fail(str(exc))
+            return None
+        os.makedirs(params.output_dir, exist_ok=True)
+        if self.output_widget.filePath().strip():
+            set_value(KEY_OUTPUT_BASE, self.output_widget.filePath().strip())
+        task = DetectTask(params, name, exports)
+        task.progressChanged.connect(lambda value: self.progress_bar.setValue(int(value)))
+        task.stageChanged.connect(self.stage_label.setText)
+        task.succeeded.connect(self._succeeded)
+        task.failedWith.connect(self._fail)
+        self.task = task
+        self._set_running(True)
+        self.summary_label.setText("")
+        self.stage_label.setText("Queued")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def cancel_run(self) -> None:
+        """Cancel the running job (the backend removes partial outputs)."""
+        if self.task is not None:
+            self.stage_label.setText("Cancelling…")
+            self.task.cancel()
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _succeeded(self, summary: dict) -> None:
+        self.task = None
+        self._set_running(False)
+        self.last_summary = summary
+        self.progress_bar.setValue(100)
+        area = float(summary.get("changed_area_m2") or 0.0)
+        fraction = float(summary.get("changed_fraction") or 0.0)
+        text = (f"Changed area: {area:,.0f} m² ({fraction * 100:.2f} % of the valid area)\n"
+                f"Engine {summary.get('engine', '?')} on {summary.get('device', '?')}")
+        self.summary_label.setText(text)
+        self.stage_label.setText("Done")
+        self._message(text.replace("\n", "; "), "success")
+        self.runFinished.emit(summary)
+
+    def _fail(self, message: str) -> None:
+        cancelled = self.task is not None and self.task.cancelled_by_user
+        self.task = None
+        self._set_running(False)
+        self.progress_bar.setValue(0)
+        self.stage_label.setText(("Cancelled: " if cancelled else "Error: ") + message)
+        self._message(message, "info" if cancelled else "critical")
+        self.runFailed.emit(message)
+
+    def check_backend(self) -> BackendCheckTask:
+        """Start/reach the backend in the background and show its device line."""
+        self.backend_label.setText("Backend: connecting…")
+        task = BackendCheckTask()
+        task.statusReady.connect(self._backend_ready)
+        task.failedWith.connect(lambda msg: self.backend_label.setText(f"Backend not available: {msg}"))
+        self.check_task = task
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _backend_ready(self, status: dict) -> None:
+        self.backend_label.setText(f"Backend {status.get('version', '')}: {device_line(status)}")
+
+    def show_diagnostics(self) -> None:
+        """Open the diagnostics report dialog."""
+        from .diagnostics_dialog import DiagnosticsDialog
+
+        self._diagnostics = DiagnosticsDialog(self)
+        self._diagnostics.show()

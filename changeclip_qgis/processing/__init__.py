@@ -1,0 +1,1 @@
+"""The ``changeclip`` Processing provider and its algorithms."""

@@ -1,0 +1,262 @@
+"""Processing algorithm ``changeclip:detectchanges``: the same job as the dock, driven by feedback.
+
+It works in the toolbox, in batch mode, in the Graphical Modeler, from ``processing.run`` and
+from ``qgis_process run changeclip:detectchanges``; it never uses ``iface``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Any
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+    QgsProcessingUtils,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtGui import QIcon
+
+from ..core import protocol
+from ..core.backend_launcher import configuration_problem
+from ..core.errors import ChangeClipPluginError, JobCancelledError
+from ..core.layers import ExportRequest, apply_style, local_raster_path, prepare_input, run_export
+from ..core.params import build_params
+from ..core.paths import icon_path
+from ..core.runner import progress_percent, progress_text, run_detection
+from ..core.settings import BackendConfig
+
+_POST_PROCESSORS: list[QgsProcessingLayerPostProcessorInterface] = []
+"""Keeps the style post-processors alive until QGIS has called them (QGIS does not own them)."""
+
+
+class _StyleOutput(QgsProcessingLayerPostProcessorInterface):
+    """Applies the bundled QML style to an output layer that Processing loads."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: ANN001, N802, D102
+        apply_style(layer, self.kind)
+
+    @classmethod
+    def create(cls, kind: str) -> _StyleOutput:
+        processor = cls(kind)
+        _POST_PROCESSORS.append(processor)
+        del _POST_PROCESSORS[:-50]
+        return processor
+
+
+class DetectChangesAlgorithm(QgsProcessingAlgorithm):
+    """Detect changes between a before and an after raster with ChangeCLIP or IR-MAD."""
+
+    BEFORE = "BEFORE"
+    AFTER = "AFTER"
+    PROMPT = "PROMPT"
+    PROMPT_MODE = "PROMPT_MODE"
+    ENGINE = "ENGINE"
+    WEIGHTS = "WEIGHTS"
+    BANDS = "BANDS"
+    TILE_SIZE = "TILE_SIZE"
+    OVERLAP = "OVERLAP"
+    THRESHOLD = "THRESHOLD"
+    DEVICE = "DEVICE"
+    MIN_AREA = "MIN_AREA"
+    EXTENT = "EXTENT"
+    CHANGE_MASK = "CHANGE_MASK"
+    CHANGE_PROBABILITY = "CHANGE_PROBABILITY"
+    CHANGE_POLYGONS = "CHANGE_POLYGONS"
+    CHANGED_AREA_M2 = "CHANGED_AREA_M2"
+    CHANGED_FRACTION = "CHANGED_FRACTION"
+
+    # -- identity ------------------------------------------------------------------
+
+    def name(self) -> str:  # noqa: D102
+        return "detectchanges"
+
+    def displayName(self) -> str:  # noqa: D102
+        return "Detect changes (ChangeCLIP)"
+
+    def group(self) -> str:  # noqa: D102
+        return "Change detection"
+
+    def groupId(self) -> str:  # noqa: D102
+        return "changedetection"
+
+    def icon(self) -> QIcon:  # noqa: D102
+        return QIcon(str(icon_path()))
+
+    def tags(self) -> list[str]:  # noqa: D102
+        return ["change", "detection", "bitemporal", "clip", "changeclip", "irmad", "deep learning"]
+
+    def shortHelpString(self) -> str:  # noqa: D102
+        return (
+            "Finds what changed between a BEFORE and an AFTER raster of the same area.\n\n"
+            "ENGINE changeclip runs the ChangeCLIP network (needs a WEIGHTS file, or a weights folder set in "
+            "the plugin settings / CHANGECLIP_WEIGHTS_DIR); irmad is unsupervised IR-MAD and needs no weights.\n"
+            "PROMPT_MODE: auto = CLIP tags per tile plus your PROMPT words; none = no prompt words; "
+            "words = only your PROMPT words (e.g. 'building, road').\n"
+            "The rasters may differ in CRS, resolution and grid: the AFTER raster is aligned onto the BEFORE "
+            "raster's grid. BANDS are the 1-based R,G,B bands of both rasters. Layers that are not local "
+            "files (WMS/XYZ, virtual rasters) are exported to a temporary GeoTIFF of EXTENT first.\n\n"
+            "Outputs: CHANGE_MASK (1 = change, 0 = no change, 255 = nodata), CHANGE_PROBABILITY (percent), "
+            "optional CHANGE_POLYGONS (GeoPackage, polygons smaller than MIN_AREA m² dropped), and the numbers "
+            "CHANGED_AREA_M2 and CHANGED_FRACTION (of the valid area) for models.\n\n"
+            "The computation runs in the ChangeCLIP backend process (started automatically; see the plugin's "
+            "'Set up backend…' and Diagnostics).")
+
+    def createInstance(self) -> DetectChangesAlgorithm:  # noqa: D102
+        return type(self)()
+
+    def flags(self) -> QgsProcessingAlgorithm.Flags:  # noqa: D102
+        return super().flags() | QgsProcessingAlgorithm.FlagCanCancel | QgsProcessingAlgorithm.FlagSupportsBatch
+
+    def canExecute(self) -> tuple[bool, str]:  # noqa: D102
+        problem = configuration_problem()
+        return (problem is None, problem or "")
+
+    # -- parameters ----------------------------------------------------------------
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: D102
+        self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before raster (earlier date)"))
+        self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After raster (later date)"))
+        self.addParameter(QgsProcessingParameterString(self.PROMPT, "Prompt words (e.g. building, road)",
+                                                       defaultValue="", optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.PROMPT_MODE, "Prompt mode", options=list(protocol.PROMPT_MODES), defaultValue="auto",
+            usesStaticStrings=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            self.ENGINE, "Engine", options=list(protocol.ENGINES), defaultValue="changeclip",
+            usesStaticStrings=True))
+        weights = QgsProcessingParameterFile(self.WEIGHTS, "Weights file (changeclip engine)", optional=True,
+                                             fileFilter="Weights (*.safetensors *.pth *.pt);;All files (*.*)")
+        self.addParameter(weights)
+        advanced = [
+            QgsProcessingParameterString(self.BANDS, "Bands (R,G,B, 1-based)", defaultValue="1,2,3"),
+            QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (px, multiple of 32)",
+                                         QgsProcessingParameterNumber.Integer, 256, minValue=64, maxValue=4096),
+            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", QgsProcessingParameterNumber.Integer,
+                                         64, minValue=0, maxValue=2047),
+            QgsProcessingParameterNumber(self.THRESHOLD, "Change threshold (0-1, empty = engine default)",
+                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         minValue=0.0, maxValue=1.0),
+            QgsProcessingParameterString(self.DEVICE, f"Device ({protocol.DEVICES_HELP})", defaultValue="auto"),
+            QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
+                                         QgsProcessingParameterNumber.Double, 0.0, minValue=0.0),
+            QgsProcessingParameterExtent(self.EXTENT, "Extent to export non-file layers (WMS/XYZ…)", optional=True),
+        ]
+        for param in advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(param)
+        self.addParameter(QgsProcessingParameterRasterDestination(self.CHANGE_MASK, "Change mask"))
+        self.addParameter(QgsProcessingParameterRasterDestination(self.CHANGE_PROBABILITY, "Change probability"))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            self.CHANGE_POLYGONS, "Change polygons", QgsProcessing.TypeVectorPolygon, optional=True,
+            createByDefault=False))
+        self.addOutput(QgsProcessingOutputNumber(self.CHANGED_AREA_M2, "Changed area (m²)"))
+        self.addOutput(QgsProcessingOutputNumber(self.CHANGED_FRACTION, "Changed fraction of the valid area"))
+
+    # -- running -------------------------------------------------------------------
+
+    def _input_path(self, parameters: dict[str, Any], key: str, other_key: str,
+                    context: QgsProcessingContext, feedback: QgsProcessingFeedback, work_dir: str) -> str:
+        layer = self.parameterAsRasterLayer(parameters, key, context)
+        if layer is None:
+            raise QgsProcessingException(self.invalidRasterError(parameters, key))
+        extent = crs = pixel = None
+        if local_raster_path(layer) is None:
+            if parameters.get(self.EXTENT):
+                extent = self.parameterAsExtent(parameters, self.EXTENT, context)
+                crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
+            other = self.parameterAsRasterLayer(parameters, other_key, context)
+            if isinstance(other, QgsRasterLayer) and local_raster_path(other) is not None:
+                if extent is None:
+                    extent, crs = other.extent(), other.crs()
+                if crs == other.crs():
+                    pixel = other.rasterUnitsPerPixelX()
+        try:
+            prepared = prepare_input(layer, extent, crs, pixel, context.transformContext())
+            if isinstance(prepared, ExportRequest):
+                feedback.pushInfo(f"{key}: layer '{layer.name()}' is not a local file; exporting "
+                                  f"{prepared.width}x{prepared.height} px to a temporary GeoTIFF")
+                return run_export(prepared, work_dir, feedback)
+            return prepared
+        except ChangeClipPluginError as exc:
+            raise QgsProcessingException(f"{key}: {exc}") from None
+
+    def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                         feedback: QgsProcessingFeedback) -> dict[str, Any]:  # noqa: D102
+        work_dir = os.path.join(QgsProcessingUtils.tempFolder(), f"changeclip_{uuid.uuid4().hex[:12]}")
+        os.makedirs(work_dir, exist_ok=True)
+        before = self._input_path(parameters, self.BEFORE, self.AFTER, context, feedback, work_dir)
+        after = self._input_path(parameters, self.AFTER, self.BEFORE, context, feedback, work_dir)
+        mask_path = self.parameterAsOutputLayer(parameters, self.CHANGE_MASK, context)
+        probability_path = self.parameterAsOutputLayer(parameters, self.CHANGE_PROBABILITY, context)
+        polygons_path = self.parameterAsOutputLayer(parameters, self.CHANGE_POLYGONS, context) or None
+        for key, path, exts in ((self.CHANGE_MASK, mask_path, (".tif", ".tiff")),
+                                (self.CHANGE_PROBABILITY, probability_path, (".tif", ".tiff")),
+                                (self.CHANGE_POLYGONS, polygons_path, (".gpkg",))):
+            if path and not path.lower().endswith(exts):
+                raise QgsProcessingException(f"{key}: the backend writes {' / '.join(exts)} files only; "
+                                             f"got {path!r}. Choose a file ending in {exts[0]}")
+        threshold = self.parameterAsDouble(parameters, self.THRESHOLD, context) \
+            if parameters.get(self.THRESHOLD) not in (None, "") else None
+        config = BackendConfig.load()
+        try:
+            params = build_params(
+                before, after, work_dir,
+                engine=self.parameterAsEnumString(parameters, self.ENGINE, context),
+                weights=self.parameterAsFile(parameters, self.WEIGHTS, context) or "",
+                weights_dir=config.weights_dir,
+                prompt=self.parameterAsString(parameters, self.PROMPT, context) or "",
+                prompt_mode=self.parameterAsEnumString(parameters, self.PROMPT_MODE, context),
+                bands=self.parameterAsString(parameters, self.BANDS, context) or "1,2,3",
+                tile=self.parameterAsInt(parameters, self.TILE_SIZE, context),
+                overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
+                threshold=threshold,
+                device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
+                polygons=bool(polygons_path),
+                min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+                mask_path=mask_path, probability_path=probability_path, polygons_path=polygons_path,
+                overwrite=True)
+        except ChangeClipPluginError as exc:
+            raise QgsProcessingException(str(exc)) from None
+
+        def on_progress(progress: protocol.JobProgress) -> None:
+            feedback.setProgress(progress_percent(progress))
+            feedback.setProgressText(progress_text(progress))
+
+        feedback.pushInfo(f"ChangeCLIP: engine {params.engine}, device {params.device}, "
+                          f"prompt mode {params.prompt_mode}; backend {config.describe()}")
+        try:
+            summary = run_detection(params, on_progress, feedback.isCanceled, config=config)
+        except JobCancelledError:
+            raise QgsProcessingException("ChangeCLIP run cancelled; partial outputs were removed") from None
+        except ChangeClipPluginError as exc:
+            raise QgsProcessingException(f"ChangeCLIP: {exc}") from None
+        area = float(summary.get("changed_area_m2") or 0.0)
+        fraction = float(summary.get("changed_fraction") or 0.0)
+        feedback.pushInfo(f"Changed area: {area:,.1f} m² ({fraction * 100:.2f} % of the valid area); "
+                          f"device {summary.get('device', '?')}")
+        for path, kind in ((mask_path, "mask"), (probability_path, "probability"), (polygons_path, "polygons")):
+            if path and context.willLoadLayerOnCompletion(path):
+                context.layerToLoadOnCompletionDetails(path).setPostProcessor(_StyleOutput.create(kind))
+        return {self.CHANGE_MASK: mask_path, self.CHANGE_PROBABILITY: probability_path,
+                self.CHANGE_POLYGONS: polygons_path, self.CHANGED_AREA_M2: area,
+                self.CHANGED_FRACTION: fraction}

@@ -1,0 +1,1 @@
+"""Background work (QgsTask subclasses); layers are only touched in ``finished()``."""

@@ -1,0 +1,46 @@
+"""Widget/algorithm values -> protocol.DetectParams, with errors that name the UI field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from changeclip_qgis.core import protocol
+from changeclip_qgis.core.errors import ConfigError
+from changeclip_qgis.core.params import build_params, default_output_dir, resolve_weights, run_name
+
+
+def test_irmad_params(tmp_path: Path) -> None:
+    p = build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", bands="3, 2,1", prompt_mode="none",
+                     threshold=0.0, polygons=True, min_area_m2=25)
+    assert isinstance(p, protocol.DetectParams)
+    assert p.bands == [3, 2, 1] and p.threshold is None and p.weights is None and p.polygons and p.min_area == 25
+
+
+def test_errors_name_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^Tile size: .*multiple of 32"):
+        build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", tile=100, prompt_mode="none")
+    with pytest.raises(ConfigError, match="^Prompt: "):
+        build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="words")
+    with pytest.raises(ConfigError, match="^Bands: "):
+        build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", bands="r,g,b", prompt_mode="none")
+
+
+def test_weights_resolution(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a weights file"):
+        resolve_weights("", "", "changeclip")
+    assert resolve_weights("", "", "irmad") is None
+    (tmp_path / "tiny.safetensors").write_bytes(b"x")
+    assert resolve_weights("", str(tmp_path), "changeclip") == str((tmp_path / "tiny.safetensors").resolve())
+    assert resolve_weights("tiny.safetensors", str(tmp_path), "changeclip").endswith("tiny.safetensors")
+    (tmp_path / "other.pth").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="2 weights files"):
+        resolve_weights("", str(tmp_path), "changeclip")
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_weights(str(tmp_path / "nope.pth"), "", "changeclip")
+
+
+def test_names() -> None:
+    assert run_name("naip_2015", "naip_2020", "building") == "naip_2015 → naip_2020 [building]"
+    assert default_output_dir("/out", "a b", "c/d").startswith("/out/a_b_c_d_")

@@ -1,0 +1,79 @@
+"""The plugin loads into (a mocked) QGIS interface and unloads cleanly; imports stay torch-free."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+pytestmark = pytest.mark.qgis
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_iface():  # noqa: ANN201
+    """A Mock(spec=QgisInterface) with a real main window, canvas and toolbar creation."""
+    from qgis.gui import QgisInterface, QgsMapCanvas
+    from qgis.PyQt.QtWidgets import QMainWindow
+
+    window = QMainWindow()
+    canvas = QgsMapCanvas(window)
+    iface = mock.Mock(spec=QgisInterface)
+    iface.mainWindow.return_value = window
+    iface.mapCanvas.return_value = canvas
+    iface.addToolBar.side_effect = window.addToolBar
+    iface.addDockWidget.side_effect = window.addDockWidget
+    iface.removeDockWidget.side_effect = window.removeDockWidget
+    iface._window = window  # keep alive
+    return iface
+
+
+def test_init_gui_and_unload(qgis_app: object) -> None:
+    from qgis.core import QgsApplication
+    from qgis.PyQt.QtWidgets import QToolBar
+
+    import changeclip_qgis
+
+    iface = make_iface()
+    plugin = changeclip_qgis.classFactory(iface)
+    plugin.initGui()
+    registry = QgsApplication.processingRegistry()
+    assert registry.providerById("changeclip") is not None
+    assert registry.algorithmById("changeclip:detectchanges") is not None
+    assert plugin.dock is not None and not plugin.dock.isVisible()
+    texts = [a.text() for a in plugin.actions]
+    assert texts == ["ChangeCLIP change detection", "Set up backend…", "Settings…", "Diagnostics…"]
+    assert iface.addPluginToRasterMenu.call_count == 4
+    toolbars = iface.mainWindow().findChildren(QToolBar, "ChangeCLIPToolbar")
+    assert len(toolbars) == 1 and plugin.toggle_action in toolbars[0].actions()
+    plugin.toggle_action.trigger()
+    assert plugin.dock.isVisible() or plugin.dock.isHidden() is False
+
+    plugin.unload()
+    assert registry.providerById("changeclip") is None
+    assert plugin.dock is None and plugin.actions == [] and plugin.toolbar is None
+    assert iface.removePluginRasterMenu.call_count == 4
+    iface.removeDockWidget.assert_called_once()
+    # a second load after unload works (plugin reload)
+    plugin2 = changeclip_qgis.classFactory(iface)
+    plugin2.initGui()
+    assert registry.providerById("changeclip") is not None
+    plugin2.unload()
+    assert registry.providerById("changeclip") is None
+
+
+def test_plugin_import_never_loads_torch_or_backend() -> None:
+    """Inside QGIS's own Python (no venv) every plugin module imports without torch/changeclip."""
+    code = (
+        f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r})\n"
+        "import changeclip_qgis, changeclip_qgis.plugin, changeclip_qgis.gui.dock, changeclip_qgis.gui.setup_dialog\n"
+        "import changeclip_qgis.processing.detect_changes, changeclip_qgis.core.diagnostics\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'changeclip', 'open_clip')]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=120,
+                          env={"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin"}, check=False)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                     " (default %(default)s: the first GPU if any, else the CPU)")
     p.add_argument("--max-models", type=int, default=2, metavar="N",
                    help="most models kept loaded at once, least recently used dropped first (default %(default)s)")
+    p.add_argument("--max-model-memory-gb", type=float, default=None, metavar="GB",
+                   help="unload the cached models when, after a job, they hold more GPU memory than this "
+                        "(default: 75%% of the GPU's memory)")
     p.set_defaults(func=run)
 
 
@@ -38,4 +41,5 @@ def run(args: argparse.Namespace) -> int:
     from changeclip.server.process import run_server
 
     return run_server(host=args.host, port=args.port, token_file=args.token_file, device=args.device,
-                      max_models=args.max_models, verbose=bool(getattr(args, "verbose", False)))
+                      max_models=args.max_models, max_model_memory_gb=args.max_model_memory_gb,
+                      verbose=bool(getattr(args, "verbose", False)))

@@ -65,7 +65,7 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
     system = system or SystemInfo(settings.default_device)
     if runner is None:
         cache = cache if cache is not None else system.new_cache(settings)
-        runner = _pipeline_runner(cache)
+        runner = _pipeline_runner(cache, system, settings.max_model_memory_gb)
     manager = JobManager(runner, system.resolve_device, max_finished=settings.max_finished_jobs)
 
     @asynccontextmanager
@@ -194,13 +194,17 @@ def _param_error(field_name: str, message: str) -> HTTPException:
                          detail=[{"loc": ["body", field_name], "msg": message, "type": "param_error"}])
 
 
-def _pipeline_runner(cache: ModelCacheLike) -> Runner:
-    """The real runner: :func:`changeclip.pipeline.run_detection` with ``cache``."""
+def _pipeline_runner(cache: ModelCacheLike, system: SystemInfo, max_model_memory_gb: float | None) -> Runner:
+    """The real runner: :func:`changeclip.pipeline.run_detection` with ``cache``, then the
+    GPU memory bound on the cached models."""
 
     def run(params: protocol.DetectParams, progress: Callable[[str, int, int], None],
             is_cancelled: Callable[[], bool]) -> dict[str, Any]:
         from changeclip.pipeline import run_detection
 
-        return run_detection(params, progress=progress, is_cancelled=is_cancelled, cache=cache)
+        try:
+            return run_detection(params, progress=progress, is_cancelled=is_cancelled, cache=cache)
+        finally:
+            system.enforce_memory_bound(cache, params.device, max_model_memory_gb)
 
     return run

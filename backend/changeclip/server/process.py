@@ -121,6 +121,8 @@ def run_server(host: str = "127.0.0.1", port: int = 0, token_file: str | None = 
         raise InputError(f"--device must be {protocol.DEVICES_HELP}, got {device!r}")
     if max_models < 1:
         raise InputError(f"--max-models must be at least 1, got {max_models}")
+    if max_model_memory_gb is not None and not max_model_memory_gb > 0:
+        raise InputError(f"--max-model-memory-gb must be a positive number, got {max_model_memory_gb}")
     tokens = prepare_token_file(token_file)
     try:
         settings = ServerSettings(token=tokens.token, default_device=device, max_models=max_models,

@@ -7,6 +7,7 @@ prints its handshake) before torch is imported.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -15,11 +16,25 @@ if TYPE_CHECKING:
     from changeclip.server.settings import ServerSettings
 
 
+log = logging.getLogger(__name__)
+
+_DEFAULT_GPU_FRACTION = 0.75
+"""Default bound on the GPU memory cached models may hold, as a fraction of the device's."""
+
+
 class ModelCacheLike(Protocol):
     """The part of :class:`changeclip.inference.cache.ModelCache` the server uses."""
 
     def get(self, key: tuple[Any, ...], factory: Callable[[], Any]) -> Any:
         """Cached object for ``key``, made by ``factory`` on a miss."""
+        ...
+
+    def entries(self) -> list[dict[str, Any]]:
+        """What is loaded, oldest first."""
+        ...
+
+    def clear(self) -> None:
+        """Unload everything (and free GPU memory)."""
         ...
 
 
@@ -59,21 +74,43 @@ class SystemInfo:
 
     def cuda_available(self) -> bool:
         """Whether torch sees a CUDA device."""
+        from changeclip.inference.devices import cuda_available
+
+        return cuda_available()
+
+    def enforce_memory_bound(self, cache: ModelCacheLike, device: str, max_gb: float | None) -> bool:
+        """Empty the model cache if the models on ``device`` hold more GPU memory than allowed.
+
+        Called after every job (when only the cached models remain allocated).
+
+        Args:
+            cache: the model cache.
+            device: the job's device; only ``cuda:N`` devices are checked.
+            max_gb: the bound in GiB; ``None``: 75 % of the device's memory.
+
+        Returns:
+            True if the cache was emptied.
+        """
+        if not device.startswith("cuda"):
+            return False
         import torch
 
-        return bool(torch.cuda.is_available())
+        allocated = int(torch.cuda.memory_allocated(device))
+        bound = (max_gb * 2**30 if max_gb is not None
+                 else _DEFAULT_GPU_FRACTION * torch.cuda.get_device_properties(device).total_memory)
+        if allocated <= bound:
+            return False
+        log.warning("cached models hold %.2f GiB on %s, over the bound of %.2f GiB: unloading them",
+                    allocated / 2**30, device, bound / 2**30)
+        cache.clear()
+        return True
 
     def new_cache(self, settings: ServerSettings) -> ModelCacheLike:
         """The model cache for all jobs, bounded by the settings."""
         from changeclip.inference.cache import ModelCache
 
-        return ModelCache(max_items=settings.max_models)
+        return ModelCache(max_entries=settings.max_models)
 
     def loaded_models(self, cache: ModelCacheLike | None) -> list[dict[str, Any]]:
-        """One entry per model in the cache (key fields and, where known, memory)."""
-        if cache is None:
-            return []
-        describe = getattr(cache, "describe", None)
-        if describe is None:
-            return []
-        return list(describe())
+        """One entry per model in the cache: its key fields and when it was loaded."""
+        return [] if cache is None else list(cache.entries())

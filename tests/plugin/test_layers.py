@@ -1,0 +1,63 @@
+"""Layers -> local paths, temporary GeoTIFF exports of non-file layers, or clear refusals."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.qgis
+
+
+def _xyz_tiles(folder: Path) -> str:
+    """A two-level XYZ tile set on disk (file:// URL), each tile one flat colour."""
+    from qgis.PyQt.QtGui import QColor, QImage
+
+    colours = {(0, 0, 0): (10, 20, 30)}
+    for x in range(2):
+        for y in range(2):
+            colours[(1, x, y)] = (50 + 100 * x, 80 + 100 * y, 120)
+    for (z, x, y), rgb in colours.items():
+        (folder / str(z) / str(x)).mkdir(parents=True, exist_ok=True)
+        image = QImage(256, 256, QImage.Format_RGB32)
+        image.fill(QColor(*rgb))
+        assert image.save(str(folder / str(z) / str(x) / f"{y}.png"))
+    return f"type=xyz&url=file://{folder}/{{z}}/{{x}}/{{y}}.png&zmax=1&zmin=0"
+
+
+def test_local_file_is_passed_as_is(qgis_app: object, raster_pair: tuple[Path, Path]) -> None:
+    from qgis.core import QgsRasterLayer
+
+    from changeclip_qgis.core.layers import local_raster_path, prepare_input
+
+    layer = QgsRasterLayer(str(raster_pair[0]), "before")
+    assert local_raster_path(layer) == str(raster_pair[0])
+    assert prepare_input(layer) == str(raster_pair[0])
+
+
+def test_xyz_layer_is_exported_or_refused(qgis_app: object, tmp_path: Path) -> None:
+    from osgeo import gdal
+    from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer, QgsRectangle, QgsVectorLayer
+
+    from changeclip_qgis.core.errors import LayerNotSupported
+    from changeclip_qgis.core.layers import ExportRequest, prepare_input, run_export
+
+    layer = QgsRasterLayer(_xyz_tiles(tmp_path / "tiles"), "tiles", "wms")
+    assert layer.isValid()
+    with pytest.raises(LayerNotSupported, match="not a local file and has no fixed extent"):
+        prepare_input(layer)
+    with pytest.raises(LayerNotSupported, match="pick a raster layer"):
+        prepare_input(QgsVectorLayer("Point?crs=EPSG:4326", "points", "memory"))
+    crs = QgsCoordinateReferenceSystem("EPSG:3857")
+    with pytest.raises(LayerNotSupported, match="limit 20000 px per side"):
+        prepare_input(layer, QgsRectangle(-1e7, -1e7, 1e7, 1e7), crs, 100.0)
+    request = prepare_input(layer, QgsRectangle(-1e7, -1e7, 1e7, 1e7), crs, 2e7 / 128)
+    assert isinstance(request, ExportRequest) and (request.width, request.height) == (128, 128)
+    path = run_export(request, str(tmp_path))
+    assert os.path.isfile(path) and path.endswith(".tif") and not os.path.exists(path + ".part.tif")
+    ds = gdal.Open(path)
+    assert (ds.RasterXSize, ds.RasterYSize) == (128, 128) and ds.RasterCount >= 3
+    red = ds.GetRasterBand(1).ReadAsArray()
+    assert set(red.ravel().tolist()) <= {10, 50, 150}, "exported pixels must come from the tiles"
+    assert abs(ds.GetGeoTransform()[0] - -1e7) < 1.0

@@ -15,6 +15,7 @@ from changeclip import __version__
 from changeclip.errors import ChangeClipError
 
 COMMANDS = (
+    "detect",
     "eval",
     "weights",
     "serve",

@@ -1,0 +1,177 @@
+"""changeclip:detectchanges with a real backend process: processing.run, styled loading, a batch of
+two pairs, a saved .model3 model that chains the numbers, and cancellation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.qgis, pytest.mark.server]
+
+ALG = "changeclip:detectchanges"
+
+
+@pytest.fixture(scope="module")
+def provider(qgis_app: object):  # noqa: ANN201
+    from qgis.core import QgsApplication
+
+    from changeclip_qgis.processing.provider import ChangeClipProvider
+
+    registry = QgsApplication.processingRegistry()
+    prov = registry.providerById("changeclip")
+    added = prov is None
+    if added:
+        prov = ChangeClipProvider()
+        registry.addProvider(prov)
+    yield prov
+    if added:
+        registry.removeProvider(prov)
+
+
+def _read(path: str) -> np.ndarray:
+    from osgeo import gdal
+
+    ds = gdal.Open(path)  # keep the dataset alive while its band is read
+    return ds.GetRasterBand(1).ReadAsArray()
+
+
+def _irmad_params(before: Path, after: Path, out: Path, polygons: bool = True) -> dict:
+    params = {"BEFORE": str(before), "AFTER": str(after), "ENGINE": "irmad", "PROMPT_MODE": "none",
+              "CHANGE_MASK": str(out / "mask.tif"), "CHANGE_PROBABILITY": str(out / "prob.tif")}
+    if polygons:
+        params["CHANGE_POLYGONS"] = str(out / "polygons.gpkg")
+    return params
+
+
+def test_run_irmad_and_load_styled(provider: object, backend_env: None, project: object,
+                                   raster_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsPalettedRasterRenderer, QgsProject, QgsSingleBandPseudoColorRenderer
+
+    results = processing.runAndLoadResults(ALG, _irmad_params(*raster_pair, tmp_path))
+    mask = _read(results["CHANGE_MASK"])
+    changed = int((mask == 1).sum())
+    assert mask.shape == (128, 128) and changed > 0
+    assert (mask[40:72, 50:82] == 1).mean() > 0.9, "the bright square must be detected as change"
+    assert results["CHANGED_AREA_M2"] == pytest.approx(changed * 4.0)  # 2 m pixels
+    assert results["CHANGED_FRACTION"] == pytest.approx(changed / mask.size, rel=1e-6)
+    assert Path(results["CHANGE_POLYGONS"]).is_file()
+    layers = {lyr.source().split("|")[0]: lyr for lyr in QgsProject.instance().mapLayers().values()}
+    assert isinstance(layers[results["CHANGE_MASK"]].renderer(), QgsPalettedRasterRenderer)
+    assert isinstance(layers[results["CHANGE_PROBABILITY"]].renderer(), QgsSingleBandPseudoColorRenderer)
+    poly = layers[results["CHANGE_POLYGONS"]]
+    assert poly.featureCount() > 0
+    assert poly.renderer().symbol().color().name() == "#ff00aa"
+
+
+def test_batch_of_two_pairs_reuses_backend(provider: object, backend_env: None, raster_pair: tuple[Path, Path],
+                                           tmp_path: Path) -> None:
+    """What batch mode does: one algorithm, rows run one after the other, one backend."""
+    import processing
+    from qgis.core import QgsApplication
+
+    from changeclip_qgis.core.backend_launcher import LAUNCHER
+
+    alg = QgsApplication.processingRegistry().algorithmById(ALG)
+    assert alg.flags() & alg.FlagSupportsBatch
+    before, after = raster_pair
+    rows = [(before, after, tmp_path / "row1"), (after, before, tmp_path / "row2")]
+    pids, masks = set(), []
+    for b, a, out in rows:
+        out.mkdir()
+        results = processing.run(ALG, _irmad_params(b, a, out, polygons=False))
+        masks.append(_read(results["CHANGE_MASK"]))
+        pids.add(LAUNCHER.current().process.pid)
+        assert results["CHANGE_POLYGONS"] is None
+    assert len(pids) == 1, "the backend must be reused between rows"
+    assert all((m == 1).sum() > 0 for m in masks)
+
+
+def test_saved_model_chains_outputs(provider: object, backend_env: None, raster_pair: tuple[Path, Path],
+                                    tmp_path: Path) -> None:
+    import processing
+    from qgis.core import (
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterRasterLayer,
+    )
+
+    src = QgsProcessingModelChildParameterSource
+    model = QgsProcessingModelAlgorithm("changes then constant", "tests")
+    for name in ("before_img", "after_img"):
+        model.addModelParameter(QgsProcessingParameterRasterLayer(name, name), QgsProcessingModelParameter(name))
+    detect = QgsProcessingModelChildAlgorithm(ALG)
+    detect.setChildId("detect")
+    detect.addParameterSources("BEFORE", [src.fromModelParameter("before_img")])
+    detect.addParameterSources("AFTER", [src.fromModelParameter("after_img")])
+    detect.addParameterSources("ENGINE", [src.fromStaticValue("irmad")])
+    detect.addParameterSources("PROMPT_MODE", [src.fromStaticValue("none")])
+    mask_out = QgsProcessingModelOutput("mask_out")
+    mask_out.setChildId("detect")
+    mask_out.setChildOutputName("CHANGE_MASK")
+    detect.setModelOutputs({"mask_out": mask_out})
+    model.addChildAlgorithm(detect)
+    const = QgsProcessingModelChildAlgorithm("native:createconstantrasterlayer")
+    const.setChildId("const")
+    const.addParameterSources("EXTENT", [src.fromModelParameter("before_img")])
+    const.addParameterSources("TARGET_CRS", [src.fromModelParameter("before_img")])
+    const.addParameterSources("PIXEL_SIZE", [src.fromStaticValue(16.0)])
+    const.addParameterSources("NUMBER", [src.fromChildOutput("detect", "CHANGED_FRACTION")])
+    const.addParameterSources("OUTPUT_TYPE", [src.fromStaticValue(5)])  # Float32
+    const_out = QgsProcessingModelOutput("fraction_raster")
+    const_out.setChildId("const")
+    const_out.setChildOutputName("OUTPUT")
+    const.setModelOutputs({"fraction_raster": const_out})
+    const.setDependencies([])
+    model.addChildAlgorithm(const)
+    path = tmp_path / "changes.model3"
+    assert model.toFile(str(path))
+    loaded = QgsProcessingModelAlgorithm()
+    assert loaded.fromFile(str(path))
+    before, after = raster_pair
+    results = processing.run(loaded, {"before_img": str(before), "after_img": str(after),
+                                      "detect:mask_out": str(tmp_path / "model_mask.tif"),
+                                      "const:fraction_raster": str(tmp_path / "fraction.tif")})
+    mask = _read(results["detect:mask_out"])
+    fraction = float((mask == 1).sum()) / mask.size
+    assert fraction > 0
+    assert float(_read(results["const:fraction_raster"])[0, 0]) == pytest.approx(fraction, rel=1e-5)
+
+
+def test_cancel_from_processing(provider: object, backend_env: None, tiny_weights, repo_root: Path,
+                                tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda value: feedback.cancel() if value >= 15 else None)
+    sample = repo_root / "resources" / "sample"
+    with pytest.raises(QgsProcessingException, match="cancelled"):
+        processing.run(ALG, {"BEFORE": str(sample / "naip_2015.tif"), "AFTER": str(sample / "naip_2020.tif"),
+                             "ENGINE": "changeclip", "WEIGHTS": str(tiny_weights("tiny-rn50")),
+                             "PROMPT_MODE": "none", "TILE_SIZE": 64, "OVERLAP": 0,
+                             "CHANGE_MASK": str(tmp_path / "mask.tif"),
+                             "CHANGE_PROBABILITY": str(tmp_path / "prob.tif")}, feedback=feedback)
+    assert not (tmp_path / "mask.tif").exists() and not (tmp_path / "prob.tif").exists()
+
+
+def test_bad_input_names_the_fix(provider: object, backend_env: None, raster_pair: tuple[Path, Path],
+                                 tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    params = _irmad_params(*raster_pair, tmp_path)
+    params["TILE_SIZE"] = 100
+    with pytest.raises(QgsProcessingException, match="Tile size: .*multiple of 32"):
+        processing.run(ALG, params)
+    params["TILE_SIZE"] = 256
+    params["CHANGE_MASK"] = str(tmp_path / "mask.png")
+    with pytest.raises(QgsProcessingException, match="CHANGE_MASK"):
+        processing.run(ALG, params)
+    assert json.dumps(params)

@@ -61,10 +61,11 @@ def textured(h: int, w: int, c: int = 3, seed: int = 0, dtype: str = "uint8", sc
     return img.astype(dtype)
 
 
-def change_pair(folder: Path, h: int = 200, w: int = 240, box: tuple[int, int, int, int] = (60, 80, 120, 150),
+def change_pair(folder: Path, h: int = 200, w: int = 240, box: tuple[int, int, int, int] | None = None,
                 seed: int = 0, **kwargs: object) -> tuple[str, str, np.ndarray]:
     """A before/after pair on the same grid: the after image is the before image with a gain/offset
-    change and noise everywhere (not change) and new content inside ``box`` (y0, x0, y1, x1).
+    change and noise everywhere (not change) and new content inside ``box`` (y0, x0, y1, x1;
+    default: rows 30-60 %, columns 33-62 % of the image).
 
     Returns:
         ``(before_path, after_path, truth (H, W) bool)``.
@@ -72,7 +73,7 @@ def change_pair(folder: Path, h: int = 200, w: int = 240, box: tuple[int, int, i
     before = textured(h, w, seed=seed).astype(np.float64)
     rng = np.random.default_rng(seed + 1)
     after = before * 0.9 + 12 + rng.normal(0, 2, size=before.shape)
-    y0, x0, y1, x1 = box
+    y0, x0, y1, x1 = box or (int(h * 0.3), int(w / 3), int(h * 0.6), int(w * 0.625))
     after[:, y0:y1, x0:x1] = textured(y1 - y0, x1 - x0, seed=seed + 7)[::-1]
     truth = np.zeros((h, w), bool)
     truth[y0:y1, x0:x1] = True

@@ -109,12 +109,20 @@ class GridReader:
         self._float = any(ds.GetRasterBand(b).DataType in (gdal.GDT_Float32, gdal.GDT_Float64)
                           for b in self.bands)
         masks: list[gdal.Band] = []
+        alpha_seen = False
         for b in dict.fromkeys(self.bands):
             band = ds.GetRasterBand(b)
-            if band.GetMaskFlags() != gdal.GMF_ALL_VALID:
+            flags = band.GetMaskFlags()
+            if flags != gdal.GMF_ALL_VALID:
                 masks.append(band.GetMaskBand())
-        if alpha_band is not None:
-            masks.append(ds.GetRasterBand(alpha_band))
+                alpha_seen |= bool(flags & gdal.GMF_ALPHA)
+        alphas = [] if alpha_band is None else [alpha_band]
+        if not alpha_seen:
+            # GDAL only derives masks from an alpha band in 2- and 4-band rasters; honour any band
+            # labelled alpha (e.g. the 5th band of a multispectral GeoTIFF) ourselves.
+            alphas += [i for i in range(1, ds.RasterCount + 1)
+                       if ds.GetRasterBand(i).GetColorInterpretation() == gdal.GCI_AlphaBand]
+        masks += [ds.GetRasterBand(i) for i in dict.fromkeys(alphas)]
         self._masks = masks
 
     @property

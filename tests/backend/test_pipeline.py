@@ -1,0 +1,284 @@
+"""run_detection on generated rasters: outputs, grids, nodata, every bad input, cancel, disk full."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from geodata import change_pair, read, textured, write_raster
+from osgeo import gdal, ogr
+
+from changeclip.errors import InputError, JobCancelled, ModelError
+from changeclip.pipeline import run_detection
+from changeclip.protocol import (
+    MASK_NAME,
+    POLYGONS_NAME,
+    PROBABILITY_NAME,
+    STAGES,
+    SUMMARY_KEYS,
+    SUMMARY_NAME,
+    DetectParams,
+)
+from changeclip.raster import outputs
+
+GT = (500000.0, 10.0, 0.0, 5600000.0, 0.0, -10.0)
+
+
+def _params(before: str, after: str, out: Path, **kw: object) -> DetectParams:
+    base: dict[str, object] = {"engine": "irmad", "tile": 128, "overlap": 32}
+    base.update(kw)
+    return DetectParams(before, after, str(out), **base)  # type: ignore[arg-type]
+
+
+def _nothing_written(out: Path) -> bool:
+    return not out.exists() or not any(out.iterdir())
+
+
+def test_irmad_run_outputs(tmp_path: Path) -> None:
+    b, a, truth = change_pair(tmp_path)
+    out = tmp_path / "out"
+    events: list[tuple[str, int, int]] = []
+    s = run_detection(_params(b, a, out, polygons=True, min_area=500), progress=lambda *e: events.append(e))
+    assert set(SUMMARY_KEYS) <= set(s)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MASK_NAME, PROBABILITY_NAME, POLYGONS_NAME, SUMMARY_NAME])
+    assert json.loads((out / SUMMARY_NAME).read_text()) == json.loads(json.dumps(s))
+    stages = [e[0] for e in events]
+    assert stages[0] == "preparing" and stages[-1] == "done"
+    order = [STAGES.index(st) for st in stages]
+    assert order == sorted(order), "stages are reported in protocol order"
+    mask = read(out / MASK_NAME)
+    assert mask.shape == truth.shape and set(np.unique(mask)) <= {0, 1}
+    assert (mask[truth] == 1).mean() > 0.9 and (mask[~truth] == 1).mean() < 0.03
+    prob = read(out / PROBABILITY_NAME)
+    assert prob.dtype == np.uint8 and prob.max() <= 100
+    ds = gdal.Open(str(out / MASK_NAME))
+    assert tuple(ds.GetGeoTransform()) == GT and ds.GetRasterBand(1).GetNoDataValue() == 255
+    assert s["engine"] == "irmad" and s["device"] == "cpu" and s["prompt_mode"] is None
+    assert s["threshold"] == 0.99 and s["model"]["name"] == "irmad"
+    assert s["changed_area_m2"] == pytest.approx(s["changed_pixels"] * 100.0)
+    assert s["valid_area_m2"] == pytest.approx(200 * 240 * 100.0)
+    assert s["changed_fraction"] == pytest.approx(s["changed_pixels"] / (200 * 240))
+    assert s["polygons"]["area_m2"] <= s["changed_area_m2"] and s["polygons"]["count"] >= 1
+    assert s["tiles"]["overlap"] == 0 and s["tiles"]["overlap_requested"] == 32  # irmad is pixelwise
+    assert not [p for p in tmp_path.rglob(".*")], "no temporary file is left behind"
+
+
+def test_nodata_border_is_nodata_and_tiles_skipped(tmp_path: Path) -> None:
+    """A black (nodata) border in one date: outputs carry nodata there, never change."""
+    h, w = 300, 300
+    img = textured(h, w)
+    after = img.copy()
+    after[:, :, :140] = 0  # left part of the after image is nodata
+    b = write_raster(tmp_path / "b.tif", img, nodata=0)
+    a = write_raster(tmp_path / "a.tif", after, nodata=0)
+    s = run_detection(_params(b, a, tmp_path / "o"))
+    mask = read(tmp_path / "o" / MASK_NAME)
+    assert np.all(mask[:, :140] == 255) and np.all(mask[:, 140:] != 255)
+    assert s["tiles"]["skipped_nodata"] >= 1 and s["valid_pixels"] == h * (w - 140)
+    prob = read(tmp_path / "o" / PROBABILITY_NAME)
+    assert np.all(prob[:, :140] == 255)
+
+
+def test_after_in_other_crs_and_partial_overlap(tmp_path: Path) -> None:
+    b, a, _ = change_pair(tmp_path)
+    geo = tmp_path / "after_4326.tif"
+    gdal.Warp(str(geo), a, dstSRS="EPSG:4326", outputBounds=None).FlushCache()
+    s = run_detection(_params(b, str(geo), tmp_path / "o"))
+    ds = gdal.Open(str(tmp_path / "o" / MASK_NAME))
+    assert (ds.RasterXSize, ds.RasterYSize) == (240, 200) and tuple(ds.GetGeoTransform()) == GT
+    assert s["inputs"]["warped"] == {"before": False, "after": True}
+    assert s["valid_pixels"] > 0.9 * 240 * 200
+    # after grid as reference, and a custom grid
+    s2 = run_detection(_params(b, str(geo), tmp_path / "o2", grid="after"))
+    ds2 = gdal.Open(str(tmp_path / "o2" / MASK_NAME))
+    assert tuple(ds2.GetGeoTransform()) == pytest.approx(tuple(gdal.Open(str(geo)).GetGeoTransform()))
+    assert s2["grid"]["epsg"] == 4326 and s2["changed_area_m2"] > 0
+    run_detection(_params(b, a, tmp_path / "o3", grid="custom", target_crs="EPSG:32633", resolution=20.0))
+    ds3 = gdal.Open(str(tmp_path / "o3" / MASK_NAME))
+    assert (ds3.RasterXSize, ds3.RasterYSize) == (120, 100) and ds3.GetGeoTransform()[1] == 20.0
+
+
+def test_uint16_bands_mapping_and_alpha(tmp_path: Path) -> None:
+    img = textured(150, 170, c=4, dtype="uint16", scale=12)
+    after = img.copy()
+    after[:, 40:90, 50:120] = img[:, 0:50, 0:70][::-1]
+    alpha = np.full((150, 170), 65535, np.uint16)
+    alpha[:20] = 0
+    b = write_raster(tmp_path / "b.tif", img, alpha=alpha)
+    a = write_raster(tmp_path / "a.tif", after)
+    s = run_detection(_params(b, a, tmp_path / "o", bands=[4, 3, 2], probability_dtype="float32"))
+    assert s["scaling"]["source"] == "percentile" and s["inputs"]["bands"] == [4, 3, 2]
+    mask = read(tmp_path / "o" / MASK_NAME)
+    assert np.all(mask[:20] == 255) and (mask[40:90, 50:120] == 1).mean() > 0.8
+    prob = read(tmp_path / "o" / PROBABILITY_NAME)
+    assert prob.dtype == np.float32 and np.all(prob[:20] == -1.0)
+
+
+def test_overwrite(tmp_path: Path) -> None:
+    b, a, _ = change_pair(tmp_path)
+    run_detection(_params(b, a, tmp_path / "o"))
+    before = (tmp_path / "o" / MASK_NAME).stat().st_mtime_ns
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+        run_detection(_params(b, a, tmp_path / "o"))
+    assert (tmp_path / "o" / MASK_NAME).stat().st_mtime_ns == before
+    run_detection(_params(b, a, tmp_path / "o", overwrite=True, threshold=0.5))
+    assert json.loads((tmp_path / "o" / SUMMARY_NAME).read_text())["threshold"] == 0.5
+
+
+# --- bad input: a clear error, nothing written ----------------------------------------------
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[str, str]:
+    b, a, _ = change_pair(tmp_path, h=80, w=90)
+    return b, a
+
+
+def _bad(params: DetectParams, out: Path, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        run_detection(params)
+    assert _nothing_written(out)
+
+
+def test_bad_missing_file(tmp_path: Path, pair: tuple[str, str]) -> None:
+    _bad(_params(str(tmp_path / "nope.tif"), pair[1], tmp_path / "o"), tmp_path / "o", InputError,
+         "before raster not found")
+
+
+def test_bad_not_a_raster(tmp_path: Path, pair: tuple[str, str]) -> None:
+    txt = tmp_path / "x.tif"
+    txt.write_text("hello")
+    _bad(_params(pair[0], str(txt), tmp_path / "o"), tmp_path / "o", InputError, "not a raster GDAL can read")
+
+
+def test_bad_too_few_bands(tmp_path: Path, pair: tuple[str, str]) -> None:
+    one = write_raster(tmp_path / "one.tif", textured(80, 90, c=1))
+    _bad(_params(pair[0], one, tmp_path / "o"), tmp_path / "o", InputError, "has 1 band.*--bands")
+
+
+def test_bad_band_out_of_range(tmp_path: Path, pair: tuple[str, str]) -> None:
+    _bad(_params(pair[0], pair[1], tmp_path / "o", bands=[4, 2, 1]), tmp_path / "o", InputError,
+         "band 4 does not exist.*1 to 3")
+
+
+def test_bad_no_overlap(tmp_path: Path, pair: tuple[str, str]) -> None:
+    far = write_raster(tmp_path / "far.tif", textured(80, 90), gt=(700000.0, 10.0, 0.0, 5600000.0, 0.0, -10.0))
+    _bad(_params(pair[0], far, tmp_path / "o"), tmp_path / "o", InputError, "do not overlap")
+
+
+def test_bad_missing_crs(tmp_path: Path, pair: tuple[str, str]) -> None:
+    nocrs = write_raster(tmp_path / "nocrs.tif", textured(80, 90), epsg=None)
+    _bad(_params(pair[0], nocrs, tmp_path / "o"), tmp_path / "o", InputError, "no coordinate reference system")
+
+
+def test_bad_all_nodata(tmp_path: Path, pair: tuple[str, str]) -> None:
+    empty = write_raster(tmp_path / "empty.tif", np.zeros((3, 80, 90), np.uint8), nodata=0)
+    _bad(_params(pair[0], empty, tmp_path / "o"), tmp_path / "o", InputError, "no pixel .* valid in both")
+
+
+def test_bad_unwritable_output(tmp_path: Path, pair: tuple[str, str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="is a file, not a folder"):
+        run_detection(_params(pair[0], pair[1], blocker / "out"))
+    assert blocker.read_text() == "x"
+
+
+def test_bad_unwritable_output_permissions(tmp_path: Path, pair: tuple[str, str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    def refuse(*a: object, **k: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    _bad(_params(pair[0], pair[1], tmp_path / "o"), tmp_path / "o", InputError, "not writable")
+
+
+def test_bad_output_exists(tmp_path: Path, pair: tuple[str, str]) -> None:
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / SUMMARY_NAME).write_text("{}")
+    with pytest.raises(InputError, match="already exists"):
+        run_detection(_params(pair[0], pair[1], tmp_path / "o"))
+    assert [p.name for p in (tmp_path / "o").iterdir()] == [SUMMARY_NAME]
+
+
+def test_bad_weights(tmp_path: Path, pair: tuple[str, str]) -> None:
+    _bad(_params(pair[0], pair[1], tmp_path / "o", engine="changeclip", prompt_mode="none"), tmp_path / "o",
+         ModelError, "needs weights")
+    junk = tmp_path / "w.safetensors"
+    junk.write_bytes(b"0" * 100)
+    _bad(_params(pair[0], pair[1], tmp_path / "o", engine="changeclip", prompt_mode="none", weights=str(junk)),
+         tmp_path / "o", ModelError, "neither a safetensors file nor a PyTorch checkpoint")
+
+
+def test_bad_tile_size(tmp_path: Path, pair: tuple[str, str]) -> None:
+    _bad(_params(pair[0], pair[1], tmp_path / "o", tile=100), tmp_path / "o", InputError, "multiple of 32.*try 96")
+
+
+def test_disk_full_leaves_no_final_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b, a, _ = change_pair(tmp_path, h=300, w=300)
+    calls = {"n": 0}
+    real = outputs.BlockRasterWriter.write
+
+    def full(self: outputs.BlockRasterWriter, array: np.ndarray, xoff: int, yoff: int) -> None:
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, array, xoff, yoff)
+
+    monkeypatch.setattr(outputs.BlockRasterWriter, "write", full)
+    out = tmp_path / "o"
+    with pytest.raises(InputError, match="disk is full"):
+        run_detection(_params(b, a, out, polygons=True))
+    assert calls["n"] > 2
+    assert _nothing_written(out)
+    assert not out.exists(), "the folder this run created is removed again"
+
+
+def test_disk_full_during_cog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    b, a, _ = change_pair(tmp_path, h=100, w=100)
+    (tmp_path / "o").mkdir()
+    real = outputs.to_cog
+    n = {"c": 0}
+
+    def cog(src: str, dst: str, resampling: str) -> None:
+        n["c"] += 1
+        real(src, dst, resampling)
+        if n["c"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("changeclip.pipeline.to_cog", cog)
+    with pytest.raises(InputError, match="disk is full"):
+        run_detection(_params(b, a, tmp_path / "o"))
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_cancel_removes_everything(tmp_path: Path) -> None:
+    b, a, _ = change_pair(tmp_path, h=300, w=300)
+    polls = {"n": 0}
+
+    def is_cancelled() -> bool:
+        polls["n"] += 1
+        return polls["n"] > 2
+
+    with pytest.raises(JobCancelled):
+        run_detection(_params(b, a, tmp_path / "o"), is_cancelled=is_cancelled)
+    assert _nothing_written(tmp_path / "o")
+
+
+def test_polygons_overlay_mask(tmp_path: Path) -> None:
+    b, a, _ = change_pair(tmp_path)
+    out = tmp_path / "o"
+    run_detection(_params(b, a, out, polygons=True))
+    mask = read(out / MASK_NAME)
+    mem = gdal.GetDriverByName("MEM").Create("", mask.shape[1], mask.shape[0], 1, gdal.GDT_Byte)
+    ref = gdal.Open(str(out / MASK_NAME))
+    mem.SetGeoTransform(ref.GetGeoTransform())
+    mem.SetProjection(ref.GetProjection())
+    vec = ogr.Open(str(out / POLYGONS_NAME))
+    gdal.RasterizeLayer(mem, [1], vec.GetLayer(0), burn_values=[1])
+    np.testing.assert_array_equal(mem.ReadAsArray() == 1, mask == 1)

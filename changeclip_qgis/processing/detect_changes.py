@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from qgis.core import (
+    QgsApplication,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -33,7 +34,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..core import protocol
-from ..core.backend_launcher import configuration_problem
+from ..core.backend_launcher import LAUNCHER, configuration_problem
 from ..core.errors import ChangeClipPluginError, JobCancelledError
 from ..core.layers import ExportRequest, apply_style, local_raster_path, prepare_input, run_export
 from ..core.params import build_params
@@ -250,6 +251,10 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("ChangeCLIP run cancelled; partial outputs were removed") from None
         except ChangeClipPluginError as exc:
             raise QgsProcessingException(f"ChangeCLIP: {exc}") from None
+        finally:
+            if QgsApplication.platform() == "qgis_process":
+                # qgis_process exits without running Python's atexit hooks: stop the backend we started.
+                LAUNCHER.stop()
         area = float(summary.get("changed_area_m2") or 0.0)
         fraction = float(summary.get("changed_fraction") or 0.0)
         feedback.pushInfo(f"Changed area: {area:,.1f} m² ({fraction * 100:.2f} % of the valid area); "

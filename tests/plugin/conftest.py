@@ -103,6 +103,12 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 300.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.fixture()
+def pump() -> Callable[..., None]:
+    """:func:`wait_for`, as a fixture (test modules here are not a package)."""
+    return wait_for
+
+
 @pytest.fixture(scope="session")
 def staged_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The installable plugin staged by scripts/package.py (DIR containing changeclip_qgis/)."""

@@ -1,0 +1,129 @@
+"""The dock end to end with a real backend: irmad and seeded-tiny ChangeCLIP runs load styled,
+grouped layers; cancel works; the UI thread never waits on the backend."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.qgis, pytest.mark.server]
+
+
+@pytest.fixture()
+def dock(qgis_app: object, project: object, tmp_path: Path, pump):  # noqa: ANN001, ANN201
+    from changeclip_qgis.gui.dock import ChangeClipDock
+
+    widget = ChangeClipDock(None)
+    widget.output_widget.setFilePath(str(tmp_path / "runs"))
+    yield widget
+    if widget.task is not None:
+        widget.task.cancel()
+        pump(lambda: widget.task is None, 120)
+    widget.deleteLater()
+
+
+def _add_pair(project, before: Path, after: Path):  # noqa: ANN001, ANN202
+    from qgis.core import QgsRasterLayer
+
+    b, a = QgsRasterLayer(str(before), "before_2015"), QgsRasterLayer(str(after), "after_2020")
+    assert b.isValid() and a.isValid()
+    project.addMapLayers([b, a])
+    return b, a
+
+
+def _run(dock, pump, timeout_s: float = 600) -> dict:  # noqa: ANN001
+    results: dict = {}
+    dock.runFinished.connect(lambda s: results.setdefault("summary", s))
+    dock.runFailed.connect(lambda m: results.setdefault("error", m))
+    started = time.monotonic()
+    task = dock.start_run()
+    assert task is not None, dock.stage_label.text()
+    assert time.monotonic() - started < 2.0, "start_run must not wait for the backend"
+    assert not dock.run_button.isEnabled() and dock.cancel_button.isEnabled()
+    pump(lambda: results, timeout_s)
+    return results
+
+
+def test_dock_irmad_end_to_end(dock, project, pump, backend_env: None, raster_pair: tuple[Path, Path]) -> None:  # noqa: ANN001
+    from qgis.core import QgsPalettedRasterRenderer, QgsProject
+
+    before, after = _add_pair(project, *raster_pair)
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    assert not dock.weights_widget.isEnabled()
+    results = _run(dock, pump)
+    assert "summary" in results, results.get("error")
+    summary = results["summary"]
+    assert summary["changed_area_m2"] > 0 and "Changed area" in dock.summary_label.text()
+    assert dock.run_button.isEnabled() and not dock.cancel_button.isEnabled()
+    assert dock.progress_bar.value() == 100
+    root = QgsProject.instance().layerTreeRoot()
+    group = root.children()[0]
+    assert group.name() == "ChangeCLIP: before_2015 → after_2020 [IR-MAD]"
+    names = [node.layer().name() for node in group.findLayers()]
+    assert names == ["change polygons — before_2015 → after_2020 [IR-MAD]",
+                     "change mask — before_2015 → after_2020 [IR-MAD]",
+                     "change probability — before_2015 → after_2020 [IR-MAD]"]
+    mask_layer = group.findLayers()[1].layer()
+    assert isinstance(mask_layer.renderer(), QgsPalettedRasterRenderer)
+    assert Path(mask_layer.source()).parent.parent == Path(dock.output_widget.filePath())
+
+
+def test_dock_tiny_changeclip_and_device_line(dock, project, pump, backend_env: None, tiny_weights,  # noqa: ANN001
+                                              raster_pair: tuple[Path, Path]) -> None:
+    before, after = _add_pair(project, *raster_pair)
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("changeclip"))
+    dock.weights_widget.setFilePath(str(tiny_weights("tiny-rn50")))
+    dock.prompt_mode_combo.setCurrentIndex(dock.prompt_mode_combo.findData("none"))
+    dock.tile_spin.setValue(128)
+    dock.overlap_spin.setValue(0)
+    dock.polygons_check.setChecked(False)
+    results = _run(dock, pump)
+    assert "summary" in results, results.get("error")
+    summary = results["summary"]
+    assert summary["engine"] == "changeclip" and summary["prompt_mode"] == "none"
+    assert Path(summary["outputs"]["mask"]).is_file()
+    check = dock.check_backend()
+    pump(lambda: "connecting" not in dock.backend_label.text(), 120)
+    assert check is not None and "CPU — slow" in dock.backend_label.text()
+
+
+def test_dock_refuses_bad_choices(dock, project, pump, backend_env: None, raster_pair: tuple[Path, Path]) -> None:  # noqa: ANN001
+    before, _after = _add_pair(project, *raster_pair)
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(before)
+    assert dock.start_run() is None
+    assert "same layer" in dock.stage_label.text()
+    dock.after_combo.setLayer(_after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    dock.tile_spin.setValue(100)
+    assert dock.start_run() is None
+    assert "Tile size" in dock.stage_label.text()
+
+
+def test_dock_cancel(dock, project, pump, backend_env: None, tiny_weights, repo_root: Path) -> None:  # noqa: ANN001
+    sample = repo_root / "resources" / "sample"
+    before, after = _add_pair(project, sample / "naip_2015.tif", sample / "naip_2020.tif")
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.weights_widget.setFilePath(str(tiny_weights("tiny-rn50")))
+    dock.prompt_mode_combo.setCurrentIndex(dock.prompt_mode_combo.findData("none"))
+    dock.tile_spin.setValue(64)
+    dock.overlap_spin.setValue(0)
+    results: dict = {}
+    dock.runFailed.connect(lambda m: results.setdefault("error", m))
+    dock.runFinished.connect(lambda s: results.setdefault("summary", s))
+    task = dock.start_run()
+    assert task is not None
+    pump(lambda: "Detecting changes" in dock.stage_label.text() or results, 600)
+    dock.cancel_button.click()
+    pump(lambda: results, 300)
+    assert "error" in results and "cancel" in results["error"]
+    assert dock.stage_label.text().startswith("Cancelled")
+    assert not Path(task.params.output_paths()["mask"]).exists()
+    assert dock.run_button.isEnabled()

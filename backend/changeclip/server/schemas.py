@@ -8,12 +8,23 @@ in one place. Everything else here only describes responses for the OpenAPI docu
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from changeclip import protocol
 from changeclip.protocol import DetectParams
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 256.0 as an integer: accept it as 256 (but never 256.5 or "256")."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+"""A strict integer that also accepts integral JSON numbers such as ``8.0``."""
 
 
 class DetectRequest(BaseModel):
@@ -35,16 +46,16 @@ class DetectRequest(BaseModel):
     prompt_mode: Literal[protocol.PROMPT_MODES] = "auto"  # type: ignore[valid-type]
     tagger_weights: str | None = Field(default=None, min_length=1, max_length=4096)
     official_test_prompts: bool = False
-    bands: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, max_length=64)
+    bands: list[Int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, max_length=64)
     value_range: list[list[float]] | None = Field(default=None, min_length=1, max_length=64)
     grid: Literal[protocol.GRIDS] = "before"  # type: ignore[valid-type]
     target_crs: str | None = Field(default=None, min_length=1, max_length=10000)
     resolution: float | None = Field(default=None, gt=0)
-    tile: int = Field(default=256, ge=64, le=8192, multiple_of=32)
-    overlap: int = Field(default=64, ge=0, le=4096)
+    tile: Int = Field(default=256, ge=64, le=8192, multiple_of=32)
+    overlap: Int = Field(default=64, ge=0, le=4096)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d{1,3})?)$")
     precision: Literal[protocol.PRECISIONS] = "auto"  # type: ignore[valid-type]
-    batch_size: int = Field(default=8, ge=1, le=1024)
+    batch_size: Int = Field(default=8, ge=1, le=1024)
     threshold: float | None = Field(default=None, gt=0, lt=1)
     probability_dtype: Literal[protocol.PROBABILITY_DTYPES] = "uint8"  # type: ignore[valid-type]
     polygons: bool = False

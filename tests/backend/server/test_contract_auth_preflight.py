@@ -43,11 +43,17 @@ def test_defaults_round_trip_to_the_same_params() -> None:
     assert req.to_params() == DetectParams(before="/b", after="/a", output_dir="/o")
 
 
-@pytest.mark.parametrize("bad", [{"tile": 256.0}, {"polygons": "yes"}, {"bands": ["1"]}, {"extra": 1},
-                                 {"threshold": float("nan")}])
+@pytest.mark.parametrize("bad", [{"tile": 256.5}, {"tile": "256"}, {"polygons": "yes"}, {"polygons": 1},
+                                 {"bands": ["1"]}, {"extra": 1}, {"threshold": float("nan")}, {"prompt": 3}])
 def test_request_model_is_strict(bad: dict) -> None:
     with pytest.raises(ValidationError):
         DetectRequest.model_validate({"before": "/b", "after": "/a", "output_dir": "/o", **bad})
+
+
+def test_integral_floats_count_as_integers() -> None:
+    req = DetectRequest.model_validate({"before": "/b", "after": "/a", "output_dir": "/o", "tile": 512.0,
+                                        "bands": [3.0, 2, 1]})
+    assert req.tile == 512 and isinstance(req.tile, int) and req.bands == [3, 2, 1]
 
 
 def test_protocol_rules_surface_as_param_errors() -> None:

@@ -64,7 +64,8 @@ def _pins(requirements: Path | None) -> dict[str, str]:
 
 def setup_steps(venv_dir: Path, backend_dir: Path, *, python: str | None = None,
                 wheels_dir: Path | None = None, torch_index_url: str = "",
-                extra_pip_args: list[str] | None = None, check_imports: bool = True) -> list[SetupStep]:
+                extra_pip_args: list[str] | None = None, install_torch: bool = True,
+                check_imports: bool = True) -> list[SetupStep]:
     """The commands that set up the backend.
 
     Args:
@@ -75,6 +76,7 @@ def setup_steps(venv_dir: Path, backend_dir: Path, *, python: str | None = None,
         torch_index_url: a PyTorch wheel index, e.g. ``https://download.pytorch.org/whl/cu128``
             for a CUDA 12.8 driver ("" = PyPI's default wheels).
         extra_pip_args: more pip arguments (tests pass ``--no-deps`` etc.).
+        install_torch: install torch/torchvision first (False when the base Python already has them).
         check_imports: finish by importing torch and open_clip in the venv.
 
     Raises:
@@ -90,7 +92,10 @@ def setup_steps(venv_dir: Path, backend_dir: Path, *, python: str | None = None,
             raise ConfigError(f"wheels folder {wheels_dir} does not exist")
         pip += ["--no-index", "--find-links", str(wheels_dir)]
     pip += list(extra_pip_args or [])
+    # the pins: <plugin>/backend/requirements.txt in the zip, <repo>/requirements.txt in a checkout
     requirements = backend_dir / "requirements.txt"
+    if not requirements.is_file():
+        requirements = backend_dir.parent / "requirements.txt"
     pins = _pins(requirements)
     steps = [SetupStep("Creating the virtual environment (shares QGIS's GDAL)",
                        [python, "-m", "venv", "--system-site-packages", str(venv_dir)])]
@@ -98,7 +103,8 @@ def setup_steps(venv_dir: Path, backend_dir: Path, *, python: str | None = None,
     torch_cmd = pip + torch_specs
     if torch_index_url and wheels_dir is None:
         torch_cmd += ["--index-url", torch_index_url]
-    steps.append(SetupStep("Installing PyTorch (large download)", torch_cmd))
+    if install_torch:
+        steps.append(SetupStep("Installing PyTorch (large download)", torch_cmd))
     backend_cmd = list(pip)
     if requirements.is_file():
         backend_cmd += ["-c", str(requirements)]

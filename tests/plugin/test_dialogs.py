@@ -1,0 +1,50 @@
+"""Settings, set-up and diagnostics dialogs build offscreen and do their job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.qgis
+
+
+def test_settings_dialog_saves_and_env_wins(qgis_app: object, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from changeclip_qgis.core import settings
+    from changeclip_qgis.gui.settings_dialog import SettingsDialog
+
+    monkeypatch.delenv("CHANGECLIP_WEIGHTS_DIR", raising=False)
+    dialog = SettingsDialog()
+    dialog.weights_widget.setFilePath(str(tmp_path))
+    dialog.url_edit.setText("")
+    dialog.save()
+    assert settings.get(settings.KEY_WEIGHTS_DIR) == str(tmp_path)
+    monkeypatch.setenv("CHANGECLIP_WEIGHTS_DIR", "/from/env")
+    assert settings.get(settings.KEY_WEIGHTS_DIR) == "/from/env"
+    assert settings.overridden_by_env(settings.KEY_WEIGHTS_DIR) == "CHANGECLIP_WEIGHTS_DIR"
+    assert settings.BackendConfig.load().weights_dir == "/from/env"
+    settings.set_value(settings.KEY_WEIGHTS_DIR, "")
+
+
+def test_setup_dialog_builds_with_bundled_backend(qgis_app: object) -> None:
+    from changeclip_qgis.core.paths import bundled_backend_dir
+    from changeclip_qgis.gui.setup_dialog import SetupDialog
+
+    dialog = SetupDialog()
+    assert dialog.venv_widget.filePath().endswith("backend-venv")
+    assert bundled_backend_dir() is not None
+
+
+def test_diagnostics_dialog_collects_report(qgis_app: object, pump, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                            tmp_path: Path) -> None:
+    from changeclip_qgis.gui.diagnostics_dialog import DiagnosticsDialog
+
+    monkeypatch.setenv("CHANGECLIP_BACKEND_PYTHON", str(tmp_path / "missing-python"))
+    dialog = DiagnosticsDialog()
+    pump(lambda: dialog.text.toPlainText().startswith("# ChangeCLIP diagnostics"), 120)
+    report = dialog.text.toPlainText()
+    assert "missing-python does not exist" in report and "## GPU" in report
+    dialog.copy()
+    from qgis.PyQt.QtGui import QGuiApplication
+
+    assert QGuiApplication.clipboard().text() == report

@@ -9,6 +9,7 @@ on our side with forward hooks on the same module names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,23 @@ def _rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
-def check_parity(parity_dir: Path, variant: str, npz_name: str, size: int) -> float:
-    """Run one reference; assert the bar; return the measured max relative error."""
+def check_parity(
+    parity_dir: Path,
+    variant: str,
+    npz_name: str,
+    size: int,
+    perturb: Callable[[dict[str, torch.Tensor]], None] | None = None,
+) -> float:
+    """Run one reference; assert the bar; return the measured max relative error.
+
+    ``perturb`` may edit the seeded state dict first (used to test the failure report).
+    """
     ref = np.load(parity_dir / npz_name)
     cfg = PRESETS[variant]
-    model = build_model_from_state_dict(cfg, seeded_state_dict(cfg, seed=0))
+    state_dict = seeded_state_dict(cfg, seed=0)
+    if perturb is not None:
+        perturb(state_dict)
+    model = build_model_from_state_dict(cfg, state_dict)
     x = torch.from_numpy(ref["input"])
     assert tuple(x.shape) == (1, 6, size, size)
     np.testing.assert_array_equal(x.numpy(), seeded_input(size).numpy(), err_msg="kit input is not the seeded input")
@@ -133,6 +146,17 @@ def test_tiny_intermediates_all_match(parity_dir: Path, variant: str, npz_name: 
         model.forward_tokens(torch.from_numpy(ref["input"]), tokens_a, tokens_b)
     bad = {k: _rel_err(captured[k].numpy(), ref[k]) for k in keys if _rel_err(captured[k].numpy(), ref[k]) > REL_TOL}
     assert not bad, f"intermediates off: {bad}"
+
+
+@pytest.mark.parity
+def test_failure_names_first_divergent_intermediate(parity_dir: Path) -> None:
+    """A wrong neck weight is reported at the neck, not earlier (minus_conv) nor later."""
+
+    def break_neck(sd: dict[str, torch.Tensor]) -> None:
+        sd["neck.fpn_convs.0.conv.bias"] = sd["neck.fpn_convs.0.conv.bias"] + 1.0
+
+    with pytest.raises(pytest.fail.Exception, match=r"first divergence: inter/neck#0\.0, max rel diff"):
+        check_parity(parity_dir, "tiny-rn50", "tiny_rn50_s0_64.npz", 64, perturb=break_neck)
 
 
 def test_b_tags_ignored_under_official_prompts() -> None:

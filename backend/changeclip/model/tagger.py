@@ -40,6 +40,13 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE_VALUES
 
 
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") for n in archive.namelist())
+
+
 def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an OpenAI/open_clip CLIP state dict from a local file.
 
@@ -61,7 +68,7 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             sd: Any = load_file(str(p))
-        elif zipfile.is_zipfile(p) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(p).namelist()):
+        elif _is_torchscript(p):
             sd = torch.jit.load(str(p), map_location="cpu").state_dict()  # OpenAI JIT archive
         else:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)

@@ -129,7 +129,8 @@ def _resolve(module: str, name: str) -> Any:
     if (module, name) == ("_codecs", "encode"):
         return _latin1_encode
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("_reconstruct", "scalar"):
-        return getattr(np.core.multiarray, name)
+        core = getattr(np, "_core", None) or np.core  # numpy 2 renamed core -> _core
+        return getattr(core.multiarray, name)
     if (module, name) in (("numpy", "ndarray"), ("numpy", "dtype")):
         return getattr(np, name)
     if module == "numpy.dtypes" and name.endswith("DType") and hasattr(np, "dtypes"):

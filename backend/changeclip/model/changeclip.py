@@ -123,6 +123,11 @@ class ChangeCLIP(nn.Module):
             raise InputError(
                 f"ChangeCLIP expects a (B, 6, H, W) tensor (date A RGB then date B RGB), got shape {tuple(x.shape)}"
             )
+        if not x.is_floating_point():
+            raise InputError(
+                f"ChangeCLIP expects a float tensor (ImageNet-normalised RGB), got dtype {x.dtype}; "
+                "subtract IMAGENET_MEAN and divide by IMAGENET_STD first"
+            )
         check_input_size(int(x.shape[2]), int(x.shape[3]))
         b, d = x.shape[0], self.cfg.embed_dim
         out = []
@@ -132,7 +137,7 @@ class ChangeCLIP(nn.Module):
                     f"{label} must be ({b}, 2, {d}) text embeddings (background, foreground) from encode_text, "
                     f"got shape {tuple(t.shape)}"
                 )
-            out.append(t.expand(b, 2, d).to(x.dtype))
+            out.append(t.expand(b, 2, d).to(self.gamma.dtype))
         return out[0], out[1]
 
     def forward(self, x: torch.Tensor, text_a: torch.Tensor, text_b: torch.Tensor) -> torch.Tensor:

@@ -190,6 +190,8 @@ class TestChangeCLIP(ModuleTester):
         module = self.shared()
         with pytest.raises(InputError, match=r"\(B, 6, H, W\)"):
             module.forward_tokens(torch.zeros(1, 3, 64, 64), _tokens(1), _tokens(1))
+        with pytest.raises(InputError, match="float tensor"):
+            module.forward_tokens(torch.zeros(1, 6, 64, 64, dtype=torch.uint8), _tokens(1), _tokens(1))
         with pytest.raises(InputError, match="text_a must be"):
             module(torch.zeros(1, 6, 64, 64), torch.zeros(1, 3, self.cfg.embed_dim), torch.zeros(1, 2, self.cfg.embed_dim))
         with pytest.raises(InputError, match="tokens_b must be"):

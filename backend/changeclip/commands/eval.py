@@ -66,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     eng.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default %(default)s)")
     eng.add_argument("--threshold", type=float, default=None,
                      help="change-probability threshold; default: argmax for changeclip, the engine's for irmad")
+    eng.add_argument("--overlap", type=int, default=64,
+                     help="mode 3: tile overlap of the detection pipeline in px (default %(default)s)")
     eng.add_argument("--bands", default="1,2,3", help="mode 3: band numbers, e.g. 3,2,1 (default %(default)s)")
     eng.add_argument("--value-range", default=None, help="mode 3: MIN:MAX[,MIN:MAX...] radiometric scaling")
     eng.add_argument("--keep-outputs", metavar="DIR", help="mode 3: keep the detection outputs in DIR")
@@ -96,28 +98,27 @@ def _mode(args: argparse.Namespace) -> str:
 
 
 def build_scorer(args: argparse.Namespace) -> Any:
-    """The engine adapter for dataset mode (see :mod:`changeclip.evaluation.scorers`)."""
+    """The engine adapter for dataset mode (see :mod:`changeclip.evaluation.scorers`).
+
+    The engine is built exactly as ``changeclip detect`` builds it (``build_engine``);
+    ChangeCLIP is then scored through its predictor's logits, irmad through probabilities.
+    """
+    from changeclip.engines import build_engine
     from changeclip.evaluation.scorers import ChangeCLIPScorer, IrmadScorer
 
+    try:
+        params = protocol.DetectParams(
+            before="-", after="-", output_dir="-", engine=args.engine, weights=args.weights, variant=args.variant,
+            prompt=args.prompt, prompt_mode=args.prompt_mode, tagger_weights=args.tagger_weights,
+            official_test_prompts=args.official_test_prompts, device=args.device, precision=args.precision,
+            batch_size=args.batch_size, threshold=args.threshold, tile=args.tile, overlap=args.tile // 4)
+        params.validate()
+    except protocol.ParamError as exc:
+        raise InputError(str(exc)) from None
+    engine = build_engine(params)
     if args.engine == "irmad":
-        from changeclip.engines import build_engine
-
-        params = protocol.DetectParams(before="-", after="-", output_dir="-", engine="irmad",
-                                       threshold=args.threshold, device=args.device)
-        return IrmadScorer(build_engine(params), args.threshold)
-    if not args.weights:
-        raise InputError("the changeclip engine needs --weights FILE (or use --engine irmad, which needs none)")
-    from changeclip.inference.predictor import ChangeCLIPPredictor, load_model
-
-    loaded = load_model(args.weights, variant=args.variant, device=args.device, precision=args.precision)
-    tagger = None
-    if args.prompt_mode == "auto":
-        from changeclip.model.tagger import Tagger
-
-        tagger = Tagger(args.tagger_weights, device=str(loaded.device))
-    predictor = ChangeCLIPPredictor(loaded, args.prompt_mode, args.prompt, tagger=tagger,
-                                    official_test_prompts=args.official_test_prompts)
-    return ChangeCLIPScorer(predictor, args.threshold)
+        return IrmadScorer(engine, args.threshold)
+    return ChangeCLIPScorer(engine.predictor, args.threshold)
 
 
 def _detect_params(args: argparse.Namespace) -> protocol.DetectParams:
@@ -128,7 +129,7 @@ def _detect_params(args: argparse.Namespace) -> protocol.DetectParams:
             tagger_weights=args.tagger_weights, official_test_prompts=args.official_test_prompts,
             bands=protocol.parse_bands(args.bands),
             value_range=protocol.parse_value_range(args.value_range) if args.value_range else None,
-            tile=args.tile, device=args.device, precision=args.precision, batch_size=args.batch_size,
+            tile=args.tile, overlap=args.overlap, device=args.device, precision=args.precision, batch_size=args.batch_size,
             threshold=args.threshold)
         params.validate()
     except protocol.ParamError as exc:

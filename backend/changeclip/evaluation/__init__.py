@@ -1,0 +1,1 @@
+"""Accuracy evaluation: global confusion-matrix metrics, label encodings, datasets, protocols."""

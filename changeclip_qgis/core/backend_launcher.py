@@ -67,6 +67,7 @@ class Backend:
         client: a client for it.
         process: the process the plugin started (None for a remote/external server).
         handshake: the handshake dict it printed (empty for external servers).
+        python: the interpreter it was started with ("" for external servers).
     """
 
     url: str
@@ -74,6 +75,7 @@ class Backend:
     client: BackendClient
     process: subprocess.Popen | None = None
     handshake: dict = field(default_factory=dict)
+    python: str = ""
 
     @property
     def owned(self) -> bool:
@@ -112,7 +114,7 @@ class BackendLauncher:
         with self._lock:
             current = self._backend
             if current is not None:
-                same = current.url == config.url if config.url else current.owned
+                same = current.url == config.url if config.url else current.python == config.python
                 if same and self._healthy(current):
                     return current
                 if same:
@@ -199,7 +201,8 @@ class BackendLauncher:
         token_file = str(handshake.get("token_file") or "")
         client = BackendClient(url, read_token(token_file))
         log(f"backend ready at {url} (pid {proc.pid}, version {handshake.get('version')})")
-        return Backend(url=url, token_file=token_file, client=client, process=proc, handshake=handshake)
+        return Backend(url=url, token_file=token_file, client=client, process=proc, handshake=handshake,
+                       python=config.python)
 
     def _await_handshake(self, proc: subprocess.Popen, lines: queue.Queue, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s

@@ -25,24 +25,24 @@
         <layer locked="0" enabled="1" class="SimpleFill" pass="0">
           <Option type="Map">
             <Option name="border_width_map_unit_scale" type="QString" value="3x:0,0,0,0,0,0"/>
-            <Option name="color" type="QString" value="255,0,170,60"/>
+            <Option name="color" type="QString" value="255,0,170,0"/>
             <Option name="joinstyle" type="QString" value="bevel"/>
             <Option name="offset" type="QString" value="0,0"/>
             <Option name="offset_map_unit_scale" type="QString" value="3x:0,0,0,0,0,0"/>
             <Option name="offset_unit" type="QString" value="MM"/>
-            <Option name="outline_color" type="QString" value="255,0,170,255"/>
+            <Option name="outline_color" type="QString" value="255,230,0,255"/>
             <Option name="outline_style" type="QString" value="solid"/>
             <Option name="outline_width" type="QString" value="0.6"/>
             <Option name="outline_width_unit" type="QString" value="MM"/>
             <Option name="style" type="QString" value="solid"/>
           </Option>
           <prop k="border_width_map_unit_scale" v="3x:0,0,0,0,0,0"/>
-          <prop k="color" v="255,0,170,60"/>
+          <prop k="color" v="255,0,170,0"/>
           <prop k="joinstyle" v="bevel"/>
           <prop k="offset" v="0,0"/>
           <prop k="offset_map_unit_scale" v="3x:0,0,0,0,0,0"/>
           <prop k="offset_unit" v="MM"/>
-          <prop k="outline_color" v="255,0,170,255"/>
+          <prop k="outline_color" v="255,230,0,255"/>
           <prop k="outline_style" v="solid"/>
           <prop k="outline_width" v="0.6"/>
           <prop k="outline_width_unit" v="MM"/>

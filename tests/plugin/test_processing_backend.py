@@ -64,7 +64,7 @@ def test_run_irmad_and_load_styled(provider: object, backend_env: None, project:
     assert isinstance(layers[results["CHANGE_PROBABILITY"]].renderer(), QgsSingleBandPseudoColorRenderer)
     poly = layers[results["CHANGE_POLYGONS"]]
     assert poly.featureCount() > 0
-    assert poly.renderer().symbol().color().name() == "#ff00aa"
+    assert poly.renderer().symbol().symbolLayer(0).strokeColor().name() == "#ffe600"
 
 
 def test_batch_of_two_pairs_reuses_backend(provider: object, backend_env: None, raster_pair: tuple[Path, Path],

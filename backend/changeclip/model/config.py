@@ -49,6 +49,7 @@ class ChangeCLIPConfig:
         vit_heads: ViT attention heads.
         patch_size: ViT patch size (only 16 is supported, as in the official configs).
         vit_out_indices: ViT blocks (0-based) whose outputs feed the four pyramid adapters.
+        vit_drop_path_rate: ViT stochastic depth of the last block (training only).
         context_length: Total text sequence length (prompt tokens + learned context vectors).
         prompt_length: Token ids per prompt (the CLIP BPE context length of the prompts).
         vocab_size: CLIP BPE vocabulary size.
@@ -68,6 +69,7 @@ class ChangeCLIPConfig:
         swin_heads: Heads of each Swin block.
         swin_depth: Swin blocks per decoder stage.
         swin_window: Swin window size.
+        swin_drop_path_rate: Stochastic depth of the last Swin block of a stage (training only).
         text_token_dim: Width of the decoder's text tokens.
         num_classes: Output classes (background, change).
     """
@@ -84,6 +86,7 @@ class ChangeCLIPConfig:
     vit_heads: int = 12
     patch_size: int = 16
     vit_out_indices: tuple[int, int, int, int] = (3, 5, 7, 11)
+    vit_drop_path_rate: float = 0.1
     context_length: int = 77
     prompt_length: int = 64
     vocab_size: int = 49408
@@ -103,6 +106,7 @@ class ChangeCLIPConfig:
     swin_heads: int = 2
     swin_depth: int = 2
     swin_window: int = 7
+    swin_drop_path_rate: float = 0.2
     text_token_dim: int = 128
     num_classes: int = 2
 

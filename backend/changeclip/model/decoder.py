@@ -45,7 +45,7 @@ class SwinUpsample(nn.Module):
     def __init__(self, channels: int, cfg: ChangeCLIPConfig) -> None:
         super().__init__()
         half = channels // 2
-        self.layer = SwinTextLayer(half, cfg.swin_depth, cfg.swin_heads, cfg.swin_window)
+        self.layer = SwinTextLayer(half, cfg.swin_depth, cfg.swin_heads, cfg.swin_window, cfg.swin_drop_path_rate)
         self.up = _UpConv(channels, half)
         self.conv_relu = nn.Sequential(nn.Conv2d(half, half, kernel_size=1), nn.ReLU())
 

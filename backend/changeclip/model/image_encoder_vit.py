@@ -39,7 +39,7 @@ class CLIPVisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, cfg.embed_dim))
         self.conv1 = nn.Conv2d(3, width, kernel_size=cfg.patch_size, stride=cfg.patch_size, bias=False)
         self.ln_pre = LayerNorm32(width)
-        self.transformer = Transformer(width, cfg.vit_layers, cfg.vit_heads)
+        self.transformer = Transformer(width, cfg.vit_layers, cfg.vit_heads, cfg.vit_drop_path_rate)
         self.ln_post = LayerNorm32(width)
         self.fpn1 = nn.Sequential(
             nn.GroupNorm(1, width),

@@ -38,16 +38,45 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+def drop_path(x: torch.Tensor, rate: float, training: bool, batch_dim: int = 0) -> torch.Tensor:
+    """Stochastic depth: zero whole samples of a residual branch with probability ``rate``.
+
+    Args:
+        x: Branch output; samples along ``batch_dim``.
+        rate: Drop probability (0 = identity).
+        training: Only active in training mode.
+        batch_dim: Axis of the samples (1 for sequence-first tokens).
+
+    Returns:
+        ``x`` with dropped samples zeroed and kept ones scaled by 1 / (1 - rate).
+    """
+    if rate <= 0.0 or not training:
+        return x
+    shape = [1] * x.ndim
+    shape[batch_dim] = x.shape[batch_dim]
+    keep = x.new_empty(shape).bernoulli_(1.0 - rate)
+    return x * keep / (1.0 - rate)
+
+
+def linear_rates(last: float, n: int) -> list[float]:
+    """``n`` rates growing linearly from 0 to ``last`` (plain Python: works under a meta device)."""
+    if n <= 1:
+        return [0.0] * n
+    return [last * i / (n - 1) for i in range(n)]
+
+
 class ResidualAttentionBlock(nn.Module):
     """Pre-norm transformer block of the CLIP towers (sequence-first layout).
 
     Args:
         width: Token width.
         heads: Attention heads.
+        drop_path_rate: Stochastic depth of both residual branches (training only).
     """
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        self.drop_path_rate = drop_path_rate
         self.attn = nn.MultiheadAttention(width, heads)
         self.ln_1 = LayerNorm32(width)
         self.mlp = nn.Sequential(
@@ -72,8 +101,9 @@ class ResidualAttentionBlock(nn.Module):
             Tokens (L, N, width).
         """
         y = self.ln_1(x)
-        x = x + self.attn(y, y, y, need_weights=False, attn_mask=attn_mask)[0]
-        return x + self.mlp(self.ln_2(x))
+        y = self.attn(y, y, y, need_weights=False, attn_mask=attn_mask)[0]
+        x = x + drop_path(y, self.drop_path_rate, self.training, batch_dim=1)
+        return x + drop_path(self.mlp(self.ln_2(x)), self.drop_path_rate, self.training, batch_dim=1)
 
 
 class Transformer(nn.Module):
@@ -83,12 +113,14 @@ class Transformer(nn.Module):
         width: Token width.
         layers: Number of blocks.
         heads: Attention heads per block.
+        drop_path_rate: Stochastic depth of the last block; rates grow linearly from 0 (training only).
     """
 
-    def __init__(self, width: int, layers: int, heads: int) -> None:
+    def __init__(self, width: int, layers: int, heads: int, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         self.width = width
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        rates = linear_rates(drop_path_rate, layers)
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, rates[i]) for i in range(layers)])
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run every block on tokens (L, N, width); returns (L, N, width)."""

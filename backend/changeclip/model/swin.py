@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from changeclip.model.layers import drop_path, linear_rates
+
 
 def relative_position_index(window: int) -> torch.Tensor:
     """The standard Swin relative position index table for a square window.
@@ -150,10 +152,14 @@ class SwinTextBlock(nn.Module):
         window: Window side.
         shift: Cyclic shift (0 or window // 2).
         mlp_ratio: MLP hidden width / dim.
+        drop_path_rate: Stochastic depth of the attention and MLP branches (training only).
     """
 
-    def __init__(self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, window: int, shift: int, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0
+    ) -> None:
         super().__init__()
+        self.drop_path_rate = drop_path_rate
         self.window = window
         self.shift = shift
         self.norm1 = nn.LayerNorm(dim)
@@ -191,8 +197,8 @@ class SwinTextBlock(nn.Module):
         if self.shift > 0:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         y = y[:, :h, :w, :].reshape(b, h * w, c)
-        x = shortcut + y
-        return x + self.mlp(self.norm2(x))
+        x = shortcut + drop_path(y, self.drop_path_rate, self.training)
+        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
 
 
 class SwinTextLayer(nn.Module):
@@ -203,14 +209,19 @@ class SwinTextLayer(nn.Module):
         depth: Blocks.
         num_heads: Heads per block.
         window: Window side.
+        drop_path_rate: Stochastic depth of the last block; rates grow linearly from 0 (training only).
     """
 
-    def __init__(self, dim: int, depth: int, num_heads: int, window: int) -> None:
+    def __init__(self, dim: int, depth: int, num_heads: int, window: int, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         self.window = window
         self.shift = window // 2
+        rates = linear_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
-            [SwinTextBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2) for i in range(depth)]
+            [
+                SwinTextBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2, drop_path_rate=rates[i])
+                for i in range(depth)
+            ]
         )
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

@@ -66,3 +66,11 @@ def test_errors() -> None:
     with pytest.raises(ModelError, match="unknown ChangeCLIP variant 'vit-l'"):
         get_preset("vit-l")
     assert get_preset("tiny-vit") is PRESETS["tiny-vit"]
+
+
+def test_optional_fields_default_when_absent() -> None:
+    """Configurations written before a field existed still load (the field takes its default)."""
+    data = PRESETS["vit-b-16"].to_dict()
+    for key in ("vit_drop_path_rate", "swin_drop_path_rate", "swin_window"):
+        del data[key]
+    assert ChangeCLIPConfig.from_dict(data) == PRESETS["vit-b-16"]

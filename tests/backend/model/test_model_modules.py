@@ -17,6 +17,7 @@ from changeclip.model.decoder import SwinTextDecode
 from changeclip.model.fusion import SELayerV2
 from changeclip.model.image_encoder_rn50 import CLIPResNetWithAttention
 from changeclip.model.image_encoder_vit import CLIPVisionTransformer
+from changeclip.model.layers import drop_path, linear_rates
 from changeclip.model.neck import FPN
 from changeclip.model.swin import relative_position_index, shifted_window_mask
 from changeclip.model.text_encoder import CLIPTextContextEncoder
@@ -322,3 +323,15 @@ def test_relative_position_index_and_shift_mask() -> None:
     assert tuple(mask.shape) == (4, 49, 49)
     assert bool((mask[0] == 0).all())  # the top-left window is one region
     assert set(mask.unique().tolist()) == {0.0, -100.0}
+
+
+def test_drop_path_only_in_training() -> None:
+    x = torch.ones(64, 3, 5)
+    assert drop_path(x, 0.5, training=False) is x
+    assert drop_path(x, 0.0, training=True) is x
+    torch.manual_seed(0)
+    y = drop_path(x, 0.5, training=True)
+    per_sample = y.reshape(64, -1)
+    assert set(per_sample.unique().tolist()) == {0.0, 2.0}
+    assert bool((per_sample == per_sample[:, :1]).all())  # whole samples are dropped or kept
+    assert linear_rates(0.2, 2) == [0.0, 0.2] and linear_rates(0.1, 1) == [0.0]

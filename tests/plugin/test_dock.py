@@ -127,3 +127,38 @@ def test_dock_cancel(dock, project, pump, backend_env: None, tiny_weights, repo_
     assert dock.stage_label.text().startswith("Cancelled")
     assert not Path(task.params.output_paths()["mask"]).exists()
     assert dock.run_button.isEnabled()
+
+
+def test_dock_exports_tile_layer(dock, project, pump, backend_env: None, raster_pair: tuple[Path, Path],  # noqa: ANN001
+                                 tmp_path: Path) -> None:
+    """A non-file layer (XYZ tiles) is exported on the other raster's grid, then compared."""
+    from qgis.core import QgsRasterLayer
+    from qgis.PyQt.QtGui import QColor, QImage
+
+    tiles = tmp_path / "tiles"
+    for z, x, y in ((0, 0, 0), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)):
+        (tiles / str(z) / str(x)).mkdir(parents=True, exist_ok=True)
+        image = QImage(256, 256, QImage.Format_RGB32)
+        image.fill(QColor(40 + 60 * x, 90, 40 + 60 * y))
+        image.save(str(tiles / str(z) / str(x) / f"{y}.png"))
+    xyz = QgsRasterLayer(f"type=xyz&url=file://{tiles}/{{z}}/{{x}}/{{y}}.png&zmax=1&zmin=0", "tiles", "wms")
+    after = QgsRasterLayer(str(raster_pair[1]), "after_file")
+    project.addMapLayers([xyz, after])
+    dock.before_combo.setLayer(xyz)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    dock.polygons_check.setChecked(False)
+    task = dock.start_run()
+    assert task is not None and set(task.exports) == {"before"}
+    results: dict = {}
+    dock.runFinished.connect(lambda s: results.setdefault("summary", s))
+    dock.runFailed.connect(lambda m: results.setdefault("error", m))
+    pump(lambda: results, 600)
+    assert "summary" in results, results.get("error")
+    exported = Path(task.params.before)
+    assert exported.suffix == ".tif" and exported.parent == Path(task.params.output_dir)
+    from osgeo import gdal
+
+    ds = gdal.Open(str(exported))
+    assert (ds.RasterXSize, ds.RasterYSize) == (128, 128)
+    assert ds.GetProjection() == gdal.Open(str(raster_pair[1])).GetProjection()

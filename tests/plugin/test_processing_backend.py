@@ -175,3 +175,44 @@ def test_bad_input_names_the_fix(provider: object, backend_env: None, raster_pai
     with pytest.raises(QgsProcessingException, match="CHANGE_MASK"):
         processing.run(ALG, params)
     assert json.dumps(params)
+
+
+@pytest.fixture()
+def external_server(tmp_path: Path):  # noqa: ANN201
+    """A ``changeclip serve`` started outside the plugin, with its token in a file (like a remote box)."""
+    import subprocess
+    import sys
+
+    token_file = tmp_path / "token"
+    proc = subprocess.Popen([sys.executable, "-m", "changeclip", "serve", "--port", "0", "--token-file",
+                             str(token_file)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        handshake = json.loads(proc.stdout.readline())
+        yield handshake["url"], token_file
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def test_remote_url_and_token(provider: object, external_server, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                              raster_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    from changeclip_qgis.core.backend_launcher import LAUNCHER
+
+    url, token_file = external_server
+    monkeypatch.delenv("CHANGECLIP_BACKEND_PYTHON", raising=False)
+    monkeypatch.setenv("CHANGECLIP_BACKEND_URL", url)
+    monkeypatch.setenv("CHANGECLIP_TOKEN_FILE", str(token_file))
+    results = processing.run(ALG, _irmad_params(*raster_pair, tmp_path, polygons=False))
+    assert results["CHANGED_AREA_M2"] > 0
+    backend = LAUNCHER.current()
+    assert backend.url == url and not backend.owned
+    LAUNCHER.stop()  # never stops a server the plugin did not start
+    assert backend.client.live()
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("x" * 43 + "\n")
+    monkeypatch.setenv("CHANGECLIP_TOKEN_FILE", str(wrong))
+    with pytest.raises(QgsProcessingException, match="HTTP 401"):
+        processing.run(ALG, _irmad_params(*raster_pair, tmp_path / "again", polygons=False))

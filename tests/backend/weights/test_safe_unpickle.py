@@ -132,6 +132,7 @@ def test_codecs_only_latin1(tmp_path: Path) -> None:
         safe_torch_load(path)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_torchscript_archive_is_not_loaded(tmp_path: Path) -> None:
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))

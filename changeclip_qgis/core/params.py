@@ -87,15 +87,19 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
     Raises:
         ConfigError: a value is invalid; the message names the field as the UI labels it.
     """
+    def absolute(path: str | None) -> str | None:  # the backend runs in another working directory
+        return os.path.abspath(os.path.expanduser(path)) if path and path.strip() else None
+
     try:
         band_list = protocol.parse_bands(bands) if isinstance(bands, str) else list(bands)
         params = protocol.DetectParams(
-            before=before, after=after, output_dir=output_dir, engine=engine,
+            before=absolute(before) or "", after=absolute(after) or "", output_dir=absolute(output_dir) or "",
+            engine=engine,
             weights=resolve_weights(weights, weights_dir, engine), prompt=prompt.strip(),
             prompt_mode=prompt_mode, bands=band_list, tile=int(tile), overlap=int(overlap),
             threshold=threshold if threshold else None, device=(device or "auto").strip(),
-            polygons=bool(polygons), min_area=float(min_area_m2), mask_path=mask_path or None,
-            probability_path=probability_path or None, polygons_path=polygons_path or None,
+            polygons=bool(polygons), min_area=float(min_area_m2), mask_path=absolute(mask_path),
+            probability_path=absolute(probability_path), polygons_path=absolute(polygons_path),
             overwrite=overwrite)
         params.validate()
     except protocol.ParamError as exc:

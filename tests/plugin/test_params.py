@@ -16,6 +16,11 @@ def test_irmad_params(tmp_path: Path) -> None:
                      threshold=0.0, polygons=True, min_area_m2=25)
     assert isinstance(p, protocol.DetectParams)
     assert p.bands == [3, 2, 1] and p.threshold is None and p.weights is None and p.polygons and p.min_area == 25
+    # the backend runs in another working directory: every path is made absolute
+    assert Path(p.before).is_absolute() and Path(p.after) == Path.cwd() / "b.tif"
+    q = build_params("a.tif", "b.tif", "out", engine="irmad", prompt_mode="none", mask_path="m.tif")
+    assert q.output_dir == str(Path.cwd() / "out") and q.mask_path == str(Path.cwd() / "m.tif")
+    assert q.probability_path is None
 
 
 def test_errors_name_the_field(tmp_path: Path) -> None:

@@ -28,15 +28,17 @@ _PATH_FIELDS = ("before", "after", "output_dir", "weights", "tagger_weights", "m
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``submit``, ``status`` and ``cancel``."""
-    p = subparsers.add_parser("submit", help="queue a detection job on a running server",
-                              description="Queue a detection job on a running 'changeclip serve' (same options as "
-                                          "'changeclip detect'). Prints the job as JSON; with --wait, waits for it "
-                                          "(progress on stderr) and prints the result.")
+    p = subparsers.add_parser("submit", parents=[_detect_parser()], add_help=False, conflict_handler="resolve",
+                              help="queue a detection job on a running server",
+                              description="Queue a detection job on a running 'changeclip serve', with the options "
+                                          "of 'changeclip detect'. Prints the job as JSON; with --wait, waits for "
+                                          "it (progress on stderr) and prints the result.")
     _server_options(p)
-    add_params_arguments(p)
     p.add_argument("--wait", action="store_true", help="wait for the job; exit 0 if it succeeded, 1 if it "
                                                       "failed, 130 if it was cancelled")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="with --wait: give up after S seconds")
+    p.add_argument("--json", action="store_true",
+                   help="with --wait: progress as JSON lines on stdout (like 'changeclip detect --json')")
     p.set_defaults(func=run_submit)
 
     p = subparsers.add_parser("status", help="server status, or one job's state and progress",
@@ -56,56 +58,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_cancel)
 
 
-def add_params_arguments(p: argparse.ArgumentParser) -> None:
-    """Options for every field of :class:`protocol.DetectParams` (defaults: the protocol's)."""
-    d = {f["name"]: f["default"] for f in protocol.param_fields()}
-    p.add_argument("before", help="raster of the earlier date")
-    p.add_argument("after", help="raster of the later date")
-    p.add_argument("-o", "--output-dir", required=True, help="folder for the outputs")
-    p.add_argument("--engine", choices=protocol.ENGINES, default=d["engine"])
-    p.add_argument("--weights", default=None, help="ChangeCLIP weights file (engine changeclip)")
-    p.add_argument("--variant", choices=protocol.VARIANTS, default=d["variant"])
-    p.add_argument("--prompt", default=d["prompt"], help="extra words for the foreground prompt")
-    p.add_argument("--prompt-mode", choices=protocol.PROMPT_MODES, default=d["prompt_mode"])
-    p.add_argument("--tagger-weights", default=None, help="CLIP weights of the tagger (prompt mode auto)")
-    p.add_argument("--official-test-prompts", action="store_true")
-    p.add_argument("--bands", type=protocol.parse_bands, default=d["bands"], help="1-based bands, e.g. 3,2,1")
-    p.add_argument("--value-range", type=protocol.parse_value_range, default=None,
-                   help="MIN:MAX for all bands or one per band, e.g. 0:3000")
-    p.add_argument("--grid", choices=protocol.GRIDS, default=d["grid"])
-    p.add_argument("--target-crs", default=None, help="CRS of grid 'custom', e.g. EPSG:32633")
-    p.add_argument("--resolution", type=float, default=None, help="pixel size of grid 'custom' (CRS units)")
-    p.add_argument("--tile", type=int, default=d["tile"], help="tile size in pixels (multiple of 32)")
-    p.add_argument("--overlap", type=int, default=d["overlap"], help="tile overlap in pixels")
-    p.add_argument("--device", default=d["device"], help=protocol.DEVICES_HELP)
-    p.add_argument("--precision", choices=protocol.PRECISIONS, default=d["precision"])
-    p.add_argument("--batch-size", type=int, default=d["batch_size"])
-    p.add_argument("--threshold", type=float, default=None, help="change threshold 0..1 (default: the engine's)")
-    p.add_argument("--probability-dtype", choices=protocol.PROBABILITY_DTYPES, default=d["probability_dtype"])
-    p.add_argument("--polygons", action="store_true", help="also write change polygons (GeoPackage)")
-    p.add_argument("--min-area", type=float, default=d["min_area"], help="smallest polygon kept, m²")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--mask-path", default=None)
-    p.add_argument("--probability-path", default=None)
-    p.add_argument("--polygons-path", default=None)
+def _detect_parser() -> argparse.ArgumentParser:
+    """The parser of ``changeclip detect`` (its options become ``submit``'s)."""
+    from changeclip.commands import detect
+
+    holder = argparse.ArgumentParser(add_help=False)
+    detect.register(holder.add_subparsers())
+    parser: argparse.ArgumentParser = holder._subparsers._group_actions[0].choices["detect"]  # type: ignore[union-attr]
+    return parser
 
 
 def params_from_args(args: argparse.Namespace) -> protocol.DetectParams:
-    """The validated job parameters; local paths made absolute (the server needs absolute paths).
+    """The job parameters as ``changeclip detect`` builds them, with local paths made absolute
+    (the server resolves paths on its side, not in the client's working folder).
 
     Raises:
-        InputError: a parameter is invalid (names it).
+        InputError: a parameter is invalid (names the option).
     """
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(protocol.DetectParams):
-        value = getattr(args, f.name)
-        if f.name in _PATH_FIELDS and isinstance(value, str) and value:
-            value = os.path.abspath(os.path.expanduser(value))
-        values[f.name] = value
-    try:
-        return protocol.DetectParams.from_dict(values)
-    except protocol.ParamError as exc:
-        raise InputError(str(exc)) from exc
+    from changeclip.commands import detect
+
+    params = detect.params_from_args(args)
+    for name in _PATH_FIELDS:
+        value = getattr(params, name)
+        if isinstance(value, str) and value:
+            setattr(params, name, os.path.abspath(os.path.expanduser(value)))
+    return params
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
@@ -137,6 +114,10 @@ def _show_progress(info: protocol.JobInfo) -> None:
     log.info("job %s: %s, %s%s (%.0f%%)%s", info.job_id[:8], info.state, p.stage, count, 100 * p.fraction, eta)
 
 
+def _json_progress(info: protocol.JobInfo) -> None:
+    _print({"event": "progress", "job_id": info.job_id, "state": info.state, **dataclasses.asdict(info.progress)})
+
+
 def _final(client: Any, info: protocol.JobInfo) -> int:
     """Print the final job (and result); map its state to the exit status."""
     if info.state == "succeeded":
@@ -157,7 +138,8 @@ def run_submit(args: argparse.Namespace) -> int:
         _print(info)
         return 0
     log.info("job %s queued on %s", info.job_id, info.device)
-    final = client.wait(info.job_id, poll_s=1.0, timeout_s=args.timeout, on_progress=_show_progress)
+    final = client.wait(info.job_id, poll_s=1.0, timeout_s=args.timeout,
+                        on_progress=_json_progress if args.json else _show_progress)
     return _final(client, final)
 
 

@@ -109,7 +109,7 @@ class JobResultModel(BaseModel):
     """Result of a succeeded job: output paths and the summary (same as ``summary.json``)."""
 
     job_id: str
-    outputs: dict[str, str | None]
+    outputs: dict[str, Any] = Field(description="output paths by kind (mask, probability, polygons, summary)")
     summary: dict[str, Any]
 
 

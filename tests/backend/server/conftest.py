@@ -190,3 +190,36 @@ def server_process(tmp_path: Path) -> Iterator[LiveServer]:
         yield server
     finally:
         stop_server_process(server)
+
+
+def write_geotiff(path: Path, array: Any) -> Path:
+    """A (bands, H, W) uint8 GeoTIFF in UTM 33N with 1 m pixels."""
+    from osgeo import gdal, osr
+
+    gdal.UseExceptions()
+    bands, height, width = array.shape
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), width, height, bands, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 1.0, 0.0, 4500000.0, 0.0, -1.0))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    ds.SetProjection(srs.ExportToWkt())
+    for i in range(bands):
+        ds.GetRasterBand(i + 1).WriteArray(array[i])
+    ds.FlushCache()
+    ds = None
+    return path
+
+
+def make_pair(folder: Path, size: int, seed: int = 0) -> tuple[str, str]:
+    """Before/after rasters of ``size`` px: noise, and a bright square (size/4, at size/4) only after."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    before = rng.integers(60, 120, (3, size, size)).astype(np.uint8)
+    after = np.clip(before.astype(int) + rng.integers(-5, 6, before.shape), 0, 255).astype(np.uint8)
+    q = size // 4
+    after[:, q:2 * q, q:2 * q] = 230
+    folder.mkdir(parents=True, exist_ok=True)
+    b = write_geotiff(folder / f"before{size}.tif", before)
+    a = write_geotiff(folder / f"after{size}.tif", after)
+    return str(b), str(a)

@@ -1,7 +1,7 @@
 """``changeclip submit`` / ``status`` / ``cancel``: talk to a running ``changeclip serve``.
 
 The server is found by ``--url`` and ``--token-file`` (defaults: the environment
-variables ``CHANGECLIP_URL`` and ``CHANGECLIP_TOKEN_FILE``; both are in the server's
+variables ``CHANGECLIP_BACKEND_URL`` and ``CHANGECLIP_TOKEN_FILE``; both are in the server's
 handshake line). Each command prints one JSON object on stdout.
 """
 
@@ -20,7 +20,7 @@ from changeclip.errors import ChangeClipError, InputError, JobCancelled
 
 log = logging.getLogger(__name__)
 
-ENV_URL = "CHANGECLIP_URL"
+ENV_URL = "CHANGECLIP_BACKEND_URL"
 ENV_TOKEN_FILE = "CHANGECLIP_TOKEN_FILE"
 _PATH_FIELDS = ("before", "after", "output_dir", "weights", "tagger_weights", "mask_path", "probability_path",
                 "polygons_path")

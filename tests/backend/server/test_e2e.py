@@ -176,7 +176,7 @@ def test_failing_job_leaves_server_healthy(server: LiveServer, data: dict[int, t
 
 
 def test_cli_submit_status_cancel(server: LiveServer, data: dict[int, tuple[str, str]], tmp_path: Path) -> None:
-    env = {**os.environ, "CHANGECLIP_URL": server.url, "CHANGECLIP_TOKEN_FILE": server.handshake["token_file"]}
+    env = {**os.environ, "CHANGECLIP_BACKEND_URL": server.url, "CHANGECLIP_TOKEN_FILE": server.handshake["token_file"]}
     cli = [sys.executable, "-m", "changeclip"]
     before, after = data[256]
 

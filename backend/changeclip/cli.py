@@ -20,6 +20,7 @@ COMMANDS = (
     "weights",
     "serve",
     "jobs",
+    "bench",
 )
 """Subcommand modules, in the order ``--help`` lists them."""
 

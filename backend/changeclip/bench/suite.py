@@ -1,0 +1,156 @@
+"""The benchmark suite: profiles (what to measure where), the run, the JSON and the table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from changeclip.bench.common import environment, peak_rss_mib
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Profile:
+    """What one benchmark run measures.
+
+    Attributes:
+        name: profile name (``cpu``, ``gpu``, ``quick``).
+        variants: network variants of the throughput and text sections.
+        batches: optimised batch sizes.
+        precisions: optimised precisions.
+        reps: timed calls per configuration.
+        naive_pairs: pairs per timed naive call.
+        e2e_variants: variants timed end to end.
+        e2e_size: pipeline raster side (px).
+        e2e_naive_size: naive raster side (px).
+        e2e_batch: pipeline batch size.
+        e2e_precisions: pipeline precisions.
+        hit_rate_tiles: tiles of the text-cache hit-rate run.
+        irmad_size: raster side of the irmad end-to-end run (0 = skip).
+        compile_model: also time a ``torch.compile``-d forward (GPU).
+        net_size: tile side of the throughput section (256 = the paper's tiles).
+    """
+
+    name: str
+    variants: list[str]
+    batches: list[int]
+    precisions: list[str]
+    reps: int
+    naive_pairs: int
+    e2e_variants: list[str]
+    e2e_size: int
+    e2e_naive_size: int
+    e2e_batch: int
+    e2e_precisions: list[str]
+    hit_rate_tiles: int = 16
+    irmad_size: int = 0
+    compile_model: bool = False
+    net_size: int = 256
+    notes: list[str] = field(default_factory=list)
+
+
+PROFILES = {
+    "cpu": Profile("cpu", ["rn50", "vit-b-16"], [2], ["fp32", "bf16"], reps=2, naive_pairs=1,
+                   e2e_variants=["rn50"], e2e_size=512, e2e_naive_size=512, e2e_batch=4,
+                   e2e_precisions=["fp32", "bf16"], hit_rate_tiles=16, irmad_size=2048),
+    "quick": Profile("quick", ["tiny-rn50"], [2], ["fp32"], reps=1, naive_pairs=1,
+                     e2e_variants=["tiny-rn50"], e2e_size=384, e2e_naive_size=384, e2e_batch=4,
+                     e2e_precisions=["fp32"], hit_rate_tiles=4, irmad_size=256, net_size=128),
+    "gpu": Profile("gpu", ["rn50", "vit-b-16"], [16, 64, 128], ["fp32", "bf16"], reps=5, naive_pairs=8,
+                   e2e_variants=["rn50", "vit-b-16"], e2e_size=6144, e2e_naive_size=1024, e2e_batch=64,
+                   e2e_precisions=["bf16"], hit_rate_tiles=64, irmad_size=0),
+}
+
+
+def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
+              workdir: str | None = None) -> dict[str, Any]:
+    """Run every section of ``profile`` on ``device``; return the JSON-able report."""
+    from changeclip.bench.common import random_pairs
+    from changeclip.bench.end_to_end import bench_end_to_end, bench_irmad_end_to_end
+    from changeclip.bench.network import bench_network
+    from changeclip.bench.text import bench_hit_rate, bench_text_cost
+
+    t_start = time.perf_counter()
+    report: dict[str, Any] = {"profile": asdict(profile), "environment": environment(device), "network": [],
+                              "text_cost": [], "text_cache_hit_rate": [], "end_to_end": [], "memory": {}}
+    for variant in profile.variants:
+        report["network"] += bench_network(variant, device, profile.batches, profile.precisions, profile.reps,
+                                           profile.naive_pairs, size=profile.net_size)
+        if profile.compile_model:
+            try:
+                report["network"] += [r for r in bench_network(variant, device, [max(profile.batches)], ["bf16"],
+                                                                profile.reps, profile.naive_pairs,
+                                                                size=profile.net_size, compile_model=True) if r["mode"] != "naive"]
+            except Exception as exc:  # noqa: BLE001 - a failed compile is a measured outcome, not a crash
+                report["network"].append({"variant": variant, "mode": "optimised", "compiled": True,
+                                          "error": f"{type(exc).__name__}: {exc}"[:300]})
+        report["text_cost"] += bench_text_cost(variant, device, profile.precisions)
+    a, b = random_pairs(profile.hit_rate_tiles, 64, seed=1)
+    report["text_cache_hit_rate"] = bench_hit_rate(device, a, b, batch=2, tagger_weights=tagger_weights)
+    for variant in profile.e2e_variants:
+        report["end_to_end"] += bench_end_to_end(variant, device, profile.e2e_size, profile.e2e_precisions,
+                                                 profile.e2e_batch, profile.e2e_naive_size, workdir)
+    if profile.irmad_size:
+        report["end_to_end"].append(bench_irmad_end_to_end(profile.irmad_size, workdir))
+    report["memory"] = {"peak_host_rss_mib": peak_rss_mib(),
+                        "peak_gpu_mib_max": max((r.get("gpu_peak_mib") or 0 for r in
+                                                 report["network"] + report["end_to_end"]), default=0) or None}
+    report["environment"]["load_avg_end"] = list(os.getloadavg())
+    report["seconds"] = time.perf_counter() - t_start
+    return report
+
+
+def _f(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+           for r in [head, *rows]]
+    return [fmt[0], "-" * len(fmt[0]), *fmt[1:]]
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """Human-readable tables of a suite report (the table ``changeclip bench`` prints last)."""
+    env = rep["environment"]
+    dev = env.get("gpu") or env.get("cpu")
+    lines = [f"changeclip bench, profile {rep['profile']['name']}, device {env['device']} ({dev}), torch "
+             f"{env['torch']}, {env['torch_threads']} threads, load avg at start {env['load_avg_start'][0]:.1f}", ""]
+    lines.append(f"Network throughput, {rep['profile']['net_size']}x{rep['profile']['net_size']} pairs/s (whole network incl. text side; naive = batch 1, fp32, "
+                 "text encoded per pair)")
+    rows = []
+    for r in rep["network"]:
+        if "error" in r:
+            rows.append([r["variant"], "compiled", "-", "-", "-", "-", r["error"][:60]])
+            continue
+        rows.append([r["variant"], r["mode"] + (" +compile" if r.get("compiled") else ""), str(r["batch"]),
+                     r["precision"], _f(r["pairs_per_s"]), _f(r.get("speedup_vs_naive")) + ("x" if r.get(
+                         "speedup_vs_naive") else ""), _f(r.get("gpu_peak_mib"), 0)])
+    lines += _table(["variant", "mode", "batch", "precision", "pairs/s", "vs naive", "GPU MiB"], rows)
+    lines += ["", "Text side per pair (4 prompts: background + foreground, both dates)"]
+    rows = [[r["variant"], r["precision"], _f(r["tokenise_ms"]), _f(r["encode_ms"]), _f(r["cache_hit_ms"], 3),
+             _f(r["uncached_over_cached"], 0) + "x"] for r in rep["text_cost"]]
+    lines += _table(["variant", "precision", "tokenise ms", "encode ms", "cache hit ms", "uncached/cached"], rows)
+    lines += ["", "Text-cache hit rate per prompt mode"]
+    rows = [[r["prompt_mode"], str(r["tiles"]), str(r["hits"]), str(r["misses"]), _f(r["hit_rate"], 3),
+             "yes" if r["representative"] else "no (random tagger)"] for r in rep["text_cache_hit_rate"]]
+    lines += _table(["prompt mode", "tiles", "hits", "misses", "hit rate", "representative"], rows)
+    lines += ["", "End to end, GeoTIFF -> GeoTIFF (model already loaded)"]
+    rows = [[r["variant"], r["path"], r["precision"], str(r["batch"]), f"{r['raster_px']}^2", _f(r["seconds"], 1),
+             _f(r["mpix_per_s"], 3), _f(r.get("pairs_per_s")),
+             _f(r.get("speedup_vs_naive")) + ("x" if r.get("speedup_vs_naive") else "")]
+            for r in rep["end_to_end"]]
+    lines += _table(["variant", "path", "precision", "batch", "raster", "s", "MPix/s", "tiles/s", "vs naive"], rows)
+    mem = rep["memory"]
+    lines += ["", f"peak host RSS {mem['peak_host_rss_mib']:.0f} MiB; peak GPU memory "
+                  f"{_f(mem.get('peak_gpu_mib_max'), 0)} MiB; suite took {rep['seconds']:.0f} s"]
+    return "\n".join(lines)

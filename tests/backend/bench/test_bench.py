@@ -1,0 +1,65 @@
+"""The benchmark suite: the naive baseline computes the same network, and a miniature run
+produces every section of the report (timings are recorded, never asserted)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal
+
+from changeclip.bench import suite
+from changeclip.bench.common import random_pairs, seeded_model
+from changeclip.bench.end_to_end import write_synthetic_pair
+from changeclip.bench.naive import NaivePredictor, naive_geotiff_detect
+from changeclip.cli import main
+from changeclip.inference.predictor import ChangeCLIPPredictor
+
+
+def test_naive_baseline_is_the_same_network() -> None:
+    lm = seeded_model("tiny-rn50", "cpu", "fp32")
+    a, b = random_pairs(2, 64, seed=5)
+    fast = ChangeCLIPPredictor(lm, "none", batch_size=2).predict_logits(a, b)
+    slow = NaivePredictor(lm).predict_logits(a, b)
+    diff = float(np.abs(fast - slow).max())
+    assert diff < 1e-4 * max(1.0, float(np.abs(fast).max())), f"max diff {diff}"
+
+
+def test_naive_geotiff_covers_the_grid(tmp_path: Path) -> None:
+    before, after = write_synthetic_pair(tmp_path, 160, seed=2)
+    naive = NaivePredictor(seeded_model("tiny-rn50", "cpu", "fp32"))
+    out = tmp_path / "naive.tif"
+    tiles = naive_geotiff_detect(naive, before, after, out, tile=64, overlap=16)
+    assert tiles == 9  # origins 0, 48, 96 per axis
+    ds, src = gdal.Open(str(out)), gdal.Open(str(before))
+    assert (ds.RasterXSize, ds.RasterYSize) == (160, 160)
+    assert ds.GetGeoTransform() == src.GetGeoTransform()
+    assert ds.ReadAsArray().max() <= 100
+
+
+def test_cli_bench_miniature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    mini = dataclasses.replace(suite.PROFILES["quick"], net_size=64, e2e_size=256, e2e_naive_size=256,
+                               e2e_batch=2, hit_rate_tiles=4, irmad_size=128)
+    monkeypatch.setitem(suite.PROFILES, "quick", mini)
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--quick", "--device", "cpu", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rep = json.loads(out.read_text())
+    naive, opt = rep["network"]
+    assert naive["mode"] == "naive" and opt["mode"] == "optimised"
+    assert opt["speedup_vs_naive"] == pytest.approx(opt["pairs_per_s"] / naive["pairs_per_s"])
+    assert opt["text_cache"]["misses"] == 2  # constant prompts: encoded once, then looked up
+    assert {r["prompt_mode"] for r in rep["text_cache_hit_rate"]} == {"none", "words"}
+    none = next(r for r in rep["text_cache_hit_rate"] if r["prompt_mode"] == "none")
+    assert none["hits"] == 2 and none["misses"] == 2  # 2 calls x (background, foreground)
+    paths = [(r["variant"], r["path"]) for r in rep["end_to_end"]]
+    assert paths == [("tiny-rn50", "naive"), ("tiny-rn50", "pipeline"), ("irmad", "pipeline")]
+    assert all(r["mpix_per_s"] > 0 for r in rep["end_to_end"])
+    assert rep["memory"]["peak_host_rss_mib"] > 0
+    assert rep["environment"]["torch"] and rep["environment"]["device"] == "cpu"
+    assert printed.out.rstrip().splitlines()[-1].startswith("peak host RSS")

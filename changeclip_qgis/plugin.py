@@ -46,7 +46,7 @@ class ChangeClipPlugin:
         from .gui.dock import ChangeClipDock
 
         self.dock = ChangeClipDock(self.iface, self.iface.mainWindow())
-        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
         icon = QIcon(str(icon_path()))
         self.toggle_action = self._action(icon, "ChangeCLIP change detection", self._toggle_dock, toolbar=True)

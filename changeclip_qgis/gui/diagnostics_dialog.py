@@ -14,7 +14,7 @@ class _CollectTask(QgsTask):
     reportReady = pyqtSignal(str)
 
     def __init__(self) -> None:
-        super().__init__("ChangeCLIP: collecting diagnostics", QgsTask.CanCancel)
+        super().__init__("ChangeCLIP: collecting diagnostics", QgsTask.Flag.CanCancel)
         self.report = ""
 
     def run(self) -> bool:
@@ -39,12 +39,12 @@ class DiagnosticsDialog(QDialog):
         layout.addWidget(QLabel("Paste this report into a bug report (it contains no token)."))
         self.text = QPlainTextEdit(self)
         self.text.setReadOnly(True)
-        self.text.setFont(QFontDatabase.systemFont(QFontDatabase.FixedFont))
+        self.text.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.text.setPlainText("Collecting…")
         layout.addWidget(self.text)
-        buttons = QDialogButtonBox(QDialogButtonBox.Close, self)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close, self)
         self.copy_button = QPushButton("Copy to clipboard", self)
-        buttons.addButton(self.copy_button, QDialogButtonBox.ActionRole)
+        buttons.addButton(self.copy_button, QDialogButtonBox.ButtonRole.ActionRole)
         self.copy_button.clicked.connect(self.copy)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)

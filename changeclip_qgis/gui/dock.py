@@ -137,7 +137,7 @@ class ChangeClipDock(QgsDockWidget):
         self.min_area_spin.setSuffix(" m²")
         adv.addRow("Minimum area", self.min_area_spin)
         self.output_widget = QgsFileWidget(self.advanced_box)
-        self.output_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.output_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.output_widget.setFilePath(get(KEY_OUTPUT_BASE))
         self.output_widget.lineEdit().setPlaceholderText(self.default_output_base())
         self.output_widget.setToolTip("each run gets its own subfolder here")
@@ -162,7 +162,7 @@ class ChangeClipDock(QgsDockWidget):
         outer.addWidget(self.stage_label)
         self.summary_label = QLabel("", body)
         self.summary_label.setWordWrap(True)
-        self.summary_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         outer.addWidget(self.summary_label)
 
         backend_row = QHBoxLayout()

@@ -28,7 +28,7 @@ class SettingsDialog(QDialog):
         self.token_widget.setFilePath(_stored(cfg.KEY_TOKEN_FILE))
         form.addRow("Token file (for the URL)", self.token_widget)
         self.weights_widget = QgsFileWidget(self)
-        self.weights_widget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.weights_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.weights_widget.setFilePath(_stored(cfg.KEY_WEIGHTS_DIR))
         form.addRow("Weights folder", self.weights_widget)
         self.timeout_spin = QDoubleSpinBox(self)
@@ -40,7 +40,7 @@ class SettingsDialog(QDialog):
         overrides = [f"{env} (overrides '{key}')" for key, env in cfg.ENV.items() if cfg.overridden_by_env(key)]
         if overrides:
             layout.addWidget(QLabel("Set in the environment, these win over the values above:\n" + "\n".join(overrides)))
-        buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel, self)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel, self)
         buttons.accepted.connect(self.save)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)

@@ -46,7 +46,7 @@ class DetectTask(QgsTask):
     def __init__(self, params: protocol.DetectParams, run_name: str,
                  exports: dict[str, ExportRequest] | None = None, launcher: BackendLauncher = LAUNCHER,
                  config: BackendConfig | None = None, load_layers: bool = True) -> None:
-        super().__init__(f"ChangeCLIP: {run_name}", QgsTask.CanCancel)
+        super().__init__(f"ChangeCLIP: {run_name}", QgsTask.Flag.CanCancel)
         self.params = params
         self.run_name = run_name
         self.exports = exports or {}
@@ -104,7 +104,7 @@ class BackendCheckTask(QgsTask):
     failedWith = pyqtSignal(str)
 
     def __init__(self, launcher: BackendLauncher = LAUNCHER, config: BackendConfig | None = None) -> None:
-        super().__init__("ChangeCLIP: connecting to the backend", QgsTask.CanCancel)
+        super().__init__("ChangeCLIP: connecting to the backend", QgsTask.Flag.CanCancel)
         self.launcher = launcher
         self.config = config
         self.status: dict[str, Any] | None = None

@@ -282,3 +282,29 @@ def test_polygons_overlay_mask(tmp_path: Path) -> None:
     vec = ogr.Open(str(out / POLYGONS_NAME))
     gdal.RasterizeLayer(mem, [1], vec.GetLayer(0), burn_values=[1])
     np.testing.assert_array_equal(mem.ReadAsArray() == 1, mask == 1)
+
+
+def test_geographic_crs_areas(tmp_path: Path) -> None:
+    """On a grid in degrees the changed area (m²) is ellipsoidal and equals the polygons' total."""
+    gt = (10.0, 0.0001, 0.0, 60.0, 0.0, -0.0001)
+    b, a, truth = change_pair(tmp_path, h=150, w=160, gt=gt, epsg=4326)
+    s = run_detection(_params(b, a, tmp_path / "o", polygons=True))
+    assert s["grid"]["epsg"] == 4326
+    # a 0.0001° pixel at 60°N is about 11.1 m x 5.6 m
+    px = s["valid_area_m2"] / s["valid_pixels"]
+    assert 55 < px < 70
+    assert s["polygons"]["area_m2"] == pytest.approx(s["changed_area_m2"], rel=1e-6)
+    assert s["changed_pixels"] >= 0.9 * truth.sum()
+
+
+def test_float_input_with_nan(tmp_path: Path) -> None:
+    img = textured(120, 140).astype(np.float32) / 255.0
+    after = img * 1.1 + 0.02
+    after[:, 30:70, 40:100] = img[:, 0:40, 0:60][::-1] * 1.1
+    img[:, :, :10] = np.nan
+    b = write_raster(tmp_path / "b.tif", img)
+    a = write_raster(tmp_path / "a.tif", after)
+    s = run_detection(_params(b, a, tmp_path / "o"))
+    assert s["scaling"]["source"] == "percentile" and s["scaling"]["high"][0] < 1.5
+    mask = read(tmp_path / "o" / MASK_NAME)
+    assert np.all(mask[:, :10] == 255) and (mask[30:70, 40:100] == 1).mean() > 0.8

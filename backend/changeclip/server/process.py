@@ -27,6 +27,7 @@ from changeclip.errors import InputError
 from changeclip.server.app import create_app
 from changeclip.server.auth import prepare_token_file
 from changeclip.server.settings import ServerSettings
+from changeclip.server.system import SystemInfo
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,10 @@ def run_server(host: str = "127.0.0.1", port: int = 0, token_file: str | None = 
         handshake = {"event": "ready", "url": f"http://{url_host}:{bound_port}", "port": bound_port,
                      "token_file": str(tokens.path), "pid": os.getpid(), "version": __version__,
                      "protocol_version": protocol.PROTOCOL_VERSION}
-        app = create_app(settings)
+        system = SystemInfo(device)
+        if device != "auto":
+            system.resolve_device("auto")  # fail now (exit 2) if the device does not exist here
+        app = create_app(settings, system=system)
         config = uvicorn.Config(app, log_config=None, access_log=verbose, lifespan="on",
                                 timeout_graceful_shutdown=max(5, int(settings.shutdown_timeout_s)),
                                 server_header=False)

@@ -225,3 +225,18 @@ def test_kill_9_mid_job_leaves_no_final_outputs(data: dict[int, tuple[str, str]]
     params = DetectParams(**_long_job(data, out))
     for kind, path in params.output_paths().items():
         assert path is None or not os.path.exists(path), f"{kind} output {path} exists after kill -9"
+
+
+def test_sigterm_mid_job_cancels_and_removes_partial_outputs(data: dict[int, tuple[str, str]],
+                                                             tmp_path: Path) -> None:
+    srv = start_server_process(tmp_path)
+    try:
+        out = tmp_path / "terminated"
+        info = srv.client.submit(_long_job(data, out))
+        _wait_mid_tiles(srv.client, info.job_id)
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(120) == 0
+    finally:
+        stop_server_process(srv)
+    assert not out.exists() or list(out.iterdir()) == []
+    assert f"job {info.job_id} cancelled" in (tmp_path / "server.stderr.log").read_text()

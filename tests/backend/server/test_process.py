@@ -91,6 +91,7 @@ def test_given_token_file_is_used_and_kept(tmp_path: Path) -> None:
     (["--device", "tpu"], "--device"),
     (["--max-models", "0"], "--max-models"),
     (["--host", "256.0.0.1"], "cannot"),
+    (["--device", "cuda:63"], "cuda:63"),  # no machine has 64 GPUs; without CUDA: "not available"
 ])
 def test_bad_serve_options_exit_2_with_message(tmp_path: Path, args: list[str], words: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "changeclip", "serve", "--port", "0", *args],

@@ -97,8 +97,7 @@ class ChangeClipPlugin:
             self.toolbar.deleteLater()
             self.toolbar = None
         if self.dock is not None:
-            if self.dock.task is not None:
-                self.dock.task.cancel()
+            self.dock.shutdown()
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None

@@ -193,14 +193,22 @@ class ChangeClipDock(QgsDockWidget):
         self.prompt_edit.setEnabled(needs_weights)
         self.prompt_mode_combo.setEnabled(needs_weights)
 
-    def _message(self, text: str, level: str = "info") -> None:
+    def _message(self, text: str, level: str = "info", diagnostics: bool = False) -> None:
         if self.iface is None:
             return
         from qgis.core import Qgis
 
         qlevel = {"info": Qgis.Info, "success": Qgis.Success, "warning": Qgis.Warning,
                   "critical": Qgis.Critical}[level]
-        self.iface.messageBar().pushMessage("ChangeCLIP", text, qlevel, 8)
+        bar = self.iface.messageBar()
+        if not diagnostics:
+            bar.pushMessage("ChangeCLIP", text, qlevel, 8)
+            return
+        item = bar.createMessage("ChangeCLIP", text)
+        button = QPushButton("Diagnostics", item)
+        button.clicked.connect(self.show_diagnostics)
+        item.layout().addWidget(button)
+        bar.pushWidget(item, qlevel, 0)
 
     def _canvas(self) -> Any:
         return self.iface.mapCanvas() if self.iface is not None else None
@@ -293,15 +301,21 @@ class ChangeClipDock(QgsDockWidget):
         self.summary_label.setText(text)
         self.stage_label.setText("Done")
         self._message(text.replace("\n", "; "), "success")
+        self.diagnostics_button.setStyleSheet("")
+        self.check_backend()  # show where the backend computes
         self.runFinished.emit(summary)
 
     def _fail(self, message: str) -> None:
         cancelled = self.task is not None and self.task.cancelled_by_user
+        unavailable = self.task is not None and self.task.backend_unavailable
         self.task = None
         self._set_running(False)
+        if unavailable:  # point at the report that says why
+            self.backend_label.setText(f"Backend not available: {message}")
+            self.diagnostics_button.setStyleSheet("font-weight: bold")
         self.progress_bar.setValue(0)
         self.stage_label.setText(("Cancelled: " if cancelled else "Error: ") + message)
-        self._message(message, "info" if cancelled else "critical")
+        self._message(message, "info" if cancelled else "critical", diagnostics=unavailable)
         self.runFailed.emit(message)
 
     def check_backend(self) -> BackendCheckTask:
@@ -309,13 +323,38 @@ class ChangeClipDock(QgsDockWidget):
         self.backend_label.setText("Backend: connecting…")
         task = BackendCheckTask()
         task.statusReady.connect(self._backend_ready)
-        task.failedWith.connect(lambda msg: self.backend_label.setText(f"Backend not available: {msg}"))
+        task.failedWith.connect(self._backend_failed)
         self.check_task = task
         QgsApplication.taskManager().addTask(task)
         return task
 
     def _backend_ready(self, status: dict) -> None:
+        self.check_task = None
         self.backend_label.setText(f"Backend {status.get('version', '')}: {device_line(status)}")
+
+    def _backend_failed(self, message: str) -> None:
+        self.check_task = None
+        self.backend_label.setText(f"Backend not available: {message}")
+        self.diagnostics_button.setStyleSheet("font-weight: bold")
+
+    def shutdown(self) -> None:
+        """Cancel a running job and detach from its tasks (before the dock is deleted)."""
+        for task in (self.task, self.check_task):
+            if task is None:
+                continue
+            try:
+                for name in ("progressChanged", "stageChanged", "succeeded", "failedWith", "statusReady"):
+                    signal = getattr(task, name, None)
+                    if signal is None:
+                        continue
+                    try:
+                        signal.disconnect()
+                    except TypeError:  # nothing connected
+                        pass
+                task.cancel()
+            except RuntimeError:  # the task manager already deleted the finished task
+                pass
+        self.task = self.check_task = None
 
     def show_diagnostics(self) -> None:
         """Open the diagnostics report dialog."""

@@ -15,7 +15,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core import protocol
 from ..core.backend_launcher import LAUNCHER, BackendLauncher
-from ..core.errors import ChangeClipPluginError, JobCancelledError
+from ..core.errors import BackendUnavailable, ChangeClipPluginError, JobCancelledError
 from ..core.layers import ExportRequest, load_outputs, run_export
 from ..core.log import log
 from ..core.runner import progress_percent, progress_text, run_detection
@@ -56,6 +56,7 @@ class DetectTask(QgsTask):
         self.summary: dict[str, Any] | None = None
         self.error: str | None = None
         self.cancelled_by_user = False
+        self.backend_unavailable = False
         self.layers: dict[str, Any] = {}
 
     def run(self) -> bool:  # noqa: D102 - worker thread: no layers, no widgets
@@ -74,6 +75,7 @@ class DetectTask(QgsTask):
             self.error = str(exc)
         except ChangeClipPluginError as exc:
             self.error = str(exc)
+            self.backend_unavailable = isinstance(exc, BackendUnavailable)
         except Exception as exc:  # noqa: BLE001 - report anything instead of crashing QGIS
             self.error = f"unexpected error: {exc!r}"
         return False

@@ -104,6 +104,28 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 300.0) -> None:
 
 
 @pytest.fixture()
+def mock_iface(qgis_app: object):  # noqa: ANN201
+    """A Mock(spec=QgisInterface) with a real main window, canvas, message bar and toolbars."""
+    from unittest import mock
+
+    from qgis.gui import QgisInterface, QgsMapCanvas, QgsMessageBar
+    from qgis.PyQt.QtWidgets import QMainWindow
+
+    window = QMainWindow()
+    canvas = QgsMapCanvas(window)
+    bar = QgsMessageBar(window)
+    iface = mock.Mock(spec=QgisInterface)
+    iface.mainWindow.return_value = window
+    iface.mapCanvas.return_value = canvas
+    iface.messageBar.return_value = bar
+    iface.addToolBar.side_effect = window.addToolBar
+    iface.addDockWidget.side_effect = window.addDockWidget
+    iface.removeDockWidget.side_effect = window.removeDockWidget
+    yield iface
+    window.deleteLater()
+
+
+@pytest.fixture()
 def pump() -> Callable[..., None]:
     """:func:`wait_for`, as a fixture (test modules here are not a package)."""
     return wait_for

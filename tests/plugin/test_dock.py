@@ -162,3 +162,34 @@ def test_dock_exports_tile_layer(dock, project, pump, backend_env: None, raster_
     ds = gdal.Open(str(exported))
     assert (ds.RasterXSize, ds.RasterYSize) == (128, 128)
     assert ds.GetProjection() == gdal.Open(str(raster_pair[1])).GetProjection()
+
+
+def test_backend_missing_offers_diagnostics(qgis_app: object, mock_iface, project, pump,  # noqa: ANN001
+                                            monkeypatch: pytest.MonkeyPatch, raster_pair: tuple[Path, Path],
+                                            tmp_path: Path) -> None:
+    from qgis.core import QgsRasterLayer
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    from changeclip_qgis.gui.dock import ChangeClipDock
+
+    monkeypatch.setenv("CHANGECLIP_BACKEND_PYTHON", "/usr/bin/python3")  # has no backend installed
+    monkeypatch.delenv("CHANGECLIP_BACKEND_URL", raising=False)
+    dock = ChangeClipDock(mock_iface)
+    dock.output_widget.setFilePath(str(tmp_path))
+    before, after = (QgsRasterLayer(str(p), p.stem) for p in raster_pair)
+    project.addMapLayers([before, after])
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    failed: list[str] = []
+    dock.runFailed.connect(failed.append)
+    assert dock.start_run() is not None
+    pump(lambda: failed, 120)
+    assert "does not have the changeclip backend installed" in failed[0]
+    assert dock.backend_label.text().startswith("Backend not available")
+    assert "bold" in dock.diagnostics_button.styleSheet()
+    item = mock_iface.messageBar().currentItem()
+    assert item is not None and "does not have the changeclip backend" in item.text()
+    buttons = [b.text() for b in item.findChildren(QPushButton)]
+    assert "Diagnostics" in buttons
+    dock.deleteLater()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -13,30 +12,13 @@ pytestmark = pytest.mark.qgis
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_iface():  # noqa: ANN201
-    """A Mock(spec=QgisInterface) with a real main window, canvas and toolbar creation."""
-    from qgis.gui import QgisInterface, QgsMapCanvas
-    from qgis.PyQt.QtWidgets import QMainWindow
-
-    window = QMainWindow()
-    canvas = QgsMapCanvas(window)
-    iface = mock.Mock(spec=QgisInterface)
-    iface.mainWindow.return_value = window
-    iface.mapCanvas.return_value = canvas
-    iface.addToolBar.side_effect = window.addToolBar
-    iface.addDockWidget.side_effect = window.addDockWidget
-    iface.removeDockWidget.side_effect = window.removeDockWidget
-    iface._window = window  # keep alive
-    return iface
-
-
-def test_init_gui_and_unload(qgis_app: object) -> None:
+def test_init_gui_and_unload(qgis_app: object, mock_iface) -> None:  # noqa: ANN001
     from qgis.core import QgsApplication
     from qgis.PyQt.QtWidgets import QToolBar
 
     import changeclip_qgis
 
-    iface = make_iface()
+    iface = mock_iface
     plugin = changeclip_qgis.classFactory(iface)
     plugin.initGui()
     registry = QgsApplication.processingRegistry()
@@ -77,3 +59,28 @@ def test_plugin_import_never_loads_torch_or_backend() -> None:
     done = subprocess.run(["/usr/bin/python3", "-c", code], capture_output=True, text=True, timeout=120,
                           env={"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin"}, check=False)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
+
+
+def test_unload_during_a_run(qgis_app: object, mock_iface, project, pump, backend_env: None,  # noqa: ANN001
+                             raster_pair: tuple[Path, Path]) -> None:
+    """Unloading while the dock runs a job cancels it, stops the backend and leaves nothing behind."""
+    from qgis.core import QgsApplication, QgsRasterLayer
+
+    import changeclip_qgis
+    from changeclip_qgis.core.backend_launcher import LAUNCHER
+
+    plugin = changeclip_qgis.classFactory(mock_iface)
+    plugin.initGui()
+    before, after = (QgsRasterLayer(str(p), p.stem) for p in raster_pair)
+    project.addMapLayers([before, after])
+    dock = plugin.dock
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    task = dock.start_run()
+    assert task is not None
+    pump(lambda: LAUNCHER.current() is not None or task.status() >= task.Complete, 300)
+    plugin.unload()
+    assert LAUNCHER.current() is None
+    pump(lambda: not QgsApplication.taskManager().activeTasks(), 300)
+    assert QgsApplication.processingRegistry().providerById("changeclip") is None

@@ -10,6 +10,7 @@ QgsMapRendererParallelJob.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -48,6 +49,7 @@ def main() -> int:
     from changeclip_qgis.core.backend_launcher import LAUNCHER
     from changeclip_qgis.gui.dock import ChangeClipDock
 
+    dock = None
     try:
         sample = ROOT / "resources" / "sample"
         project = QgsProject.instance()
@@ -56,7 +58,8 @@ def main() -> int:
         if not (before.isValid() and after.isValid()):
             raise SystemExit(f"screenshots: the sample pair is missing from {sample}")
         project.addMapLayers([before, after])
-        out_dir = Path(tempfile.mkdtemp(prefix="changeclip-shots-out-"))
+        out_dir = Path(tempfile.gettempdir()) / "changeclip-screenshots"  # a stable name for the picture
+        shutil.rmtree(out_dir, ignore_errors=True)
         dock = ChangeClipDock(None)
         dock.before_combo.setLayer(before)
         dock.after_combo.setLayer(after)
@@ -77,9 +80,13 @@ def main() -> int:
         _wait(lambda: bool(result))
         if "error" in result:
             raise SystemExit(f"screenshots: the run failed: {result['error']}")
+        _wait(lambda: dock.check_task is None, 120)  # the device line refreshes after each run
+        for _ in range(5):
+            QgsApplication.processEvents()
+            time.sleep(0.05)
+        dock.widget().layout().activate()
         docs = ROOT / "docs"
         docs.mkdir(exist_ok=True)
-        QgsApplication.processEvents()
         dock.grab().save(str(docs / "dock.png"))
 
         group = project.layerTreeRoot().children()[0]
@@ -98,6 +105,12 @@ def main() -> int:
         return 0
     finally:
         LAUNCHER.stop()
+        if dock is not None:
+            dock.shutdown()
+            dock.close()
+            dock.deleteLater()
+        QgsProject.instance().clear()
+        QgsApplication.processEvents()
         app.exitQgis()
 
 

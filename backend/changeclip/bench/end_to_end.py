@@ -24,14 +24,9 @@ from changeclip.bench.naive import NaivePredictor, naive_geotiff_detect
 log = logging.getLogger(__name__)
 
 
-def write_synthetic_pair(folder: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``before.tif``/``after.tif``: size × size, 3 bands uint8, EPSG:32633, 0.5 m pixels.
-
-    The after image is the before image with noise and a few inverted rectangles ("changes").
-    """
-    from osgeo import gdal, osr
-
-    gdal.UseExceptions()
+def synthetic_arrays(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A (3, size, size) uint8 before/after pair: smooth texture plus noise; the after image
+    has a few inverted rectangles ("changes")."""
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(40, 220, (3, size // 64 + 2, size // 64 + 2))
     yy = np.linspace(0, coarse.shape[1] - 1.001, size)
@@ -42,6 +37,16 @@ def write_synthetic_pair(folder: Path, size: int, seed: int = 0) -> tuple[Path, 
     for _ in range(max(1, size // 256)):
         y, x = rng.integers(0, size - 64, 2)
         after[:, y:y + 48, x:x + 64] = 255 - after[:, y:y + 48, x:x + 64]
+    return before, after
+
+
+def write_synthetic_pair(folder: Path, size: int, seed: int = 0) -> tuple[Path, Path]:
+    """Write ``before.tif``/``after.tif``: size × size, 3 bands uint8, EPSG:32633, 0.5 m pixels
+    (tiled GeoTIFF, uncompressed) holding :func:`synthetic_arrays`."""
+    from osgeo import gdal, osr
+
+    gdal.UseExceptions()
+    before, after = synthetic_arrays(size, seed)
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(32633)
     paths = []

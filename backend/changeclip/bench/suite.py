@@ -33,6 +33,10 @@ class Profile:
         irmad_size: raster side of the irmad end-to-end run (0 = skip).
         compile_model: also time a ``torch.compile``-d forward (GPU).
         net_size: tile side of the throughput section (256 = the paper's tiles).
+        e2e_paths: end-to-end paths to time: ``pipeline`` (changeclip.pipeline, needs GDAL) and/or
+            ``stream`` (the overlapped prototype loop of :mod:`changeclip.bench.stream`).
+        e2e_io: I/O back end of the stream loop (``gdal`` or ``tifffile``).
+        budget_s: skip the sections that start after this many seconds (0 = no limit).
     """
 
     name: str
@@ -50,6 +54,9 @@ class Profile:
     irmad_size: int = 0
     compile_model: bool = False
     net_size: int = 256
+    e2e_paths: list[str] = field(default_factory=lambda: ["pipeline"])
+    e2e_io: str = "gdal"
+    budget_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -62,7 +69,8 @@ PROFILES = {
                      e2e_precisions=["fp32"], hit_rate_tiles=4, irmad_size=256, net_size=128),
     "gpu": Profile("gpu", ["rn50", "vit-b-16"], [16, 64, 128], ["fp32", "bf16"], reps=5, naive_pairs=8,
                    e2e_variants=["rn50", "vit-b-16"], e2e_size=6144, e2e_naive_size=1024, e2e_batch=64,
-                   e2e_precisions=["bf16"], hit_rate_tiles=64, irmad_size=0),
+                   e2e_precisions=["bf16"], hit_rate_tiles=64, irmad_size=0,
+                   e2e_paths=["pipeline", "stream"], budget_s=300.0),
 }
 
 
@@ -72,29 +80,49 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
     from changeclip.bench.common import random_pairs
     from changeclip.bench.end_to_end import bench_end_to_end, bench_irmad_end_to_end
     from changeclip.bench.network import bench_network
+    from changeclip.bench.stream import bench_stream
     from changeclip.bench.text import bench_hit_rate, bench_text_cost
 
     t_start = time.perf_counter()
     report: dict[str, Any] = {"profile": asdict(profile), "environment": environment(device), "network": [],
-                              "text_cost": [], "text_cache_hit_rate": [], "end_to_end": [], "memory": {}}
+                              "text_cost": [], "text_cache_hit_rate": [], "end_to_end": [], "memory": {},
+                              "skipped": []}
+
+    def section(name: str) -> bool:
+        if profile.budget_s and time.perf_counter() - t_start > profile.budget_s:
+            log.warning("time budget of %.0f s spent: skipping %s", profile.budget_s, name)
+            report["skipped"].append(f"{name}: time budget of {profile.budget_s:.0f} s spent")
+            return False
+        log.info("section %s", name)
+        return True
+
     for variant in profile.variants:
-        report["network"] += bench_network(variant, device, profile.batches, profile.precisions, profile.reps,
-                                           profile.naive_pairs, size=profile.net_size)
-        if profile.compile_model:
+        if section(f"network {variant}"):
+            report["network"] += bench_network(variant, device, profile.batches, profile.precisions, profile.reps,
+                                               profile.naive_pairs, size=profile.net_size)
+        if profile.compile_model and section(f"network {variant} compiled"):
             try:
                 report["network"] += [r for r in bench_network(variant, device, [max(profile.batches)], ["bf16"],
                                                                 profile.reps, profile.naive_pairs,
-                                                                size=profile.net_size, compile_model=True) if r["mode"] != "naive"]
+                                                                size=profile.net_size, compile_model=True)
+                                      if r["mode"] != "naive"]
             except Exception as exc:  # noqa: BLE001 - a failed compile is a measured outcome, not a crash
                 report["network"].append({"variant": variant, "mode": "optimised", "compiled": True,
                                           "error": f"{type(exc).__name__}: {exc}"[:300]})
-        report["text_cost"] += bench_text_cost(variant, device, profile.precisions)
-    a, b = random_pairs(profile.hit_rate_tiles, 64, seed=1)
-    report["text_cache_hit_rate"] = bench_hit_rate(device, a, b, batch=2, tagger_weights=tagger_weights)
+        if section(f"text cost {variant}"):
+            report["text_cost"] += bench_text_cost(variant, device, profile.precisions)
+    if section("text-cache hit rate"):
+        a, b = random_pairs(profile.hit_rate_tiles, 64, seed=1)
+        report["text_cache_hit_rate"] = bench_hit_rate(device, a, b, batch=2, tagger_weights=tagger_weights)
     for variant in profile.e2e_variants:
-        report["end_to_end"] += bench_end_to_end(variant, device, profile.e2e_size, profile.e2e_precisions,
-                                                 profile.e2e_batch, profile.e2e_naive_size, workdir)
-    if profile.irmad_size:
+        if "pipeline" in profile.e2e_paths and section(f"end-to-end pipeline {variant}"):
+            report["end_to_end"] += bench_end_to_end(variant, device, profile.e2e_size, profile.e2e_precisions,
+                                                     profile.e2e_batch, profile.e2e_naive_size, workdir)
+        if "stream" in profile.e2e_paths and section(f"end-to-end stream {variant}"):
+            report["end_to_end"] += bench_stream(variant, device, profile.e2e_size, profile.e2e_naive_size,
+                                                 profile.e2e_batch, profile.e2e_precisions[-1], profile.e2e_io,
+                                                 workdir=workdir)
+    if profile.irmad_size and section("end-to-end irmad"):
         report["end_to_end"].append(bench_irmad_end_to_end(profile.irmad_size, workdir))
     report["memory"] = {"peak_host_rss_mib": peak_rss_mib(),
                         "peak_gpu_mib_max": max((r.get("gpu_peak_mib") or 0 for r in
@@ -150,6 +178,8 @@ def format_report(rep: dict[str, Any]) -> str:
              _f(r.get("speedup_vs_naive")) + ("x" if r.get("speedup_vs_naive") else "")]
             for r in rep["end_to_end"]]
     lines += _table(["variant", "path", "precision", "batch", "raster", "s", "MPix/s", "tiles/s", "vs naive"], rows)
+    for skipped in rep.get("skipped", []):
+        lines.append(f"skipped: {skipped}")
     mem = rep["memory"]
     lines += ["", f"peak host RSS {mem['peak_host_rss_mib']:.0f} MiB; peak GPU memory "
                   f"{_f(mem.get('peak_gpu_mib_max'), 0)} MiB; suite took {rep['seconds']:.0f} s"]

@@ -10,6 +10,7 @@ system before the job is queued.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -204,8 +205,6 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
 
 
 def _info(info: protocol.JobInfo) -> dict[str, Any]:
-    import dataclasses
-
     return dataclasses.asdict(info)
 
 

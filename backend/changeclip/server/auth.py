@@ -102,7 +102,10 @@ def prepare_token_file(path: str | os.PathLike[str] | None) -> TokenFile:
     if file.exists():
         if not file.is_file():
             raise InputError(f"token file {file} is not a regular file; give a file path to --token-file")
-        mode = stat.S_IMODE(file.stat().st_mode)
+        st = file.stat()
+        mode = stat.S_IMODE(st.st_mode)
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise InputError(f"token file {file} belongs to another user (uid {st.st_uid}); use a file of your own")
         if mode & 0o077:
             raise InputError(f"token file {file} is accessible by other users (mode {mode:04o}); "
                              f"run 'chmod 600 {file}' or let the server create a new file")

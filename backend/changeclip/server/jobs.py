@@ -9,6 +9,7 @@ fails that job only; the manager and its workers keep running.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -48,6 +49,11 @@ class JobConflict(RuntimeError):
 _STAGE_START = {"queued": 0.0, "preparing": 0.01, "loading_model": 0.03, "scaling": 0.06,
                 "fitting": 0.08, "tiles": 0.10, "polygons": 0.90, "finalising": 0.95, "done": 1.0}
 _TILES_SPAN = 0.80
+
+
+def _normalised_outputs(params: DetectParams) -> set[str]:
+    """A job's final output paths, normalised so that equal paths compare equal."""
+    return {os.path.normcase(os.path.abspath(p)) for p in params.output_paths().values() if p}
 
 
 @dataclass
@@ -224,11 +230,11 @@ class JobManager:
         log.info("job %s: cancel requested", job.job_id)
 
     def _output_clash(self, params: DetectParams) -> Job | None:
-        mine = {p for p in params.output_paths().values() if p}
+        mine = _normalised_outputs(params)
         for other in self._jobs.values():
             if other.state in protocol.FINAL_JOB_STATES:
                 continue
-            theirs = {p for p in other.params.output_paths().values() if p}
+            theirs = _normalised_outputs(other.params)
             if mine & theirs:
                 return other
         return None

@@ -143,6 +143,8 @@ def test_same_outputs_conflict_until_finished(manager_and_runner: Any, tmp_path:
     first = manager.submit(_params(tmp_path, "block"))
     with pytest.raises(JobConflict, match=first.job_id):
         manager.submit(_params(tmp_path, "block"))
+    with pytest.raises(JobConflict, match=first.job_id):  # the same folder spelt differently
+        manager.submit(_params(tmp_path, "x/../block/"))
     runner.release.set()
     _wait_final(manager, first.job_id)
     second = manager.submit(_params(tmp_path, "block"))  # allowed once the first is final

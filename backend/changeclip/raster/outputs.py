@@ -128,7 +128,7 @@ def to_cog(src: str, dst: str, resampling: str) -> None:
         OSError: GDAL could not write it (e.g. disk full).
     """
     opts = ["COMPRESS=DEFLATE", "BLOCKSIZE=512", f"RESAMPLING={resampling}", "OVERVIEWS=IGNORE_EXISTING",
-            "BIGTIFF=IF_SAFER"]
+            "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
     gdal.ErrorReset()
     try:
         out = gdal.Translate(dst, src, format="COG", creationOptions=opts)

@@ -128,6 +128,10 @@ class BackendLauncher:
             self.last_error = ""
             return self._backend
 
+    def stop_async(self) -> None:
+        """:meth:`stop` in a background thread (for the GUI: stopping may take seconds)."""
+        threading.Thread(target=self.stop, daemon=True, name="changeclip-backend-stop").start()
+
     def stop(self) -> None:
         """Stop the backend the plugin started (politely, then terminate, then kill)."""
         with self._lock:

@@ -23,6 +23,7 @@ from qgis.core import (
     QgsMapLayer,
     QgsProject,
     QgsProviderRegistry,
+    QgsRasterBlockFeedback,
     QgsRasterDataProvider,
     QgsRasterFileWriter,
     QgsRasterLayer,
@@ -136,6 +137,11 @@ def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
 def run_export(request: ExportRequest, out_dir: str | None = None, feedback: Any = None) -> str:
     """Write ``request`` to a temporary GeoTIFF and return its path (safe off the main thread).
 
+    Args:
+        request: from :func:`prepare_input`.
+        out_dir: folder for the file (default: the system's temporary folder).
+        feedback: a QgsFeedback whose cancellation stops the export (optional).
+
     Raises:
         LayerNotSupported: the provider could not deliver the data (network error, …).
     """
@@ -152,8 +158,13 @@ def run_export(request: ExportRequest, out_dir: str | None = None, feedback: Any
     writer = QgsRasterFileWriter(partial)
     writer.setOutputFormat("GTiff")
     writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES"])
+    block_feedback = QgsRasterBlockFeedback()  # the writer wants this kind; follow the caller's cancel
+    if feedback is not None:
+        if feedback.isCanceled():
+            block_feedback.cancel()
+        feedback.canceled.connect(block_feedback.cancel)
     error = writer.writeRaster(pipe, request.width, request.height, request.extent, request.crs,
-                               request.transform_context, feedback)
+                               request.transform_context, block_feedback)
     if error != QgsRasterFileWriter.NoError or not os.path.isfile(partial):
         _remove(partial)
         raise LayerNotSupported(f"exporting layer '{request.name}' to GeoTIFF failed (writer error {error}); "

@@ -52,7 +52,7 @@ class SettingsDialog(QDialog):
         cfg.set_value(cfg.KEY_TOKEN_FILE, self.token_widget.filePath().strip())
         cfg.set_value(cfg.KEY_WEIGHTS_DIR, self.weights_widget.filePath().strip())
         cfg.set_value(cfg.KEY_START_TIMEOUT, str(self.timeout_spin.value()))
-        LAUNCHER.stop()
+        LAUNCHER.stop_async()
         self.accept()
 
 

@@ -145,7 +145,7 @@ class SetupDialog(QDialog):
         if ok:
             python = str(venv_python(self.venv_dir))
             set_value(KEY_PYTHON, python)
-            LAUNCHER.stop()  # the next run starts the freshly installed backend
+            LAUNCHER.stop_async()  # the next run starts the freshly installed backend
             self.progress.setValue(100)
             self.step_label.setText(f"Done: the backend is installed ({python}). The dock is ready.")
         else:

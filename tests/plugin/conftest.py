@@ -126,6 +126,20 @@ def mock_iface(qgis_app: object):  # noqa: ANN201
 
 
 @pytest.fixture()
+def xyz_uri(tmp_path: Path) -> str:
+    """URI of an XYZ tile layer (file:// tiles, zoom 0-1, each tile one flat colour): a non-file raster."""
+    from qgis.PyQt.QtGui import QColor, QImage
+
+    tiles = tmp_path / "tiles"
+    for z, x, y in ((0, 0, 0), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)):
+        (tiles / str(z) / str(x)).mkdir(parents=True, exist_ok=True)
+        image = QImage(256, 256, QImage.Format.Format_RGB32)
+        image.fill(QColor(10, 20, 30) if z == 0 else QColor(50 + 100 * x, 80 + 100 * y, 120))
+        assert image.save(str(tiles / str(z) / str(x) / f"{y}.png"))
+    return f"type=xyz&url=file://{tiles}/{{z}}/{{x}}/{{y}}.png&zmax=1&zmin=0"
+
+
+@pytest.fixture()
 def pump() -> Callable[..., None]:
     """:func:`wait_for`, as a fixture (test modules here are not a package)."""
     return wait_for

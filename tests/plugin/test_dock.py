@@ -130,18 +130,11 @@ def test_dock_cancel(dock, project, pump, backend_env: None, tiny_weights, repo_
 
 
 def test_dock_exports_tile_layer(dock, project, pump, backend_env: None, raster_pair: tuple[Path, Path],  # noqa: ANN001
-                                 tmp_path: Path) -> None:
+                                 xyz_uri: str) -> None:
     """A non-file layer (XYZ tiles) is exported on the other raster's grid, then compared."""
     from qgis.core import QgsRasterLayer
-    from qgis.PyQt.QtGui import QColor, QImage
 
-    tiles = tmp_path / "tiles"
-    for z, x, y in ((0, 0, 0), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)):
-        (tiles / str(z) / str(x)).mkdir(parents=True, exist_ok=True)
-        image = QImage(256, 256, QImage.Format_RGB32)
-        image.fill(QColor(40 + 60 * x, 90, 40 + 60 * y))
-        image.save(str(tiles / str(z) / str(x) / f"{y}.png"))
-    xyz = QgsRasterLayer(f"type=xyz&url=file://{tiles}/{{z}}/{{x}}/{{y}}.png&zmax=1&zmin=0", "tiles", "wms")
+    xyz = QgsRasterLayer(xyz_uri, "tiles", "wms")
     after = QgsRasterLayer(str(raster_pair[1]), "after_file")
     project.addMapLayers([xyz, after])
     dock.before_combo.setLayer(xyz)

@@ -10,22 +10,6 @@ import pytest
 pytestmark = pytest.mark.qgis
 
 
-def _xyz_tiles(folder: Path) -> str:
-    """A two-level XYZ tile set on disk (file:// URL), each tile one flat colour."""
-    from qgis.PyQt.QtGui import QColor, QImage
-
-    colours = {(0, 0, 0): (10, 20, 30)}
-    for x in range(2):
-        for y in range(2):
-            colours[(1, x, y)] = (50 + 100 * x, 80 + 100 * y, 120)
-    for (z, x, y), rgb in colours.items():
-        (folder / str(z) / str(x)).mkdir(parents=True, exist_ok=True)
-        image = QImage(256, 256, QImage.Format_RGB32)
-        image.fill(QColor(*rgb))
-        assert image.save(str(folder / str(z) / str(x) / f"{y}.png"))
-    return f"type=xyz&url=file://{folder}/{{z}}/{{x}}/{{y}}.png&zmax=1&zmin=0"
-
-
 def test_local_file_is_passed_as_is(qgis_app: object, raster_pair: tuple[Path, Path]) -> None:
     from qgis.core import QgsRasterLayer
 
@@ -36,14 +20,14 @@ def test_local_file_is_passed_as_is(qgis_app: object, raster_pair: tuple[Path, P
     assert prepare_input(layer) == str(raster_pair[0])
 
 
-def test_xyz_layer_is_exported_or_refused(qgis_app: object, tmp_path: Path) -> None:
+def test_xyz_layer_is_exported_or_refused(qgis_app: object, xyz_uri: str, tmp_path: Path) -> None:
     from osgeo import gdal
     from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer, QgsRectangle, QgsVectorLayer
 
     from changeclip_qgis.core.errors import LayerNotSupported
     from changeclip_qgis.core.layers import ExportRequest, prepare_input, run_export
 
-    layer = QgsRasterLayer(_xyz_tiles(tmp_path / "tiles"), "tiles", "wms")
+    layer = QgsRasterLayer(xyz_uri, "tiles", "wms")
     assert layer.isValid()
     with pytest.raises(LayerNotSupported, match="not a local file and has no fixed extent"):
         prepare_input(layer)

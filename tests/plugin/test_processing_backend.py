@@ -216,3 +216,23 @@ def test_remote_url_and_token(provider: object, external_server, monkeypatch: py
     monkeypatch.setenv("CHANGECLIP_TOKEN_FILE", str(wrong))
     with pytest.raises(QgsProcessingException, match="HTTP 401"):
         processing.run(ALG, _irmad_params(*raster_pair, tmp_path / "again", polygons=False))
+
+
+def test_non_file_layer_is_exported(provider: object, backend_env: None, project, xyz_uri: str,  # noqa: ANN001
+                                    raster_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingFeedback, QgsRasterLayer
+
+    xyz = QgsRasterLayer(xyz_uri, "tiles", "wms")
+    project.addMapLayer(xyz)
+    messages: list[str] = []
+
+    class Feedback(QgsProcessingFeedback):
+        def pushInfo(self, info: str) -> None:  # noqa: N802
+            messages.append(info)
+
+    params = _irmad_params(raster_pair[0], raster_pair[1], tmp_path, polygons=False)
+    params["AFTER"] = xyz.id()
+    results = processing.run(ALG, params, feedback=Feedback())
+    assert _read(results["CHANGE_MASK"]).shape == (128, 128)
+    assert any("AFTER: layer 'tiles' is not a local file; exporting 128x128 px" in m for m in messages), messages

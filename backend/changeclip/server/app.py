@@ -26,6 +26,7 @@ from starlette.routing import Match
 
 from changeclip import __version__, protocol
 from changeclip.errors import ChangeClipError
+from changeclip.server.auth import token_matches
 from changeclip.server.jobs import JobConflict, JobManager, Runner, UnknownJob
 from changeclip.server.middleware import GuardMiddleware
 from changeclip.server.preflight import PreflightError, preflight
@@ -89,9 +90,11 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
                        max_body_bytes=MAX_BODY_BYTES)
 
     def authorised(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-        # The middleware already refused requests without the right token; this
-        # dependency documents the scheme in the OpenAPI document.
-        return None
+        # The middleware refuses wrong tokens before routing; this dependency checks again
+        # (defence in depth) and documents the scheme in the OpenAPI document.
+        if creds is None or not token_matches(f"{creds.scheme} {creds.credentials}", settings.token):
+            raise HTTPException(status_code=401, detail="missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
 
     auth = [Depends(authorised)]
 

@@ -143,13 +143,12 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
             timings["polygons"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        report("finalising", 0, 2)
+        report("finalising", 0, 200)
         final_mask = temp.new(paths["mask"])
-        to_cog(tmp_mask, final_mask, "NEAREST")
-        report("finalising", 1, 2)
+        to_cog(tmp_mask, final_mask, "NEAREST", lambda f: report("finalising", int(100 * f), 200), cancelled)
         final_prob = temp.new(paths["probability"])
-        to_cog(tmp_prob, final_prob, "AVERAGE")
-        report("finalising", 2, 2)
+        to_cog(tmp_prob, final_prob, "AVERAGE", lambda f: report("finalising", 100 + int(100 * f), 200), cancelled)
+        report("finalising", 200, 200)
         timings["finalising"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - started
         summary = _summary(params, inputs, engine, scaler, threshold, stats, polygons_info, paths,

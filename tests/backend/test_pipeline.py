@@ -245,9 +245,9 @@ def test_disk_full_during_cog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     real = outputs.to_cog
     n = {"c": 0}
 
-    def cog(src: str, dst: str, resampling: str) -> None:
+    def cog(src: str, dst: str, resampling: str, *args: object) -> None:
         n["c"] += 1
-        real(src, dst, resampling)
+        real(src, dst, resampling, *args)
         if n["c"] == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -267,6 +267,19 @@ def test_cancel_removes_everything(tmp_path: Path) -> None:
 
     with pytest.raises(JobCancelled):
         run_detection(_params(b, a, tmp_path / "o"), is_cancelled=is_cancelled)
+    assert _nothing_written(tmp_path / "o")
+
+
+def test_cancel_during_cog_conversion(tmp_path: Path) -> None:
+    b, a, _ = change_pair(tmp_path, h=100, w=100)
+    stage = {"name": ""}
+
+    def progress(name: str, done: int, total: int) -> None:
+        stage["name"] = name
+
+    with pytest.raises(JobCancelled):
+        run_detection(_params(b, a, tmp_path / "o"), progress=progress,
+                      is_cancelled=lambda: stage["name"] == "finalising")
     assert _nothing_written(tmp_path / "o")
 
 

@@ -14,12 +14,14 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
 from osgeo import gdal, ogr
 
+from changeclip.errors import JobCancelled
 from changeclip.protocol import MASK_CHANGE, MASK_NO_CHANGE, MASK_NODATA
 from changeclip.raster.align import Grid
 from changeclip.raster.area import PolygonArea
@@ -121,23 +123,42 @@ class BlockRasterWriter:
             self._ds = None
 
 
-def to_cog(src: str, dst: str, resampling: str) -> None:
+def to_cog(src: str, dst: str, resampling: str, progress: Callable[[float], None] | None = None,
+           is_cancelled: Callable[[], bool] | None = None) -> None:
     """Convert a GeoTIFF to a COG (DEFLATE, 512 px blocks, overviews) at ``dst``.
+
+    Args:
+        src, dst: Source GeoTIFF and the COG to write (a temporary name).
+        resampling: Overview resampling (``NEAREST`` for masks, ``AVERAGE`` for probabilities).
+        progress: Called with the fraction done (0..1).
+        is_cancelled: Polled while GDAL works; True aborts the conversion.
 
     Raises:
         OSError: GDAL could not write it (e.g. disk full).
+        JobCancelled: ``is_cancelled()`` became True.
     """
     opts = ["COMPRESS=DEFLATE", "BLOCKSIZE=512", f"RESAMPLING={resampling}", "OVERVIEWS=IGNORE_EXISTING",
             "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
+    last = [-1]
+
+    def callback(fraction: float, _msg: object, _data: object) -> int:
+        pct = int(fraction * 100)
+        if progress is not None and pct != last[0]:
+            last[0] = pct
+            progress(fraction)
+        return 0 if is_cancelled is not None and is_cancelled() else 1
+
     gdal.ErrorReset()
     try:
-        out = gdal.Translate(dst, src, format="COG", creationOptions=opts)
+        out = gdal.Translate(dst, src, format="COG", creationOptions=opts, callback=callback)
         if out is None:
             raise RuntimeError(gdal.GetLastErrorMsg() or "unknown GDAL error")
         out.FlushCache()
         out = None
         _check_gdal_write(dst)
     except RuntimeError as exc:
+        if is_cancelled is not None and is_cancelled():
+            raise JobCancelled("the run was cancelled; partial outputs were removed") from None
         raise OSError(errno.EIO, f"writing {dst} failed: {exc}") from None
 
 

@@ -117,3 +117,16 @@ def test_temp_files_commit_and_cleanup(tmp_path: Path) -> None:
 def test_write_failure_is_oserror(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="writing"):
         to_cog(str(tmp_path / "missing.tif"), str(tmp_path / "out.tif"), "NEAREST")
+
+
+def test_cog_progress_and_cancel(tmp_path: Path) -> None:
+    from changeclip.errors import JobCancelled
+
+    w = BlockRasterWriter(str(tmp_path / "m.tif"), UTM, "uint8", 255)
+    w.write(np.ones((100, 100), np.uint8), 0, 0)
+    w.close()
+    seen: list[float] = []
+    to_cog(str(tmp_path / "m.tif"), str(tmp_path / "c.tif"), "NEAREST", seen.append)
+    assert seen and seen[-1] == pytest.approx(1.0)
+    with pytest.raises(JobCancelled):
+        to_cog(str(tmp_path / "m.tif"), str(tmp_path / "c2.tif"), "NEAREST", None, lambda: True)

@@ -321,3 +321,25 @@ def test_float_input_with_nan(tmp_path: Path) -> None:
     assert s["scaling"]["source"] == "percentile" and s["scaling"]["high"][0] < 1.5
     mask = read(tmp_path / "o" / MASK_NAME)
     assert np.all(mask[:, :10] == 255) and (mask[30:70, 40:100] == 1).mean() > 0.8
+
+
+def test_jp2_and_vrt_inputs(tmp_path: Path) -> None:
+    b, a, truth = change_pair(tmp_path, h=96, w=96)
+    jp2 = tmp_path / "before.jp2"
+    gdal.Translate(str(jp2), b, format="JP2OpenJPEG", creationOptions=["REVERSIBLE=YES", "QUALITY=100"]).FlushCache()
+    vrt = tmp_path / "after.vrt"
+    gdal.BuildVRT(str(vrt), [a]).FlushCache()
+    s = run_detection(_params(str(jp2), str(vrt), tmp_path / "o"))
+    assert s["inputs"]["warped"] == {"before": False, "after": False}
+    mask = read(tmp_path / "o" / MASK_NAME)
+    assert (mask[truth] == 1).mean() > 0.9
+
+
+def test_both_without_crs_on_the_same_grid(tmp_path: Path) -> None:
+    b, a, _ = change_pair(tmp_path, h=64, w=64, epsg=None, gt=(0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    s = run_detection(_params(b, a, tmp_path / "o"))
+    assert s["changed_area_m2"] is None and s["valid_area_m2"] is None and s["changed_pixels"] > 0
+    assert any("no CRS" in w for w in s["warnings"])
+    other = write_raster(tmp_path / "other.tif", textured(64, 64), epsg=None, gt=(5.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    with pytest.raises(InputError, match="neither raster has a CRS and their grids differ"):
+        run_detection(_params(b, other, tmp_path / "o2"))

@@ -137,9 +137,10 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         polygons_info = None
         if paths["polygons"]:
             t = time.perf_counter()
-            report("polygons", 0, 1)
+            report("polygons", 0, 100)
             tmp_gpkg = temp.new(paths["polygons"])
-            polygons_info = polygonize(tmp_mask, tmp_gpkg, inputs.grid, params.min_area)
+            polygons_info = polygonize(tmp_mask, tmp_gpkg, inputs.grid, params.min_area,
+                                       lambda f: report("polygons", int(100 * f), 100), cancelled)
             timings["polygons"] = time.perf_counter() - t
 
         t = time.perf_counter()

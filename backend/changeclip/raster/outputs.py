@@ -224,7 +224,9 @@ def _lut_vrt(mask_path: str, grid: Grid) -> str:
     return vrt
 
 
-def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float) -> dict[str, Any]:
+def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
+               progress: Callable[[float], None] | None = None,
+               is_cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Change polygons (mask == 1, 4-connected) into a GeoPackage with ``area_m2``.
 
     Args:
@@ -232,10 +234,24 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float) ->
         out_path: The GeoPackage to create (a temporary name).
         grid: The reference grid (CRS for the layer and the area computation).
         min_area_m2: Polygons smaller than this are dropped.
+        progress: Called with the fraction done (0..1) while polygonizing.
+        is_cancelled: Polled while GDAL works; True aborts.
 
     Returns:
         ``{"count", "dropped", "area_m2"}``.
+
+    Raises:
+        OSError: Writing failed. JobCancelled: ``is_cancelled()`` became True.
     """
+    last = [-1]
+
+    def callback(fraction: float, _msg: object, _data: object) -> int:
+        pct = int(fraction * 100)
+        if progress is not None and pct != last[0]:
+            last[0] = pct
+            progress(fraction)
+        return 0 if is_cancelled is not None and is_cancelled() else 1
+
     vrt = _lut_vrt(mask_path, grid)
     try:
         src = gdal.Open(vrt)
@@ -245,7 +261,7 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float) ->
         layer = ds.CreateLayer("change_polygons", srs=grid.srs(), geom_type=ogr.wkbPolygon)
         layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
         ds.StartTransaction()
-        gdal.Polygonize(band, band, layer, -1, [])
+        gdal.Polygonize(band, band, layer, -1, [], callback=callback)
         ds.CommitTransaction()
         measure = PolygonArea(grid)
         kept, dropped, total = 0, 0, 0.0
@@ -270,6 +286,8 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float) ->
         ds = None
         src = None
     except RuntimeError as exc:
+        if is_cancelled is not None and is_cancelled():
+            raise JobCancelled("the run was cancelled; partial outputs were removed") from None
         raise OSError(errno.EIO, f"writing polygons {out_path} failed: {exc}") from None
     finally:
         gdal.Unlink(vrt)

@@ -30,8 +30,11 @@ def test_init_gui_and_unload(qgis_app: object, mock_iface) -> None:  # noqa: ANN
     assert iface.addPluginToRasterMenu.call_count == 4
     toolbars = iface.mainWindow().findChildren(QToolBar, "ChangeCLIPToolbar")
     assert len(toolbars) == 1 and plugin.toggle_action in toolbars[0].actions()
+    iface.mainWindow().show()
     plugin.toggle_action.trigger()
-    assert plugin.dock.isVisible() or plugin.dock.isHidden() is False
+    assert plugin.dock.isVisible() and plugin.toggle_action.isChecked()
+    plugin.toggle_action.trigger()
+    assert not plugin.dock.isVisible() and not plugin.toggle_action.isChecked()
 
     plugin.unload()
     assert registry.providerById("changeclip") is None

@@ -150,7 +150,8 @@ def test_cancel_from_processing(provider: object, backend_env: None, tiny_weight
     from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
     feedback = QgsProcessingFeedback()
-    feedback.progressChanged.connect(lambda value: feedback.cancel() if value >= 15 else None)
+    # cancel at the first progress report of the running job (whatever the machine's speed)
+    feedback.progressChanged.connect(lambda value: feedback.cancel() if value > 0 else None)
     sample = repo_root / "resources" / "sample"
     with pytest.raises(QgsProcessingException, match="cancelled"):
         processing.run(ALG, {"BEFORE": str(sample / "naip_2015.tif"), "AFTER": str(sample / "naip_2020.tif"),

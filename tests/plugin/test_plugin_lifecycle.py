@@ -87,3 +87,51 @@ def test_unload_during_a_run(qgis_app: object, mock_iface, project, pump, backen
     assert LAUNCHER.current() is None
     pump(lambda: not QgsApplication.taskManager().activeTasks(), 300)
     assert QgsApplication.processingRegistry().providerById("changeclip") is None
+
+
+STAGED_LOAD = r"""
+import os, sys
+from unittest import mock
+from qgis.core import QgsApplication
+app = QgsApplication([], True)
+app.initQgis()
+from qgis.gui import QgisInterface, QgsMapCanvas, QgsMessageBar
+from qgis.PyQt.QtWidgets import QMainWindow
+import qgis.utils
+window = QMainWindow()
+iface = mock.Mock(spec=QgisInterface)
+iface.mainWindow.return_value = window
+iface.mapCanvas.return_value = QgsMapCanvas(window)
+iface.messageBar.return_value = QgsMessageBar(window)
+iface.addToolBar.side_effect = window.addToolBar
+iface.addDockWidget.side_effect = window.addDockWidget
+iface.removeDockWidget.side_effect = window.removeDockWidget
+qgis.utils.iface = iface
+qgis.utils.plugin_paths = [sys.argv[1]]
+sys.path.insert(0, sys.argv[1])
+qgis.utils.updateAvailablePlugins()
+assert "changeclip_qgis" in qgis.utils.available_plugins, qgis.utils.available_plugins
+assert qgis.utils.loadPlugin("changeclip_qgis")
+assert qgis.utils.startPlugin("changeclip_qgis")
+import changeclip_qgis
+assert changeclip_qgis.__file__.startswith(sys.argv[1]), changeclip_qgis.__file__
+reg = QgsApplication.processingRegistry()
+assert reg.providerById("changeclip") is not None
+from changeclip_qgis.core.paths import icon_path, style_path
+assert str(icon_path()).startswith(sys.argv[1]) and icon_path().is_file() and style_path("change_mask").is_file()
+assert qgis.utils.unloadPlugin("changeclip_qgis")
+assert reg.providerById("changeclip") is None
+bad = [m for m in sys.modules if m.split(".")[0] in ("torch", "changeclip", "open_clip")]
+assert not bad, bad
+print("staged plugin ok")
+app.exitQgis()
+"""
+
+
+def test_staged_plugin_in_qgis_own_python(staged_plugin: Path, tmp_path: Path) -> None:
+    """The installable folder loads and unloads through qgis.utils in /usr/bin/python3 (no venv, no torch)."""
+    env = {"QT_QPA_PLATFORM": "offscreen", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path / "profile")}
+    done = subprocess.run(["/usr/bin/python3", "-c", STAGED_LOAD, str(staged_plugin)], capture_output=True,
+                          text=True, timeout=300, env=env, check=False, cwd=tmp_path)
+    assert done.returncode == 0 and "staged plugin ok" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]

@@ -142,3 +142,64 @@ def test_seams_tiled_vs_whole_image(geotiff_dir: Path, tiny_weights: Any, tmp_pa
               f"mean |dp| within 4 px of tile edges {near:.4f} vs >= 16 px away {far:.4f}")
     assert agree >= 0.995
     assert near <= 1.25 * far, "no seam: differences are not concentrated at tile edges"
+
+
+class _LocalEngine:
+    """A fixed engine with a known 17 x 17 px receptive field (box-filtered band difference)."""
+
+    name = "local-test"
+    default_threshold = 0.5
+    clip_input = True
+    needs_context = True
+    device = "cpu"
+    radius = 8
+
+    def fit(self, before_sample: np.ndarray, after_sample: np.ndarray) -> None:
+        pass
+
+    def predict_proba(self, before: np.ndarray, after: np.ndarray, valid: Any) -> np.ndarray:
+        r = self.radius
+        d = np.abs(before - after).mean(axis=1)
+        p = np.pad(d, ((0, 0), (r, r), (r, r)), mode="reflect")
+        c = np.cumsum(np.cumsum(np.pad(p, ((0, 0), (1, 0), (1, 0))), axis=1), axis=2)
+        k = 2 * r + 1
+        box = (c[:, k:, k:] - c[:, :-k, k:] - c[:, k:, :-k] + c[:, :-k, :-k]) / (k * k)
+        return (1.0 / (1.0 + np.exp(-(box - 12.0) / 3.0))).astype(np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+@pytest.mark.parametrize("overlap", [64, 0])
+def test_seams_local_model_weighted_blending(geotiff_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             overlap: int, capsys: pytest.CaptureFixture) -> None:
+    """With a model whose context is known, blended tiles reproduce the whole-image result; without
+    overlap the tile edges show (so the measure can fail)."""
+    engine = _LocalEngine()
+    monkeypatch.setattr("changeclip.pipeline.build_engine", lambda params, cache=None: engine)
+    before, after = (str(geotiff_dir / p) for p in PAIRS["naip"])
+    params = DetectParams(before, after, str(tmp_path), engine="changeclip", weights="unused", prompt_mode="none",
+                          tile=256, overlap=overlap, probability_dtype="float32")
+    s = run_detection(params)
+    tiled = gdal.Open(str(tmp_path / PROBABILITY_NAME)).ReadAsArray()
+    valid = gdal.Open(str(tmp_path / MASK_NAME)).ReadAsArray() != 255
+    b = gdal.Open(before).ReadAsArray()[:3].astype(np.float32)
+    a_ds = gdal.Warp("", after, format="MEM", outputBounds=_bounds(gdal.Open(before)), width=b.shape[2],
+                     height=b.shape[1], dstSRS=gdal.Open(before).GetProjection(), resampleAlg="bilinear")
+    a = a_ds.ReadAsArray()[:3].astype(np.float32)
+    whole = engine.predict_proba(b[None], a[None], None)[0]
+    thr = float(np.median(whole[valid]))
+    agree = float(((whole > thr) == (tiled > thr))[valid].mean())
+    max_dp = float(np.abs(whole - tiled)[valid].max())
+    with capsys.disabled():
+        print(f"\n[detect] local 17x17 model on NAIP, tile 256 overlap {overlap}: agreement {agree:.5f} at the "
+              f"median threshold, max |dp| {max_dp:.4f} ({s['tiles']['total']} tiles)")
+    if overlap:
+        assert agree >= 0.995 and max_dp < 0.05
+    else:  # the same measure sees the seams of unblended tiles
+        assert max_dp > 0.2
+
+
+def _bounds(ds: gdal.Dataset) -> tuple[float, float, float, float]:
+    x0, dx, _, y0, _, dy = ds.GetGeoTransform()
+    return x0, y0 + dy * ds.RasterYSize, x0 + dx * ds.RasterXSize, y0

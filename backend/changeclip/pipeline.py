@@ -172,7 +172,7 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         temp.cleanup()
         _remove_empty(created_dirs)
         hint = "the disk is full: free some space" if exc.errno == errno.ENOSPC else "check the folder"
-        raise InputError(f"writing the outputs failed ({exc.strerror or exc}); {hint} or choose another "
+        raise InputError(f"writing the outputs failed ({exc.strerror or exc}); {hint}, or choose another "
                          "output folder; no output was written") from None
     except RuntimeError as exc:  # GDAL reading errors (e.g. a truncated file)
         temp.cleanup()

@@ -68,11 +68,18 @@ class TempFiles:
         self._paths.clear()
 
 
+def write_error(what: str, message: object) -> OSError:
+    """An OSError for a failed GDAL write (ENOSPC when GDAL says the disk is full)."""
+    text = str(message).strip()
+    code = errno.ENOSPC if "no space left" in text.lower() or "disk full" in text.lower() else errno.EIO
+    return OSError(code, f"writing {what} failed: {text}")
+
+
 def _check_gdal_write(what: str) -> None:
     if gdal.GetLastErrorType() >= gdal.CE_Failure:
         msg = gdal.GetLastErrorMsg()
         gdal.ErrorReset()
-        raise OSError(errno.EIO, f"writing {what} failed: {msg}")
+        raise write_error(what, msg)
 
 
 class BlockRasterWriter:
@@ -107,7 +114,7 @@ class BlockRasterWriter:
         try:
             self._band.WriteArray(array, xoff, yoff)
         except RuntimeError as exc:
-            raise OSError(errno.EIO, f"writing {self.path} failed: {exc}") from None
+            raise write_error(self.path, exc) from None
 
     def close(self) -> None:
         """Flush and close; raise OSError if GDAL reported a write failure."""
@@ -117,7 +124,7 @@ class BlockRasterWriter:
             self._ds.FlushCache()
             _check_gdal_write(self.path)
         except RuntimeError as exc:
-            raise OSError(errno.EIO, f"writing {self.path} failed: {exc}") from None
+            raise write_error(self.path, exc) from None
         finally:
             self._band = None
             self._ds = None
@@ -159,7 +166,7 @@ def to_cog(src: str, dst: str, resampling: str, progress: Callable[[float], None
     except RuntimeError as exc:
         if is_cancelled is not None and is_cancelled():
             raise JobCancelled("the run was cancelled; partial outputs were removed") from None
-        raise OSError(errno.EIO, f"writing {dst} failed: {exc}") from None
+        raise write_error(dst, exc) from None
 
 
 class ChangeRasterWriter:
@@ -288,7 +295,7 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
     except RuntimeError as exc:
         if is_cancelled is not None and is_cancelled():
             raise JobCancelled("the run was cancelled; partial outputs were removed") from None
-        raise OSError(errno.EIO, f"writing polygons {out_path} failed: {exc}") from None
+        raise write_error(out_path, exc) from None
     finally:
         gdal.Unlink(vrt)
     return {"count": kept, "dropped": dropped, "area_m2": total}

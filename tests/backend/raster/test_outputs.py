@@ -130,3 +130,12 @@ def test_cog_progress_and_cancel(tmp_path: Path) -> None:
     assert seen and seen[-1] == pytest.approx(1.0)
     with pytest.raises(JobCancelled):
         to_cog(str(tmp_path / "m.tif"), str(tmp_path / "c2.tif"), "NEAREST", None, lambda: True)
+
+
+def test_gdal_disk_full_message_maps_to_enospc() -> None:
+    import errno
+
+    from changeclip.raster.outputs import write_error
+
+    assert write_error("x.tif", "x.tif: Free disk space available is 0 bytes; No space left on device").errno == errno.ENOSPC
+    assert write_error("x.tif", "TIFFWriteEncodedTile failed").errno == errno.EIO

@@ -41,7 +41,7 @@ from changeclip.protocol import DetectParams, ParamError
 from changeclip.raster import align, io, scaling
 from changeclip.raster.area import row_pixel_areas
 from changeclip.raster.outputs import ChangeRasterWriter, TempFiles, polygonize, to_cog, write_json
-from changeclip.raster.tiling import BlendAccumulator, pad_to_tile
+from changeclip.raster.tiling import BlendAccumulator, reflect_pad
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +279,17 @@ def _scaling(params: DetectParams, inputs: Inputs, sample_b: np.ndarray, sample_
 
 def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scaler: scaling.BandScaling,
                writer: ChangeRasterWriter, report: ProgressFn, cancelled: CancelFn) -> dict[str, Any]:
-    """Stream every tile of the window through the engine; write finished rows."""
+    """Stream every tile of the window through the engine; write finished rows.
+
+    For engines that use context the tile grid covers the window plus a margin of half the
+    overlap on every side, filled by reflecting the raster at its edges: edge pixels then sit
+    inside a tile, with mirrored context, instead of on its border.
+    """
     win, grid = inputs.window, inputs.grid
     tile = params.tile
     overlap = params.overlap if engine.needs_context else 0
-    acc = BlendAccumulator(win.width, win.height, tile, overlap)
+    margin = overlap // 2
+    acc = BlendAccumulator(win.width + 2 * margin, win.height + 2 * margin, tile, overlap)
     total = len(acc.xs) * len(acc.ys)
     done = skipped = 0
     changed_px = valid_px = 0
@@ -294,10 +300,16 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
     def flush(until: int) -> None:
         nonlocal changed_px, valid_px, changed_m2, valid_m2
         for row0, prob, valid in acc.release(until):
-            ch, va = writer.write_rows(prob, valid, win.xoff, win.yoff + row0)
+            lo, hi = max(row0, margin), min(row0 + len(prob), margin + win.height)
+            if hi <= lo:
+                continue
+            rows = slice(lo - row0, hi - row0)
+            cols = slice(margin, margin + win.width)
+            y = win.yoff + lo - margin
+            ch, va = writer.write_rows(prob[rows, cols], valid[rows, cols], win.xoff, y)
             changed_px += int(ch.sum())
             valid_px += int(va.sum())
-            areas = row_pixel_areas(grid, win.yoff + row0, len(ch))
+            areas = row_pixel_areas(grid, y, len(ch))
             if areas is not None:
                 changed_m2 += float(ch @ areas)
                 valid_m2 += float(va @ areas)
@@ -309,7 +321,7 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
                 raise JobCancelled("the run was cancelled; partial outputs were removed")
             batch_b, batch_a, batch_v, where = [], [], [], []
             for x0, ty in row[start:start + params.batch_size]:
-                got = _read_tile(inputs, scaler, engine.clip_input, x0, ty, tile)
+                got = _read_tile(inputs, scaler, engine.clip_input, x0 - margin, ty - margin, tile)
                 if got is None:
                     skipped += 1
                     continue
@@ -324,28 +336,36 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
                     acc.add(p, v, x0, ty)
             done += len(row[start:start + params.batch_size])
             report("tiles", done, total)
-        flush(acc.ys[i + 1] if i + 1 < len(acc.ys) else win.height)
+        flush(acc.ys[i + 1] if i + 1 < len(acc.ys) else acc.height)
 
     if valid_px == 0:
         raise InputError("no pixel of the overlapping area is valid in both rasters; check nodata values "
                          "and masks")
     return {"tiles": {"size": tile, "overlap": overlap, "overlap_requested": params.overlap,
-                      "batch_size": params.batch_size, "total": total, "processed": total - skipped,
-                      "skipped_nodata": skipped},
+                      "edge_margin": margin, "batch_size": params.batch_size, "total": total,
+                      "processed": total - skipped, "skipped_nodata": skipped},
             "changed_px": changed_px, "valid_px": valid_px,
             "changed_m2": changed_m2 if has_area else None, "valid_m2": valid_m2 if has_area else None}
 
 
 def _read_tile(inputs: Inputs, scaler: scaling.BandScaling, clip: bool, x0: int, y0: int, tile: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """One tile of both dates, scaled, filled where invalid and padded: or None if all invalid.
+    """One tile of both dates, scaled, filled where invalid, reflect-padded beyond the window.
+
+    Args:
+        x0, y0: Top-left of the tile in window pixels; negative or reaching past the window's
+            end where the tile covers the edge margin.
 
     Returns:
-        ``(before (C, tile, tile), after (C, tile, tile), valid (tile, tile))``.
+        ``(before (C, tile, tile), after (C, tile, tile), valid (tile, tile))``, or None when no
+        pixel of the tile is valid in both dates.
     """
     win = inputs.window
-    gx, gy = win.xoff + x0, win.yoff + y0
-    w, h = min(tile, win.width - x0), min(tile, win.height - y0)
+    rx0, ry0 = max(0, x0), max(0, y0)
+    rx1, ry1 = min(win.width, x0 + tile), min(win.height, y0 + tile)
+    if rx1 <= rx0 or ry1 <= ry0:
+        return None
+    gx, gy, w, h = win.xoff + rx0, win.yoff + ry0, rx1 - rx0, ry1 - ry0
     valid = inputs.before.read_valid(gx, gy, w, h) & inputs.after.read_valid(gx, gy, w, h)
     if not valid.any():
         return None
@@ -357,7 +377,11 @@ def _read_tile(inputs: Inputs, scaler: scaling.BandScaling, clip: bool, x0: int,
     sb, sa = scaler.apply(db, clip), scaler.apply(da, clip)
     sb[:, ~valid] = FILL_VALUE
     sa[:, ~valid] = FILL_VALUE
-    return pad_to_tile(sb, tile), pad_to_tile(sa, tile), pad_to_tile(valid, tile)
+    pads = ((ry0 - y0, y0 + tile - ry1), (rx0 - x0, x0 + tile - rx1))
+    if any(p for pair in pads for p in pair):
+        sb, sa = reflect_pad(sb, pads), reflect_pad(sa, pads)
+        valid = np.pad(valid, pads, mode="constant", constant_values=False)
+    return sb, sa, valid
 
 
 def _summary(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scaler: scaling.BandScaling,

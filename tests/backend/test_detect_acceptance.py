@@ -108,9 +108,12 @@ def test_taizhou_irmad_accuracy_is_reported(geotiff_dir: Path, tmp_path: Path, c
 
 
 def _seam_distance(n: int, tile: int, overlap: int) -> np.ndarray:
+    """Distance of each of ``n`` pixels to the nearest inner tile edge (the grid starts half an
+    overlap before the raster: the reflected edge margin)."""
+    margin = overlap // 2
     dist = np.full(n, 10**6)
-    for s in tile_starts(n, tile, overlap):
-        for edge in (s, s + tile - 1):
+    for s in tile_starts(n + 2 * margin, tile, overlap):
+        for edge in (s - margin, s - margin + tile - 1):
             if 0 < edge < n - 1:
                 dist = np.minimum(dist, np.abs(np.arange(n) - edge))
     return dist

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-WEIGHT_FLOOR = 0.02
+WEIGHT_FLOOR = 1e-3
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -55,6 +55,18 @@ def weight_sums(length: int, starts: list[int], weights: np.ndarray) -> np.ndarr
     return total
 
 
+def reflect_pad(arr: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """Reflect-pad the last two axes of ``arr`` (``(..., h, w)``) by ``((top, bottom), (left, right))``.
+
+    Pads wider than the array are reflected repeatedly; a 1-px axis is repeated instead.
+    """
+    h, w = arr.shape[-2:]
+    lead = [(0, 0)] * (arr.ndim - 2)
+    (top, bottom), (left, right) = pads
+    out = np.pad(arr, lead + [(top, bottom), (0, 0)], mode="reflect" if h > 1 else "edge")
+    return np.pad(out, lead + [(0, 0), (left, right)], mode="reflect" if w > 1 else "edge")
+
+
 def pad_to_tile(arr: np.ndarray, tile: int) -> np.ndarray:
     """Reflect-pad the last two axes of ``arr`` (``(..., h, w)``) at the bottom/right to ``tile``."""
     h, w = arr.shape[-2:]
@@ -78,7 +90,7 @@ class BlendAccumulator:
     """
 
     def __init__(self, width: int, height: int, tile: int, overlap: int) -> None:
-        self.width, self.height, self.tile = width, height, tile
+        self.width, self.height, self.tile = width, height, tile  # height: rows to release in the end
         self.xs = tile_starts(width, tile, overlap)
         self.ys = tile_starts(height, tile, overlap)
         w1 = ramp_weights(tile, overlap)

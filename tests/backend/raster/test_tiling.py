@@ -127,3 +127,15 @@ def test_tiles_out_of_order_are_refused() -> None:
     acc.add(np.zeros((128, 128), np.float32), np.ones((128, 128), bool), 0, acc.ys[1])
     with pytest.raises(ValueError, match="row order"):  # going back up
         acc.add(np.zeros((128, 128), np.float32), np.ones((128, 128), bool), 0, acc.ys[0])
+
+
+def test_reflect_pad_sides() -> None:
+    from changeclip.raster.tiling import reflect_pad
+
+    a = np.arange(20, dtype=np.float32).reshape(1, 4, 5)
+    p = reflect_pad(a, ((2, 1), (3, 0)))
+    assert p.shape == (1, 7, 8)
+    np.testing.assert_array_equal(p[0, 2:6, 3:], a[0])
+    assert p[0, 2, 2] == a[0, 0, 1] and p[0, 1, 3] == a[0, 1, 0]  # mirrored, edge not repeated
+    assert reflect_pad(np.ones((1, 1, 3)), ((0, 4), (0, 0))).shape == (1, 5, 3)  # 1-px axis: edge mode
+    assert reflect_pad(a, ((0, 9), (0, 11))).shape == (1, 13, 16)  # wider than the array

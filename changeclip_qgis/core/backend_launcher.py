@@ -52,9 +52,48 @@ def clean_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def serve_command(python: str) -> list[str]:
-    """The argument list that starts the backend service on a free loopback port."""
-    return [python, "-m", "changeclip", "serve", "--host", "127.0.0.1", "--port", "0"]
+_WATCHDOG = """\
+import os, signal, sys, threading, time
+parent = int(sys.argv[1])
+def parent_gone():
+    if os.name == "posix":
+        return os.getppid() != parent
+    try:
+        import psutil
+    except ImportError:
+        return False
+    return not psutil.pid_exists(parent)
+def watch():
+    while not parent_gone():
+        time.sleep(1.0)
+    try:  # the pipe may be gone with the parent
+        sys.stderr.write("changeclip: the process that started this backend is gone; stopping\\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30.0)
+    os._exit(1)
+threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+sys.argv = ["changeclip"] + sys.argv[2:]
+import runpy
+runpy.run_module("changeclip", run_name="__main__", alter_sys=True)
+"""
+"""Runs ``python -m changeclip serve …`` and stops it (SIGTERM, graceful) when the process that
+started it disappears without stopping it (QGIS or qgis_process crashed or was killed)."""
+
+
+def serve_command(python: str, parent_pid: int | None = None) -> list[str]:
+    """The argument list that starts the backend service on a free loopback port.
+
+    Args:
+        python: the backend's interpreter.
+        parent_pid: when given, the backend stops itself once this process is gone.
+    """
+    serve = ["serve", "--host", "127.0.0.1", "--port", "0"]
+    if parent_pid is None:
+        return [python, "-m", "changeclip", *serve]
+    return [python, "-c", _WATCHDOG, str(parent_pid), *serve]
 
 
 @dataclass
@@ -180,13 +219,13 @@ class BackendLauncher:
         if not os.path.isfile(config.python):
             raise BackendUnavailable(f"the backend Python {config.python} does not exist; run 'Set up "
                                      "backend…' again or fix the setting / CHANGECLIP_BACKEND_PYTHON")
-        cmd = serve_command(config.python)
-        self.last_command = cmd
+        cmd = serve_command(config.python, parent_pid=os.getpid())
+        self.last_command = [("<parent watchdog, then: -m changeclip>" if arg == _WATCHDOG else arg) for arg in cmd]
         self._stderr_tail.clear()
         env = clean_env()
         if config.weights_dir:
             env["CHANGECLIP_WEIGHTS_DIR"] = config.weights_dir
-        log(f"starting backend: {' '.join(cmd)}")
+        log(f"starting backend: {config.python} -m changeclip {' '.join(cmd[-5:])} (stops itself if QGIS dies)")
         creationflags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
         try:
             # Justification: argument list, no shell; the interpreter is the one the user configured.

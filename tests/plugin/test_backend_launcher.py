@@ -37,3 +37,48 @@ def test_unreachable_url(qgis_app: object) -> None:
     config = BackendConfig(python="", url="http://127.0.0.1:9", token_file="", weights_dir="")
     with pytest.raises(BackendUnavailable, match="no backend answers at http://127.0.0.1:9"):
         BackendLauncher().ensure(config)
+
+
+KILLED_PARENT = r"""
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from changeclip_qgis.core.backend_launcher import BackendLauncher
+from changeclip_qgis.core.settings import BackendConfig
+backend = BackendLauncher().ensure(BackendConfig(python=sys.argv[2], url="", token_file="", weights_dir=""))
+print(backend.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_backend_stops_when_its_parent_dies(repo_root, tmp_path) -> None:  # noqa: ANN001
+    """If QGIS is killed (no unload, no atexit), the backend it started stops by itself."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(repo_root), sys.executable],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = parent.stdout.readline()
+        assert line.strip().isdigit(), parent.stderr.read()
+        backend_pid = int(line)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _alive(backend_pid):
+            time.sleep(0.5)
+        assert not _alive(backend_pid), "the orphaned backend must stop itself"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    from pathlib import Path
+
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():
+        return False
+    return stat.read_text().split(")")[-1].split()[0] != "Z"  # a zombie has exited

@@ -36,7 +36,7 @@ def _serve_pids() -> set[int]:
                 cmd = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"serve" in cmd and b"changeclip" in cmd and b"127.0.0.1" in cmd:
+            if b"serve" in cmd and b"127.0.0.1" in cmd and any(b"changeclip" in part for part in cmd):
                 pids.add(int(entry.name))
     return pids
 

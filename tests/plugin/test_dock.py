@@ -3,7 +3,6 @@ grouped layers; cancel works; the UI thread never waits on the backend."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -37,10 +36,9 @@ def _run(dock, pump, timeout_s: float = 600) -> dict:  # noqa: ANN001
     results: dict = {}
     dock.runFinished.connect(lambda s: results.setdefault("summary", s))
     dock.runFailed.connect(lambda m: results.setdefault("error", m))
-    started = time.monotonic()
     task = dock.start_run()
     assert task is not None, dock.stage_label.text()
-    assert time.monotonic() - started < 2.0, "start_run must not wait for the backend"
+    assert not results, "start_run must return before the run ends (it never waits on the backend)"
     assert not dock.run_button.isEnabled() and dock.cancel_button.isEnabled()
     pump(lambda: results, timeout_s)
     return results

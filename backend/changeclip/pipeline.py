@@ -41,7 +41,7 @@ from changeclip.protocol import DetectParams, ParamError
 from changeclip.raster import align, io, scaling
 from changeclip.raster.area import row_pixel_areas
 from changeclip.raster.outputs import ChangeRasterWriter, TempFiles, polygonize, to_cog, write_json
-from changeclip.raster.tiling import BlendAccumulator, reflect_pad
+from changeclip.raster.tiling import BlendAccumulator, reflect_pad, tile_starts
 
 log = logging.getLogger(__name__)
 
@@ -289,9 +289,11 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
     tile = params.tile
     overlap = params.overlap if engine.needs_context else 0
     margin = overlap // 2
-    acc = BlendAccumulator(win.width + 2 * margin, win.height + 2 * margin, tile, overlap)
+    ext_w, ext_h = win.width + 2 * margin, win.height + 2 * margin
+    per_row = len(tile_starts(ext_w, tile, overlap))
+    acc = BlendAccumulator(ext_w, ext_h, tile, overlap, rows_ahead=-(-params.batch_size // per_row))
     total = len(acc.xs) * len(acc.ys)
-    done = skipped = 0
+    skipped = 0
     changed_px = valid_px = 0
     changed_m2 = valid_m2 = 0.0
     has_area = bool(grid.wkt)
@@ -314,29 +316,29 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
                 changed_m2 += float(ch @ areas)
                 valid_m2 += float(va @ areas)
 
-    for i, y0 in enumerate(acc.ys):
-        row = [(x0, y0) for x0 in acc.xs]
-        for start in range(0, len(row), params.batch_size):
-            if cancelled():
-                raise JobCancelled("the run was cancelled; partial outputs were removed")
-            batch_b, batch_a, batch_v, where = [], [], [], []
-            for x0, ty in row[start:start + params.batch_size]:
-                got = _read_tile(inputs, scaler, engine.clip_input, x0 - margin, ty - margin, tile)
-                if got is None:
-                    skipped += 1
-                    continue
-                batch_b.append(got[0])
-                batch_a.append(got[1])
-                batch_v.append(got[2])
-                where.append((x0, ty))
-            if where:
-                valid = np.stack(batch_v)
-                probs = engine.predict_proba(np.stack(batch_b), np.stack(batch_a), valid)
-                for (x0, ty), p, v in zip(where, probs, valid, strict=True):
-                    acc.add(p, v, x0, ty)
-            done += len(row[start:start + params.batch_size])
-            report("tiles", done, total)
-        flush(acc.ys[i + 1] if i + 1 < len(acc.ys) else acc.height)
+    positions = [(x0, y0) for y0 in acc.ys for x0 in acc.xs]  # row-major; a batch may span rows
+    for start in range(0, total, params.batch_size):
+        if cancelled():
+            raise JobCancelled("the run was cancelled; partial outputs were removed")
+        batch_b, batch_a, batch_v, where = [], [], [], []
+        for x0, y0 in positions[start:start + params.batch_size]:
+            got = _read_tile(inputs, scaler, engine.clip_input, x0 - margin, y0 - margin, tile)
+            if got is None:
+                skipped += 1
+                continue
+            batch_b.append(got[0])
+            batch_a.append(got[1])
+            batch_v.append(got[2])
+            where.append((x0, y0))
+        if where:
+            valid = np.stack(batch_v)
+            probs = engine.predict_proba(np.stack(batch_b), np.stack(batch_a), valid)
+            for (x0, y0), p, v in zip(where, probs, valid, strict=True):
+                acc.add(p, v, x0, y0)
+        done = min(start + params.batch_size, total)
+        report("tiles", done, total)
+        nxt = start + params.batch_size
+        flush(positions[nxt][1] if nxt < total else acc.height)
 
     if valid_px == 0:
         raise InputError("no pixel of the overlapping area is valid in both rasters; check nodata values "

@@ -80,16 +80,18 @@ def pad_to_tile(arr: np.ndarray, tile: int) -> np.ndarray:
 class BlendAccumulator:
     """Weighted blending of tile probabilities over a window, released row band by row band.
 
-    Feed tiles in row order (all tiles of one tile row, then :meth:`release` up to the next tile
-    row's start). Tiles that were skipped (entirely invalid) are simply not added: every pixel
+    Feed tiles in row-major order and :meth:`release` up to the start row of the next tile to
+    come (with ``rows_ahead`` > 0 a batch of tiles may span several tile rows in between). Tiles that were skipped (entirely invalid) are simply not added: every pixel
     they cover is invalid, so the weight normalisation of valid pixels is unaffected.
 
     Args:
         width, height: Window size in pixels.
         tile, overlap: Tile size and overlap in pixels.
+        rows_ahead: How many tile rows beyond the oldest unreleased one may be added before
+            releasing (lets a batch span rows); the buffer holds ``tile + rows_ahead * stride`` rows.
     """
 
-    def __init__(self, width: int, height: int, tile: int, overlap: int) -> None:
+    def __init__(self, width: int, height: int, tile: int, overlap: int, rows_ahead: int = 0) -> None:
         self.width, self.height, self.tile = width, height, tile  # height: rows to release in the end
         self.xs = tile_starts(width, tile, overlap)
         self.ys = tile_starts(height, tile, overlap)
@@ -97,7 +99,7 @@ class BlendAccumulator:
         self._w2d = np.outer(w1, w1).astype(np.float32)
         self._sx = weight_sums(width, self.xs, w1).astype(np.float32)
         self._sy = weight_sums(height, self.ys, w1).astype(np.float32)
-        rows = min(tile, height)  # rows above the current tile row are released first
+        rows = min(tile + rows_ahead * (tile - overlap), height)  # rows above are released first
         self._sum = np.zeros((rows, width), dtype=np.float32)
         self._valid = np.zeros((rows, width), dtype=bool)
         self._top = 0  # window row held in buffer row 0

@@ -139,3 +139,25 @@ def test_reflect_pad_sides() -> None:
     assert p[0, 2, 2] == a[0, 0, 1] and p[0, 1, 3] == a[0, 1, 0]  # mirrored, edge not repeated
     assert reflect_pad(np.ones((1, 1, 3)), ((0, 4), (0, 0))).shape == (1, 5, 3)  # 1-px axis: edge mode
     assert reflect_pad(a, ((0, 9), (0, 11))).shape == (1, 13, 16)  # wider than the array
+
+
+@pytest.mark.parametrize("batch", [1, 3, 7, 20])
+def test_batches_spanning_tile_rows(batch: int) -> None:
+    """Tiles fed in row-major batches that cross tile rows blend exactly like row-by-row."""
+    width, height, tile, overlap = 400, 700, 128, 32
+    yy, xx = np.mgrid[0:height, 0:width]
+    field = (0.5 + 0.4 * np.sin(xx / 29.0) * np.cos(yy / 17.0)).astype(np.float32)
+    per_row = len(tile_starts(width, tile, overlap))
+    acc = BlendAccumulator(width, height, tile, overlap, rows_ahead=-(-batch // per_row))
+    positions = [(x0, y0) for y0 in acc.ys for x0 in acc.xs]
+    out = np.full((height, width), np.nan, np.float32)
+    for start in range(0, len(positions), batch):
+        for x0, y0 in positions[start:start + batch]:
+            h, w = min(tile, height - y0), min(tile, width - x0)
+            p = np.zeros((tile, tile), np.float32)
+            p[:h, :w] = field[y0:y0 + h, x0:x0 + w]
+            acc.add(p, np.ones((tile, tile), bool), x0, y0)
+        nxt = start + batch
+        for row0, prob, _ in acc.release(positions[nxt][1] if nxt < len(positions) else height):
+            out[row0:row0 + len(prob)] = prob
+    np.testing.assert_allclose(out, field, atol=2e-6)

@@ -51,6 +51,15 @@ def qgis_python() -> str:
                       "settings to an interpreter where you installed the backend yourself")
 
 
+def _qgis_numpy_version() -> str:
+    """The numpy version QGIS's Python has ("" if none): the backend venv must keep it."""
+    try:
+        import numpy
+    except ImportError:
+        return ""
+    return str(numpy.__version__)
+
+
 def _pins(requirements: Path | None) -> dict[str, str]:
     pins: dict[str, str] = {}
     if requirements is None or not requirements.is_file():
@@ -99,7 +108,9 @@ def setup_steps(venv_dir: Path, backend_dir: Path, *, python: str | None = None,
     pins = _pins(requirements)
     steps = [SetupStep("Creating the virtual environment (shares QGIS's GDAL)",
                        [python, "-m", "venv", "--system-site-packages", str(venv_dir)])]
-    torch_specs = [f"{name}=={pins[name]}" if name in pins else name for name in TORCH_PACKAGES]
+    # keep QGIS's own numpy (GDAL's bindings are compiled against it): pin it in every pip call
+    numpy_pin = [f"numpy=={_qgis_numpy_version()}"] if _qgis_numpy_version() else []
+    torch_specs = [f"{name}=={pins[name]}" if name in pins else name for name in TORCH_PACKAGES] + numpy_pin
     torch_cmd = pip + torch_specs
     if torch_index_url and wheels_dir is None:
         torch_cmd += ["--index-url", torch_index_url]
@@ -108,7 +119,8 @@ def setup_steps(venv_dir: Path, backend_dir: Path, *, python: str | None = None,
     backend_cmd = list(pip)
     if requirements.is_file():
         backend_cmd += ["-c", str(requirements)]
-    steps.append(SetupStep("Installing the ChangeCLIP backend and open_clip", backend_cmd + [str(backend_dir)]))
+    steps.append(SetupStep("Installing the ChangeCLIP backend and open_clip",
+                           backend_cmd + [str(backend_dir)] + numpy_pin))
     steps.append(SetupStep("Checking the backend", [vpy, "-m", "changeclip", "--version"]))
     if check_imports:
         steps.append(SetupStep("Checking torch, open_clip and GDAL",

@@ -21,7 +21,11 @@ def test_setup_steps_online_layout(tmp_path: Path, repo_root: Path) -> None:
     torch_cmd = commands[1]
     assert "torch==2.14.1" in torch_cmd and "torchvision==0.29.1" in torch_cmd
     assert torch_cmd[-2:] == ["--index-url", "https://download.pytorch.org/whl/cu128"]
-    assert commands[2][-1] == str(repo_root / "backend") and "-c" in commands[2]
+    import numpy
+
+    assert f"numpy=={numpy.__version__}" in torch_cmd, "QGIS's numpy must be kept"
+    assert str(repo_root / "backend") in commands[2] and "-c" in commands[2]
+    assert commands[2][-1] == f"numpy=={numpy.__version__}"
     offline = setup_steps(tmp_path / "venv", repo_root / "backend", python="/usr/bin/python3", wheels_dir=tmp_path)
     assert all("--no-index" in s.command for s in offline[1:3])
 

@@ -161,8 +161,16 @@ def _detail(exc: urllib.error.HTTPError) -> str:
     except (ValueError, OSError):
         return exc.reason if isinstance(exc.reason, str) else str(exc)
     detail = payload.get("detail", payload) if isinstance(payload, dict) else payload
-    if isinstance(detail, list):  # FastAPI validation errors
-        return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+    if isinstance(detail, list):  # FastAPI validation errors: name the field
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = item.get("loc") or []
+                field = str(loc[-1]) if loc else ""
+                parts.append(f"{field}: {item.get('msg', item)}" if field else str(item.get("msg", item)))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
     return str(detail)
 
 

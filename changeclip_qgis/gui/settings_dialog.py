@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from qgis.gui import QgsFileWidget
-from qgis.PyQt.QtWidgets import QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QLabel, QLineEdit, QVBoxLayout
+from qgis.PyQt.QtWidgets import (
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+)
 
 from ..core import settings as cfg
 from ..core.backend_launcher import LAUNCHER
@@ -40,10 +49,26 @@ class SettingsDialog(QDialog):
         overrides = [f"{env} (overrides '{key}')" for key, env in cfg.ENV.items() if cfg.overridden_by_env(key)]
         if overrides:
             layout.addWidget(QLabel("Set in the environment, these win over the values above:\n" + "\n".join(overrides)))
+        backend = LAUNCHER.current()
+        running = (f"Running backend: {backend.url} ({'started by the plugin' if backend.owned else 'external'})"
+                   if backend is not None else "No backend is running in this QGIS session.")
+        self.backend_label = QLabel(running, self)
+        layout.addWidget(self.backend_label)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel, self)
+        self.stop_button = QPushButton("Stop backend", self)
+        self.stop_button.setToolTip("stop the backend this QGIS started; the next run starts a fresh one")
+        self.stop_button.setEnabled(backend is not None and backend.owned)
+        self.stop_button.clicked.connect(self.stop_backend)
+        buttons.addButton(self.stop_button, QDialogButtonBox.ButtonRole.ActionRole)
         buttons.accepted.connect(self.save)
         buttons.rejected.connect(self.reject)
         layout.addWidget(buttons)
+
+    def stop_backend(self) -> None:
+        """Stop the backend the plugin started (in the background)."""
+        LAUNCHER.stop_async()
+        self.stop_button.setEnabled(False)
+        self.backend_label.setText("Backend stopping; the next run starts a fresh one.")
 
     def save(self) -> None:
         """Store the values; the next run (re)starts the backend with them."""

@@ -48,3 +48,16 @@ def test_diagnostics_dialog_collects_report(qgis_app: object, pump, monkeypatch:
     from qgis.PyQt.QtGui import QGuiApplication
 
     assert QGuiApplication.clipboard().text() == report
+
+
+@pytest.mark.server
+def test_settings_dialog_stops_the_backend(qgis_app: object, pump, backend_env: None) -> None:  # noqa: ANN001
+    from changeclip_qgis.core.backend_launcher import LAUNCHER
+    from changeclip_qgis.gui.settings_dialog import SettingsDialog
+
+    backend = LAUNCHER.ensure()
+    dialog = SettingsDialog()
+    assert backend.url in dialog.backend_label.text() and dialog.stop_button.isEnabled()
+    dialog.stop_button.click()
+    pump(lambda: LAUNCHER.current() is None and backend.process.poll() is not None, 60)
+    assert not dialog.stop_button.isEnabled()

@@ -61,3 +61,34 @@ def test_settings_dialog_stops_the_backend(qgis_app: object, pump, backend_env: 
     dialog.stop_button.click()
     pump(lambda: LAUNCHER.current() is None and backend.process.poll() is not None, 60)
     assert not dialog.stop_button.isEnabled()
+
+
+def test_setup_dialog_runs_steps_and_stores_the_interpreter(qgis_app: object, pump, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                            tmp_path: Path) -> None:
+    """The dialog's wiring: steps run in a task, output lands in the log, the new venv becomes the backend."""
+    import sys
+
+    from changeclip_qgis.core import settings
+    from changeclip_qgis.core.backend_setup import SetupStep
+    from changeclip_qgis.gui import setup_dialog
+
+    calls = {}
+
+    def fake_steps(venv_dir, backend_dir, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.update(kwargs, venv_dir=venv_dir)
+        return [SetupStep("Saying hello", [sys.executable, "-c", "print('hello from step 1')"]),
+                SetupStep("Saying bye", [sys.executable, "-c", "print('bye from step 2')"])]
+
+    monkeypatch.setattr(setup_dialog, "setup_steps", fake_steps)
+    monkeypatch.delenv("CHANGECLIP_BACKEND_PYTHON", raising=False)
+    dialog = setup_dialog.SetupDialog()
+    dialog.venv_widget.setFilePath(str(tmp_path / "venv"))
+    dialog.index_edit.setText("https://download.pytorch.org/whl/cu128")
+    assert dialog.start() is not None
+    pump(lambda: dialog.task is None, 120)
+    log = dialog.log.toPlainText()
+    assert "hello from step 1" in log and "bye from step 2" in log
+    assert dialog.step_label.text().startswith("Done")
+    assert calls["torch_index_url"] == "https://download.pytorch.org/whl/cu128" and calls["wheels_dir"] is None
+    assert settings.get(settings.KEY_PYTHON) == str(settings.venv_python(tmp_path / "venv"))
+    settings.set_value(settings.KEY_PYTHON, "")

@@ -60,7 +60,7 @@ class _StyleOutput(QgsProcessingLayerPostProcessorInterface):
     def create(cls, kind: str) -> _StyleOutput:
         processor = cls(kind)
         _POST_PROCESSORS.append(processor)
-        del _POST_PROCESSORS[:-50]
+        del _POST_PROCESSORS[:-1000]  # bounded; a batch loads its rows at the end
         return processor
 
 

@@ -86,6 +86,12 @@ def test_dock_tiny_changeclip_and_device_line(dock, project, pump, backend_env: 
     summary = results["summary"]
     assert summary["engine"] == "changeclip" and summary["prompt_mode"] == "none"
     assert Path(summary["outputs"]["mask"]).is_file()
+    from qgis.core import QgsPalettedRasterRenderer, QgsProject, QgsSingleBandPseudoColorRenderer
+
+    group = QgsProject.instance().layerTreeRoot().children()[0]
+    assert group.name() == "ChangeCLIP: before_2015 → after_2020"
+    layers = [node.layer() for node in group.findLayers()]
+    assert [type(lyr.renderer()) for lyr in layers] == [QgsPalettedRasterRenderer, QgsSingleBandPseudoColorRenderer]
     check = dock.check_backend()
     pump(lambda: "connecting" not in dock.backend_label.text(), 120)
     assert check is not None and "CPU — slow" in dock.backend_label.text()

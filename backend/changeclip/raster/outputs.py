@@ -145,7 +145,7 @@ def to_cog(src: str, dst: str, resampling: str, progress: Callable[[float], None
         JobCancelled: ``is_cancelled()`` became True.
     """
     opts = ["COMPRESS=DEFLATE", "BLOCKSIZE=512", f"RESAMPLING={resampling}", "OVERVIEWS=IGNORE_EXISTING",
-            "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
+            "BIGTIFF=IF_SAFER"]
     last = [-1]
 
     def callback(fraction: float, _msg: object, _data: object) -> int:
@@ -197,14 +197,24 @@ class ChangeRasterWriter:
         Returns:
             ``(changed_per_row, valid_per_row)`` pixel counts, ``(n,)`` int64 each.
         """
-        change = (prob > self.threshold) & valid
-        mask = np.where(valid, np.where(change, MASK_CHANGE, MASK_NO_CHANGE), MASK_NODATA).astype(np.uint8)
+        invalid = ~valid
+        change = prob > self.threshold
+        change &= valid
+        mask = np.where(change, np.uint8(MASK_CHANGE), np.uint8(MASK_NO_CHANGE))  # uint8, no wide temporaries
+        mask[invalid] = MASK_NODATA
         self.mask.write(mask, xoff, yoff)
+        del mask
+        p = np.clip(prob, 0.0, 1.0)
         if self.prob_dtype == "uint8":
-            p = np.where(valid, np.clip(np.rint(prob * 100.0), 0, 100), PROB_NODATA_UINT8).astype(np.uint8)
+            p *= 100.0
+            np.rint(p, out=p)
+            pu = p.astype(np.uint8)
+            pu[invalid] = PROB_NODATA_UINT8
+            self.prob.write(pu, xoff, yoff)
         else:
-            p = np.where(valid, np.clip(prob, 0.0, 1.0), PROB_NODATA_FLOAT).astype(np.float32)
-        self.prob.write(p, xoff, yoff)
+            p = p.astype(np.float32, copy=False)
+            p[invalid] = PROB_NODATA_FLOAT
+            self.prob.write(p, xoff, yoff)
         return change.sum(axis=1, dtype=np.int64), valid.sum(axis=1, dtype=np.int64)
 
     def close(self) -> None:

@@ -141,7 +141,9 @@ def _f(v: Any, nd: int = 2) -> str:
 
 
 def _x(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
+    if v is None:
+        return "-"
+    return f"{v:.0f}x" if v >= 100 else f"{v:.2f}x"
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:

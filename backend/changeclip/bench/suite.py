@@ -112,7 +112,7 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
         if section(f"text cost {variant}"):
             report["text_cost"] += bench_text_cost(variant, device, profile.precisions)
     if section("text-cache hit rate"):
-        a, b = random_pairs(profile.hit_rate_tiles, 64, seed=1)
+        a, b = random_pairs(profile.hit_rate_tiles, 64, seed=1)  # random tiles: only none/words rates are exact
         report["text_cache_hit_rate"] = bench_hit_rate(device, a, b, batch=2, tagger_weights=tagger_weights)
     for variant in profile.e2e_variants:
         if "pipeline" in profile.e2e_paths and section(f"end-to-end pipeline {variant}"):
@@ -177,7 +177,7 @@ def format_report(rep: dict[str, Any]) -> str:
     lines += _table(["variant", "precision", "tokenise ms", "encode ms", "cache hit ms", "uncached/cached"], rows)
     lines += ["", "Text-cache hit rate per prompt mode"]
     rows = [[r["prompt_mode"], str(r["tiles"]), str(r["hits"]), str(r["misses"]), _f(r["hit_rate"], 3),
-             "yes" if r["representative"] else "no (random tagger)"] for r in rep["text_cache_hit_rate"]]
+             "yes" if r["representative"] else "no (depends on tagger weights and tiles)"] for r in rep["text_cache_hit_rate"]]
     lines += _table(["prompt mode", "tiles", "hits", "misses", "hit rate", "representative"], rows)
     lines += ["", "End to end, GeoTIFF -> GeoTIFF (model already loaded)"]
     rows = [[r["variant"], r["path"], r["precision"], str(r["batch"]), f"{r['raster_px']}^2", _f(r["seconds"], 1),

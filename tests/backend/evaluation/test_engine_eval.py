@@ -96,7 +96,6 @@ def test_georeferenced_pair_with_sparse_reference(data_dir: Path, tmp_path: Path
     assert code == 0, printed.err
     rep = json.loads(out.read_text())
     assert rep["mode"] == "georeferenced-pair"
-    assert rep["tp"] + rep["fn"] + rep["pred_nodata_pixels"] >= 4227 - rep["pred_nodata_pixels"]
     assert rep["tp"] + rep["fp"] + rep["fn"] + rep["tn"] + rep["pred_nodata_pixels"] == 4227 + 17163
     assert rep["ignored_pixels"] == 400 * 400 - (4227 + 17163) + rep["pred_nodata_pixels"]
     assert any("no georeferencing" in n for n in rep["notes"])
@@ -113,3 +112,28 @@ def test_georeferenced_reference_grid_mismatch(data_dir: Path, tmp_path: Path,
                  "--engine", "irmad", "--ref", str(tmp_path / "ref.png")])
     err = capsys.readouterr().err
     assert code == 2 and "reference grid" in err
+
+
+def test_georeferenced_pair_with_dense_reference(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from changeclip.bench.end_to_end import write_synthetic_pair
+
+    before, after = write_synthetic_pair(tmp_path, 128, seed=7)
+    gt = (500000.0, 0.5, 0.0, 5000000.0, 0.0, -0.5)
+    ref = np.zeros((128, 128), np.uint8)
+    ref[10:40, 20:60] = 255
+    write_image(tmp_path / "ref.tif", ref, geotransform=gt)
+    out = tmp_path / "r.json"
+    code = main(["eval", "--before", str(before), "--after", str(after), "--engine", "irmad",
+                 "--ref", str(tmp_path / "ref.tif"), "--json-out", str(out), "--keep-outputs", str(tmp_path / "det")])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rep = json.loads(out.read_text())
+    assert rep["label_encoding"] == "0/255" and rep["notes"] == []
+    assert rep["pred_nodata_pixels"] == 0 and rep["ignored_pixels"] == 0  # no nodata in the synthetic pair
+    assert rep["tp"] + rep["fn"] == 30 * 40
+    assert rep["pixels"] == 128 * 128
+    assert (tmp_path / "det" / "change_mask.tif").is_file()
+    write_image(tmp_path / "shifted.tif", ref, geotransform=(500001.0, *gt[1:]))
+    code = main(["eval", "--before", str(before), "--after", str(after), "--engine", "irmad",
+                 "--ref", str(tmp_path / "shifted.tif")])
+    assert code == 2 and "geotransform" in capsys.readouterr().err

@@ -182,7 +182,7 @@ def write_synthetic_tiff(folder: Path, size: int, seed: int = 0) -> tuple[Path, 
     before, after = synthetic_arrays(size, seed)
     paths = []
     for name, arr in (("before.tif", before), ("after.tif", after)):
-        tifffile.imwrite(folder / name, np.ascontiguousarray(np.moveaxis(arr, 0, -1)))
+        tifffile.imwrite(folder / name, np.ascontiguousarray(np.moveaxis(arr, 0, -1)), photometric="rgb")
         paths.append(folder / name)
     return paths[0], paths[1]
 

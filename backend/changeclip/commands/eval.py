@@ -137,6 +137,11 @@ def _detect_params(args: argparse.Namespace) -> protocol.DetectParams:
     return params
 
 
+def _log_progress(stage: str, done: int, total: int) -> None:
+    if done == total or done % max(1, total // 20) == 0:
+        log.info("%s: %d/%d", stage, done, total)
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print the table; write JSON if asked."""
     from changeclip.evaluation import runner
@@ -158,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         scorer = build_scorer(args)
         report = runner.evaluate_dataset(args.dataset, scorer, args.protocol, tile=args.tile,
-                                         batch_size=args.batch_size, **common)
+                                         batch_size=args.batch_size, progress=_log_progress, **common)
     if args.json_out:
         write_json(report, args.json_out)
         log.info("report written to %s", args.json_out)

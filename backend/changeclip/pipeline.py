@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +39,15 @@ from changeclip.inference.cache import ModelCache
 from changeclip.protocol import DetectParams, ParamError
 from changeclip.raster import align, io, scaling
 from changeclip.raster.area import row_pixel_areas
-from changeclip.raster.outputs import ChangeRasterWriter, TempFiles, polygonize, to_cog, write_json
+from changeclip.raster.outputs import (
+    ChangeRasterWriter,
+    TempFiles,
+    check_output_locations,
+    polygonize,
+    remove_empty_dirs,
+    to_cog,
+    write_json,
+)
 from changeclip.raster.tiling import BlendAccumulator, reflect_pad, tile_starts
 
 log = logging.getLogger(__name__)
@@ -95,7 +102,7 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
     except ParamError as exc:
         raise InputError(str(exc)) from None
     paths = params.output_paths()
-    created_dirs = _check_outputs(paths, params.overwrite)
+    created_dirs = check_output_locations(paths, params.overwrite)
     inputs = _prepare_inputs(params)
     timings["preparing"] = time.perf_counter() - started
 
@@ -170,18 +177,18 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         return summary
     except OSError as exc:
         temp.cleanup()
-        _remove_empty(created_dirs)
+        remove_empty_dirs(created_dirs)
         hint = "the disk is full: free some space" if exc.errno == errno.ENOSPC else "check the folder"
         raise InputError(f"writing the outputs failed ({exc.strerror or exc}); {hint}, or choose another "
                          "output folder; no output was written") from None
     except RuntimeError as exc:  # GDAL reading errors (e.g. a truncated file)
         temp.cleanup()
-        _remove_empty(created_dirs)
+        remove_empty_dirs(created_dirs)
         raise InputError(f"reading the rasters failed: {str(exc).strip()}; check that both files are "
                          "complete and readable") from None
     except BaseException:
         temp.cleanup()
-        _remove_empty(created_dirs)
+        remove_empty_dirs(created_dirs)
         raise
 
 
@@ -189,43 +196,6 @@ def _limit_gdal_cache() -> None:
     """Keep GDAL's block cache small (its default, 5 % of RAM, would make RSS grow with the raster)."""
     if "GDAL_CACHEMAX" not in os.environ and gdal.GetCacheMax() > _GDAL_CACHE_BYTES:
         gdal.SetCacheMax(_GDAL_CACHE_BYTES)
-
-
-def _check_outputs(paths: dict[str, str | None], overwrite: bool) -> list[str]:
-    """Refuse existing outputs (without overwrite) and unwritable folders; nothing is created.
-
-    Returns:
-        Folders that do not exist yet and will be created once the inputs are known to be good.
-    """
-    existing = [p for p in paths.values() if p and os.path.exists(p)]
-    if existing and not overwrite:
-        raise InputError(f"output {existing[0]!r} already exists; pass --overwrite (overwrite: true) to replace "
-                         "it, or choose another output folder")
-    to_create: list[str] = []
-    for folder in dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in paths.values() if p):
-        probe = folder
-        while not os.path.exists(probe):
-            to_create.append(probe)
-            probe = os.path.dirname(probe)
-        if not os.path.isdir(probe):
-            raise InputError(f"cannot create the output folder {folder!r}: {probe!r} is a file, not a folder; "
-                             "choose another output folder")
-        try:
-            fd, name = tempfile.mkstemp(prefix=".changeclip-probe-", dir=probe)
-            os.close(fd)
-            os.remove(name)
-        except OSError as exc:
-            raise InputError(f"the output folder {folder!r} is not writable ({exc.strerror}); choose a folder "
-                             "you can write to") from None
-    return sorted(set(to_create), key=len)
-
-
-def _remove_empty(folders: list[str]) -> None:
-    for d in sorted(folders, key=len, reverse=True):
-        try:
-            os.rmdir(d)
-        except OSError:
-            pass
 
 
 def _prepare_inputs(params: DetectParams) -> Inputs:

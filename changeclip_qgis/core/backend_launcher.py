@@ -115,6 +115,7 @@ class Backend:
     process: subprocess.Popen | None = None
     handshake: dict = field(default_factory=dict)
     python: str = ""
+    pumps: list[threading.Thread] = field(default_factory=list)
 
     @property
     def owned(self) -> bool:
@@ -192,6 +193,11 @@ class BackendLauncher:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(timeout=10)
+        for pump in backend.pumps:  # they end at EOF, now that the process has exited
+            pump.join(timeout=5)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
         log(f"backend (pid {proc.pid}) stopped, exit code {proc.returncode}")
 
     # -- internals -----------------------------------------------------------------
@@ -235,17 +241,27 @@ class BackendLauncher:
         except OSError as exc:
             raise BackendUnavailable(f"cannot run {config.python}: {exc.strerror}") from None
         lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_pump, args=(proc.stdout, lines.put, True), daemon=True,
-                         name="changeclip-backend-stdout").start()
-        threading.Thread(target=_pump, args=(proc.stderr, self._stderr_tail.append), daemon=True,
-                         name="changeclip-backend-stderr").start()
-        handshake = self._await_handshake(proc, lines, config.start_timeout_s)
+        pumps = [threading.Thread(target=_pump, args=(proc.stdout, lines.put, True), daemon=True,
+                                  name="changeclip-backend-stdout"),
+                 threading.Thread(target=_pump, args=(proc.stderr, self._stderr_tail.append), daemon=True,
+                                  name="changeclip-backend-stderr")]
+        for pump in pumps:
+            pump.start()
+        try:
+            handshake = self._await_handshake(proc, lines, config.start_timeout_s)
+        except BackendUnavailable:
+            for pump in pumps:
+                pump.join(timeout=5)
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+            raise
         url = str(handshake["url"]).rstrip("/")
         token_file = str(handshake.get("token_file") or "")
         client = BackendClient(url, read_token(token_file))
         log(f"backend ready at {url} (pid {proc.pid}, version {handshake.get('version')})")
         return Backend(url=url, token_file=token_file, client=client, process=proc, handshake=handshake,
-                       python=config.python)
+                       python=config.python, pumps=pumps)
 
     def _await_handshake(self, proc: subprocess.Popen, lines: queue.Queue, timeout_s: float) -> dict:
         deadline = time.monotonic() + timeout_s

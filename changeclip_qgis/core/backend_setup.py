@@ -144,7 +144,6 @@ def run_steps(steps: list[SetupStep], on_line: Callable[[str], None],
         if on_step is not None:
             on_step(index, step)
         on_line(f"$ {' '.join(step.command)}")
-        last = ""
         try:
             # Justification: argument list built by setup_steps(), no shell.
             proc = subprocess.Popen(step.command, stdout=subprocess.PIPE,  # nosec B603
@@ -152,17 +151,31 @@ def run_steps(steps: list[SetupStep], on_line: Callable[[str], None],
                                     cwd=os.path.expanduser("~"))
         except OSError as exc:
             raise ConfigError(f"{step.title} failed: cannot run {step.command[0]}: {exc.strerror}") from None
-        if proc.stdout is None:  # cannot happen with stdout=PIPE
-            raise ConfigError(f"{step.title} failed: no output pipe")
-        for raw in iter(proc.stdout.readline, b""):
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                last = line
-                on_line(line)
-            if is_cancelled():
-                proc.terminate()
-                proc.wait(timeout=30)
-                raise ConfigError("set-up cancelled; run it again to finish")
-        code = proc.wait()
+        with proc:  # closes the pipe whatever happens
+            code, last = _follow(proc, on_line, is_cancelled)
+        if code is None:
+            raise ConfigError("set-up cancelled; run it again to finish")
         if code != 0:
             raise ConfigError(f"{step.title} failed (exit code {code}): {last}")
+
+
+def _follow(proc: subprocess.Popen, on_line: Callable[[str], None],
+            is_cancelled: Callable[[], bool]) -> tuple[int | None, str]:
+    """Stream ``proc``'s output to ``on_line``.
+
+    Returns:
+        The exit code (None if cancelled; the process is then stopped) and the last output line.
+    """
+    last = ""
+    if proc.stdout is None:  # cannot happen with stdout=PIPE
+        raise ConfigError("no output pipe")
+    for raw in iter(proc.stdout.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip()
+        if line:
+            last = line
+            on_line(line)
+        if is_cancelled():
+            proc.terminate()
+            proc.wait(timeout=30)
+            return None, last
+    return proc.wait(), last

@@ -73,6 +73,9 @@ def test_backend_stops_when_its_parent_dies(repo_root, tmp_path) -> None:  # noq
     finally:
         if parent.poll() is None:
             parent.kill()
+            parent.wait(timeout=30)
+        parent.stdout.close()
+        parent.stderr.close()
 
 
 def _alive(pid: int) -> bool:

@@ -22,6 +22,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        proc.stdout.close()
 
 
 def test_status_token_and_errors(server, raster_pair: tuple[Path, Path], tmp_path: Path) -> None:  # noqa: ANN001

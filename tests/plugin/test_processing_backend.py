@@ -193,6 +193,7 @@ def external_server(tmp_path: Path):  # noqa: ANN201
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        proc.stdout.close()
 
 
 def test_remote_url_and_token(provider: object, external_server, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001

@@ -8,12 +8,14 @@ the venv, never into QGIS's interpreter. With a folder of wheels, everything ins
 from __future__ import annotations
 
 import os
+import queue
 import re
 import shutil
 
 # Justification: venv creation and pip, argument lists only, no shell.
 import subprocess  # nosec B404
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,21 +163,38 @@ def run_steps(steps: list[SetupStep], on_line: Callable[[str], None],
 
 def _follow(proc: subprocess.Popen, on_line: Callable[[str], None],
             is_cancelled: Callable[[], bool]) -> tuple[int | None, str]:
-    """Stream ``proc``'s output to ``on_line``.
+    """Stream ``proc``'s output to ``on_line`` while polling ``is_cancelled`` (also when it is silent).
 
     Returns:
         The exit code (None if cancelled; the process is then stopped) and the last output line.
     """
-    last = ""
     if proc.stdout is None:  # cannot happen with stdout=PIPE
         raise ConfigError("no output pipe")
-    for raw in iter(proc.stdout.readline, b""):
+    lines: queue.Queue[bytes | None] = queue.Queue()
+
+    def read() -> None:
+        for raw in iter(proc.stdout.readline, b""):
+            lines.put(raw)
+        lines.put(None)
+
+    reader = threading.Thread(target=read, daemon=True, name="changeclip-setup-output")
+    reader.start()
+    last = ""
+    while True:
+        if is_cancelled():
+            proc.terminate()
+            proc.wait(timeout=30)
+            reader.join(timeout=5)
+            return None, last
+        try:
+            raw = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if raw is None:
+            break
         line = raw.decode("utf-8", "replace").rstrip()
         if line:
             last = line
             on_line(line)
-        if is_cancelled():
-            proc.terminate()
-            proc.wait(timeout=30)
-            return None, last
+    reader.join(timeout=5)
     return proc.wait(), last

@@ -51,3 +51,18 @@ def test_setup_creates_working_backend_venv(staged_plugin: Path, tmp_path: Path)
     with pytest.raises(ConfigError, match="exit code"):
         run_steps([steps[-1].__class__("Checking a missing module", [str(venv / "bin" / "python"), "-c",
                                                                      "import no_such_module"])], lines.append)
+
+
+def test_cancel_stops_a_silent_step(tmp_path: Path) -> None:
+    import sys
+
+    from changeclip_qgis.core.backend_setup import SetupStep, run_steps
+    from changeclip_qgis.core.errors import ConfigError
+
+    flag = tmp_path / "started"
+    step = SetupStep("A long silent step", [sys.executable, "-c",
+                                            f"import pathlib, time; pathlib.Path({str(flag)!r}).touch(); time.sleep(300)"])
+    lines: list[str] = []
+    with pytest.raises(ConfigError, match="set-up cancelled"):
+        run_steps([step], lines.append, is_cancelled=flag.exists)
+    assert lines[0].startswith("$ ")

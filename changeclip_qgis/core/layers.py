@@ -32,9 +32,10 @@ from qgis.core import (
     QgsRectangle,
     QgsVectorLayer,
 )
+from qgis.PyQt.QtCore import Qt
 
 from . import protocol
-from .errors import LayerNotSupported
+from .errors import JobCancelledError, LayerNotSupported
 from .log import log
 from .paths import style_path
 
@@ -162,9 +163,13 @@ def run_export(request: ExportRequest, out_dir: str | None = None, feedback: Any
     if feedback is not None:
         if feedback.isCanceled():
             block_feedback.cancel()
-        feedback.canceled.connect(block_feedback.cancel)
+        # direct: the cancel comes from the main thread, this thread has no event loop
+        feedback.canceled.connect(block_feedback.cancel, Qt.ConnectionType.DirectConnection)
     error = writer.writeRaster(pipe, request.width, request.height, request.extent, request.crs,
                                request.transform_context, block_feedback)
+    if error == QgsRasterFileWriter.WriteCanceled:
+        _remove(partial)
+        raise JobCancelledError(f"the export of layer '{request.name}' was cancelled")
     if error != QgsRasterFileWriter.NoError or not os.path.isfile(partial):
         _remove(partial)
         raise LayerNotSupported(f"exporting layer '{request.name}' to GeoTIFF failed (writer error {error}); "

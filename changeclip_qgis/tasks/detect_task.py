@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from qgis.core import QgsProject, QgsTask
+from qgis.core import QgsFeedback, QgsProject, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core import protocol
@@ -58,12 +58,17 @@ class DetectTask(QgsTask):
         self.cancelled_by_user = False
         self.backend_unavailable = False
         self.layers: dict[str, Any] = {}
+        self._feedback = QgsFeedback()  # lets cancel() stop a running layer export
+
+    def cancel(self) -> None:  # noqa: D102
+        self._feedback.cancel()
+        super().cancel()
 
     def run(self) -> bool:  # noqa: D102 - worker thread: no layers, no widgets
         try:
             for field_name, request in self.exports.items():
                 self.stageChanged.emit(f"Exporting '{request.name}' to a temporary GeoTIFF")
-                setattr(self.params, field_name, run_export(request, self.params.output_dir))
+                setattr(self.params, field_name, run_export(request, self.params.output_dir, self._feedback))
                 if self.isCanceled():
                     raise JobCancelledError("the run was cancelled")
             self.stageChanged.emit("Starting the backend (first run: can take a minute)")

@@ -45,3 +45,21 @@ def test_xyz_layer_is_exported_or_refused(qgis_app: object, xyz_uri: str, tmp_pa
     red = ds.GetRasterBand(1).ReadAsArray()
     assert set(red.ravel().tolist()) <= {10, 50, 150}, "exported pixels must come from the tiles"
     assert abs(ds.GetGeoTransform()[0] - -1e7) < 1.0
+
+
+def test_cancelled_export_leaves_nothing(qgis_app: object, xyz_uri: str, tmp_path: Path) -> None:
+    from qgis.core import QgsCoordinateReferenceSystem, QgsFeedback, QgsRasterLayer, QgsRectangle
+
+    from changeclip_qgis.core.errors import JobCancelledError
+    from changeclip_qgis.core.layers import prepare_input, run_export
+
+    layer = QgsRasterLayer(xyz_uri, "tiles", "wms")
+    request = prepare_input(layer, QgsRectangle(-1e7, -1e7, 1e7, 1e7), QgsCoordinateReferenceSystem("EPSG:3857"),
+                            2e7 / 256)
+    feedback = QgsFeedback()
+    feedback.cancel()
+    out = tmp_path / "exports"
+    out.mkdir()
+    with pytest.raises(JobCancelledError, match="export of layer 'tiles' was cancelled"):
+        run_export(request, str(out), feedback)
+    assert list(out.iterdir()) == []

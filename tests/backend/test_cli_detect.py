@@ -55,6 +55,8 @@ def test_detect_progress_bar_on_stderr(tmp_path: Path) -> None:
     (["--bands", "x,y"], 2, "--bands"),
     (["--value-range", "5"], 2, "--value-range"),
     (["--device", "tpu"], 2, "--device"),
+    (["--resolution", "10"], 2, "--resolution needs --target-crs"),
+    (["--grid", "custom"], 2, "--target-crs: grid 'custom' needs a target CRS"),
     (["--engine", "changeclip", "--prompt-mode", "none"], 3, "needs weights"),
     (["--engine", "changeclip", "--prompt-mode", "none", "--weights", "/nonexistent.safetensors"], 3, "does not exist"),
 ])

@@ -82,6 +82,9 @@ def params_from_args(args: argparse.Namespace) -> DetectParams:
     Raises:
         InputError: An option is invalid (the message names it and the fix).
     """
+    if args.resolution is not None and not args.target_crs:
+        raise InputError("--resolution needs --target-crs (it defines a custom grid); to keep a raster's own "
+                         "grid leave --resolution out")
     try:
         grid = args.grid or ("custom" if args.target_crs else "before")
         params = DetectParams(

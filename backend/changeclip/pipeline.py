@@ -113,6 +113,7 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         engine = build_engine(params, cache)
         log.info("engine: %s on %s", engine.name, engine.device)
         timings["loading_model"] = time.perf_counter() - t
+        _check_cancel(cancelled)
 
         t = time.perf_counter()
         report("scaling", 0, 1)
@@ -127,6 +128,7 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         engine.fit(scaler.apply_pixels(sample_b, engine.clip_input),
                    scaler.apply_pixels(sample_a, engine.clip_input))
         timings["fitting"] = time.perf_counter() - t
+        _check_cancel(cancelled)
 
         for d in created_dirs:
             os.makedirs(d, exist_ok=True)
@@ -196,6 +198,11 @@ def _limit_gdal_cache() -> None:
     """Keep GDAL's block cache small (its default, 5 % of RAM, would make RSS grow with the raster)."""
     if "GDAL_CACHEMAX" not in os.environ and gdal.GetCacheMax() > _GDAL_CACHE_BYTES:
         gdal.SetCacheMax(_GDAL_CACHE_BYTES)
+
+
+def _check_cancel(cancelled: CancelFn) -> None:
+    if cancelled():
+        raise JobCancelled("the run was cancelled; partial outputs were removed")
 
 
 def _prepare_inputs(params: DetectParams) -> Inputs:
@@ -288,8 +295,7 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
 
     positions = [(x0, y0) for y0 in acc.ys for x0 in acc.xs]  # row-major; a batch may span rows
     for start in range(0, total, params.batch_size):
-        if cancelled():
-            raise JobCancelled("the run was cancelled; partial outputs were removed")
+        _check_cancel(cancelled)
         batch_b, batch_a, batch_v, where = [], [], [], []
         for x0, y0 in positions[start:start + params.batch_size]:
             got = _read_tile(inputs, scaler, engine.clip_input, x0 - margin, y0 - margin, tile)

@@ -61,6 +61,32 @@ def resolve_weights(weights: str, weights_dir: str, engine: str) -> str | None:
     return str(found[0].resolve())
 
 
+TAGGER_SUBFOLDER = "tagger"
+"""Inside the weights folder: where the CLIP ViT-B/16 weights for prompt mode ``auto`` live."""
+
+
+def resolve_tagger_weights(weights_dir: str, engine: str, prompt_mode: str) -> str | None:
+    """The CLIP tagger weights for prompt mode ``auto``: the one file in ``<weights folder>/tagger/``.
+
+    Returns None when the run needs no tagger, or when that folder does not exist; the backend
+    then tries open_clip's own download of OpenAI CLIP ViT-B/16 and, where downloads are off,
+    stops with a message saying to add the file or choose another prompt mode.
+
+    Raises:
+        ConfigError: the tagger folder holds several candidate files.
+    """
+    if engine != "changeclip" or prompt_mode != "auto" or not weights_dir:
+        return None
+    folder = Path(weights_dir).expanduser() / TAGGER_SUBFOLDER
+    if not folder.is_dir():
+        return None
+    found = sorted(p for p in folder.glob("*") if p.suffix in (*WEIGHT_SUFFIXES, ".bin"))
+    if len(found) > 1:
+        raise ConfigError(f"The tagger folder {folder} has {len(found)} weights files; keep only the "
+                          "CLIP ViT-B/16 file there")
+    return str(found[0].resolve()) if found else None
+
+
 def build_params(before: str, after: str, output_dir: str, *, engine: str = "changeclip",
                  weights: str = "", weights_dir: str = "", prompt: str = "", prompt_mode: str = "auto",
                  bands: str | list[int] = "1,2,3", tile: int = 256, overlap: int = 64,
@@ -96,6 +122,7 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             before=absolute(before) or "", after=absolute(after) or "", output_dir=absolute(output_dir) or "",
             engine=engine,
             weights=resolve_weights(weights, weights_dir, engine), prompt=prompt.strip(),
+            tagger_weights=resolve_tagger_weights(weights_dir, engine, prompt_mode),
             prompt_mode=prompt_mode, bands=band_list, tile=int(tile), overlap=int(overlap),
             threshold=threshold if threshold else None, device=(device or "auto").strip(),
             polygons=bool(polygons), min_area=float(min_area_m2), mask_path=absolute(mask_path),

@@ -49,3 +49,22 @@ def test_weights_resolution(tmp_path: Path) -> None:
 def test_names() -> None:
     assert run_name("naip_2015", "naip_2020", "building") == "naip_2015 → naip_2020 [building]"
     assert default_output_dir("/out", "a b", "c/d").startswith("/out/a_b_c_d_")
+
+
+def test_tagger_weights_come_from_the_tagger_subfolder(tmp_path) -> None:
+    from changeclip_qgis.core.params import resolve_tagger_weights
+
+    (tmp_path / "levir.safetensors").write_bytes(b"x")
+    assert resolve_tagger_weights(str(tmp_path), "changeclip", "auto") is None  # no tagger folder
+    (tmp_path / "tagger").mkdir()
+    (tmp_path / "tagger" / "ViT-B-16.pt").write_bytes(b"x")
+    expected = str((tmp_path / "tagger" / "ViT-B-16.pt").resolve())
+    assert resolve_tagger_weights(str(tmp_path), "changeclip", "auto") == expected
+    assert resolve_tagger_weights(str(tmp_path), "changeclip", "none") is None
+    assert resolve_tagger_weights(str(tmp_path), "irmad", "auto") is None
+    params = build_params("/a.tif", "/b.tif", "/out", weights_dir=str(tmp_path), prompt_mode="auto")
+    assert params.tagger_weights == expected
+    assert params.weights == str((tmp_path / "levir.safetensors").resolve())  # the subfolder is not a candidate
+    (tmp_path / "tagger" / "other.safetensors").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="2 weights files"):
+        resolve_tagger_weights(str(tmp_path), "changeclip", "auto")

@@ -34,7 +34,7 @@ package: setup  ## build dist/changeclip_qgis-<version>.zip for QGIS "Install fr
 bench: setup  ## CPU benchmarks; prints a table, writes build/bench.json
 	@$(PY) -m changeclip bench --out build/bench.json
 
-screenshots: setup package  ## render the dock and a result map into docs/*.png
+screenshots: setup  ## render the dock and a result map into docs/*.png
 	@$(PY) scripts/screenshots.py
 
 clean:  ## remove build outputs (keeps .venv)

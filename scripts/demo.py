@@ -7,7 +7,7 @@
    plugin starts the backend (``changeclip serve`` from .venv), which aligns, tiles,
    detects with the unsupervised IR-MAD engine (no weights needed, fully offline) and
    writes styled-ready outputs.
-3. Print where the outputs are and the run's summary.
+3. Print where the outputs are and the run's summary.json.
 
 Set ``CHANGECLIP_DEMO_ENGINE=changeclip`` and ``CHANGECLIP_DEMO_WEIGHTS=/path/weights`` to
 run the ChangeCLIP network instead (weights are not shipped; see README).
@@ -62,6 +62,7 @@ def main() -> int:
         "CHANGE_MASK": out / "change_mask.tif",
         "CHANGE_PROBABILITY": out / "change_probability.tif",
         "CHANGE_POLYGONS": out / "change_polygons.gpkg",
+        "SUMMARY": out / "summary.json",
     }
     for path in outputs.values():
         path.unlink(missing_ok=True)
@@ -91,9 +92,6 @@ def main() -> int:
         print(f"  {key:<19} {res.get(key)}")
     print(f"  CHANGED_AREA_M2     {res.get('CHANGED_AREA_M2')}")
     print(f"  CHANGED_FRACTION    {res.get('CHANGED_FRACTION')}")
-    summary = out / "summary.json"
-    if summary.is_file():
-        print(f"  summary             {summary}")
     print("\nOpen them in QGIS (styles: resources/styles/*.qml) or inspect with gdalinfo.")
     return 0
 

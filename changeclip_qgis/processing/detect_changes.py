@@ -7,6 +7,7 @@ from ``qgis_process run changeclip:detectchanges``; it never uses ``iface``.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from typing import Any
 
@@ -23,6 +24,7 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -85,6 +87,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     CHANGE_POLYGONS = "CHANGE_POLYGONS"
     CHANGED_AREA_M2 = "CHANGED_AREA_M2"
     CHANGED_FRACTION = "CHANGED_FRACTION"
+    SUMMARY = "SUMMARY"
 
     # -- identity ------------------------------------------------------------------
 
@@ -172,6 +175,9 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             createByDefault=False))
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_AREA_M2, "Changed area (m²)"))
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_FRACTION, "Changed fraction of the valid area"))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            self.SUMMARY, "Run summary (JSON)", fileFilter="JSON files (*.json)", optional=True,
+            createByDefault=False))
 
     # -- running -------------------------------------------------------------------
 
@@ -208,6 +214,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         before = self._input_path(parameters, self.BEFORE, self.AFTER, context, feedback, work_dir)
         after = self._input_path(parameters, self.AFTER, self.BEFORE, context, feedback, work_dir)
         mask_path = self.parameterAsOutputLayer(parameters, self.CHANGE_MASK, context)
+        summary_path = self.parameterAsFileOutput(parameters, self.SUMMARY, context) or None
         probability_path = self.parameterAsOutputLayer(parameters, self.CHANGE_PROBABILITY, context)
         polygons_path = self.parameterAsOutputLayer(parameters, self.CHANGE_POLYGONS, context) or None
         for key, path, exts in ((self.CHANGE_MASK, mask_path, (".tif", ".tiff")),
@@ -264,4 +271,16 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 context.layerToLoadOnCompletionDetails(path).setPostProcessor(_StyleOutput.create(kind))
         return {self.CHANGE_MASK: mask_path, self.CHANGE_PROBABILITY: probability_path,
                 self.CHANGE_POLYGONS: polygons_path, self.CHANGED_AREA_M2: area,
-                self.CHANGED_FRACTION: fraction}
+                self.CHANGED_FRACTION: fraction,
+                self.SUMMARY: _copy_summary(os.path.join(work_dir, protocol.SUMMARY_NAME), summary_path)}
+
+
+def _copy_summary(source: str, target: str | None) -> str | None:
+    """Copy the backend's summary.json to the SUMMARY destination (temporary name, then rename)."""
+    if not target:
+        return None
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    part = f"{target}.part"
+    shutil.copyfile(source, part)
+    os.replace(part, target)
+    return target

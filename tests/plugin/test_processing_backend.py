@@ -51,7 +51,9 @@ def test_run_irmad_and_load_styled(provider: object, backend_env: None, project:
     import processing
     from qgis.core import QgsPalettedRasterRenderer, QgsProject, QgsSingleBandPseudoColorRenderer
 
-    results = processing.runAndLoadResults(ALG, _irmad_params(*raster_pair, tmp_path))
+    params = _irmad_params(*raster_pair, tmp_path)
+    params["SUMMARY"] = str(tmp_path / "run" / "summary.json")
+    results = processing.runAndLoadResults(ALG, params)
     mask = _read(results["CHANGE_MASK"])
     changed = int((mask == 1).sum())
     assert mask.shape == (128, 128) and changed > 0
@@ -59,6 +61,9 @@ def test_run_irmad_and_load_styled(provider: object, backend_env: None, project:
     assert results["CHANGED_AREA_M2"] == pytest.approx(changed * 4.0)  # 2 m pixels
     assert results["CHANGED_FRACTION"] == pytest.approx(changed / mask.size, rel=1e-6)
     assert Path(results["CHANGE_POLYGONS"]).is_file()
+    summary = json.loads(Path(results["SUMMARY"]).read_text(encoding="utf-8"))
+    assert results["SUMMARY"] == params["SUMMARY"]
+    assert summary["engine"] == "irmad" and summary["changed_area_m2"] == pytest.approx(results["CHANGED_AREA_M2"])
     layers = {lyr.source().split("|")[0]: lyr for lyr in QgsProject.instance().mapLayers().values()}
     assert isinstance(layers[results["CHANGE_MASK"]].renderer(), QgsPalettedRasterRenderer)
     assert isinstance(layers[results["CHANGE_PROBABILITY"]].renderer(), QgsSingleBandPseudoColorRenderer)
@@ -86,6 +91,7 @@ def test_batch_of_two_pairs_reuses_backend(provider: object, backend_env: None, 
         masks.append(_read(results["CHANGE_MASK"]))
         pids.add(LAUNCHER.current().process.pid)
         assert results["CHANGE_POLYGONS"] is None
+        assert results["SUMMARY"] is None  # optional, not asked for
     assert len(pids) == 1, "the backend must be reused between rows"
     assert all((m == 1).sum() > 0 for m in masks)
 

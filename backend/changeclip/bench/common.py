@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from changeclip.inference.devices import cpu_name
 from changeclip.inference.predictor import LoadedModel, load_model
 from changeclip.model.config import PRESETS
 from changeclip.weights import LoadedWeights
@@ -94,7 +95,7 @@ def environment(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "changeclip": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
         "numpy": np.__version__, "gdal": gdal_version, "platform": platform.platform(),
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "device": device, "load_avg_start": list(os.getloadavg()),
     }
     if device.startswith("cuda"):
@@ -102,17 +103,6 @@ def environment(device: str) -> dict[str, Any]:
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     return info
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 @lru_cache(maxsize=4)

@@ -58,7 +58,8 @@ def resolve_device(spec: str = "auto") -> str:
     return f"cuda:{index}"
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where available)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -84,7 +85,7 @@ def list_devices() -> list[dict[str, Any]]:
         cpu_mem = int(psutil.virtual_memory().total)
     except Exception:  # psutil missing or restricted /proc
         cpu_mem = 0
-    out: list[dict[str, Any]] = [{"id": "cpu", "kind": "cpu", "name": _cpu_name(),
+    out: list[dict[str, Any]] = [{"id": "cpu", "kind": "cpu", "name": cpu_name(),
                                   "cores": os.cpu_count() or 1, "memory_total_bytes": cpu_mem}]
     if cuda_available():
         for i in range(torch.cuda.device_count()):

@@ -147,14 +147,7 @@ def to_cog(src: str, dst: str, resampling: str, progress: Callable[[float], None
     """
     opts = ["COMPRESS=DEFLATE", "BLOCKSIZE=512", f"RESAMPLING={resampling}", "OVERVIEWS=IGNORE_EXISTING",
             "BIGTIFF=IF_SAFER"]
-    last = [-1]
-
-    def callback(fraction: float, _msg: object, _data: object) -> int:
-        pct = int(fraction * 100)
-        if progress is not None and pct != last[0]:
-            last[0] = pct
-            progress(fraction)
-        return 0 if is_cancelled is not None and is_cancelled() else 1
+    callback = _gdal_callback(progress, is_cancelled)
 
     gdal.ErrorReset()
     try:
@@ -261,14 +254,7 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
     Raises:
         OSError: Writing failed. JobCancelled: ``is_cancelled()`` became True.
     """
-    last = [-1]
-
-    def callback(fraction: float, _msg: object, _data: object) -> int:
-        pct = int(fraction * 100)
-        if progress is not None and pct != last[0]:
-            last[0] = pct
-            progress(fraction)
-        return 0 if is_cancelled is not None and is_cancelled() else 1
+    callback = _gdal_callback(progress, is_cancelled)
 
     vrt = _lut_vrt(mask_path, grid)
     try:
@@ -357,3 +343,18 @@ def remove_empty_dirs(folders: list[str]) -> None:
             os.rmdir(d)
         except OSError:
             pass
+
+
+def _gdal_callback(progress: Callable[[float], None] | None,
+                   is_cancelled: Callable[[], bool] | None) -> Callable[[float, object, object], int]:
+    """A GDAL progress callback: reports whole-percent steps, returns 0 (stop) once cancelled."""
+    last = [-1]
+
+    def callback(fraction: float, _msg: object, _data: object) -> int:
+        pct = int(fraction * 100)
+        if progress is not None and pct != last[0]:
+            last[0] = pct
+            progress(fraction)
+        return 0 if is_cancelled is not None and is_cancelled() else 1
+
+    return callback

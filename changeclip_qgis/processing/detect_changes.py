@@ -6,8 +6,8 @@ from ``qgis_process run changeclip:detectchanges``; it never uses ``iface``.
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import uuid
 from typing import Any
 
@@ -279,8 +279,12 @@ def _copy_summary(source: str, target: str | None) -> str | None:
     """Copy the backend's summary.json to the SUMMARY destination (temporary name, then rename)."""
     if not target:
         return None
+    with open(source, encoding="utf-8") as fh:
+        summary = json.load(fh)
+    summary.setdefault("outputs", {})["summary"] = target  # where this copy lives, not the temp folder
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     part = f"{target}.part"
-    shutil.copyfile(source, part)
+    with open(part, "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2)
     os.replace(part, target)
     return target

@@ -63,6 +63,7 @@ def test_run_irmad_and_load_styled(provider: object, backend_env: None, project:
     assert Path(results["CHANGE_POLYGONS"]).is_file()
     summary = json.loads(Path(results["SUMMARY"]).read_text(encoding="utf-8"))
     assert results["SUMMARY"] == params["SUMMARY"]
+    assert summary["outputs"]["summary"] == params["SUMMARY"]
     assert summary["engine"] == "irmad" and summary["changed_area_m2"] == pytest.approx(results["CHANGED_AREA_M2"])
     layers = {lyr.source().split("|")[0]: lyr for lyr in QgsProject.instance().mapLayers().values()}
     assert isinstance(layers[results["CHANGE_MASK"]].renderer(), QgsPalettedRasterRenderer)

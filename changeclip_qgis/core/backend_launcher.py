@@ -5,7 +5,8 @@ by ``CHANGECLIP_BACKEND_PYTHON``) as ``python -m changeclip serve``: started wit
 with an environment cleaned of QGIS's Python/GDAL/PROJ variables, and considered up once it
 prints its one-line JSON handshake (:data:`protocol.HANDSHAKE_KEYS`). Its stderr is kept (the
 last lines) for the diagnostics report. One backend per QGIS process is shared by the dock and
-the Processing algorithm; it is stopped when the plugin unloads or the process exits.
+the Processing algorithm; it is stopped when the plugin unloads or the process exits, and it
+stops itself (``--parent-pid``) if this process dies without stopping it.
 
 A remote or already running server (``CHANGECLIP_BACKEND_URL`` + ``CHANGECLIP_TOKEN_FILE``) is
 used as is and never started or stopped by the plugin.
@@ -52,48 +53,18 @@ def clean_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-_WATCHDOG = """\
-import os, signal, sys, threading, time
-parent = int(sys.argv[1])
-def parent_gone():
-    if os.name == "posix":
-        return os.getppid() != parent
-    try:
-        import psutil
-    except ImportError:
-        return False
-    return not psutil.pid_exists(parent)
-def watch():
-    while not parent_gone():
-        time.sleep(1.0)
-    try:  # the pipe may be gone with the parent
-        sys.stderr.write("changeclip: the process that started this backend is gone; stopping\\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(30.0)
-    os._exit(1)
-threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-sys.argv = ["changeclip"] + sys.argv[2:]
-import runpy
-runpy.run_module("changeclip", run_name="__main__", alter_sys=True)
-"""
-"""Runs ``python -m changeclip serve …`` and stops it (SIGTERM, graceful) when the process that
-started it disappears without stopping it (QGIS or qgis_process crashed or was killed)."""
-
-
 def serve_command(python: str, parent_pid: int | None = None) -> list[str]:
     """The argument list that starts the backend service on a free loopback port.
 
     Args:
         python: the backend's interpreter.
-        parent_pid: when given, the backend stops itself once this process is gone.
+        parent_pid: when given, the backend stops itself (``serve --parent-pid``, the same clean
+            stop as SIGTERM) once this process is gone, e.g. when QGIS crashes or is killed.
     """
-    serve = ["serve", "--host", "127.0.0.1", "--port", "0"]
-    if parent_pid is None:
-        return [python, "-m", "changeclip", *serve]
-    return [python, "-c", _WATCHDOG, str(parent_pid), *serve]
+    cmd = [python, "-m", "changeclip", "serve", "--host", "127.0.0.1", "--port", "0"]
+    if parent_pid is not None:
+        cmd += ["--parent-pid", str(parent_pid)]
+    return cmd
 
 
 @dataclass
@@ -226,12 +197,12 @@ class BackendLauncher:
             raise BackendUnavailable(f"the backend Python {config.python} does not exist; run 'Set up "
                                      "backend…' again or fix the setting / CHANGECLIP_BACKEND_PYTHON")
         cmd = serve_command(config.python, parent_pid=os.getpid())
-        self.last_command = [("<parent watchdog, then: -m changeclip>" if arg == _WATCHDOG else arg) for arg in cmd]
+        self.last_command = list(cmd)
         self._stderr_tail.clear()
         env = clean_env()
         if config.weights_dir:
             env["CHANGECLIP_WEIGHTS_DIR"] = config.weights_dir
-        log(f"starting backend: {config.python} -m changeclip {' '.join(cmd[-5:])} (stops itself if QGIS dies)")
+        log(f"starting backend: {' '.join(cmd)} (stops itself if QGIS dies)")
         creationflags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if sys.platform == "win32" else 0
         try:
             # Justification: argument list, no shell; the interpreter is the one the user configured.

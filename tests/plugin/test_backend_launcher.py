@@ -25,6 +25,8 @@ def test_python_without_backend_gives_clear_message_and_diagnostics(qgis_app: ob
                    "serve --host 127.0.0.1 --port 0"):
         assert needle in report
     assert serve_command("py")[:4] == ["py", "-m", "changeclip", "serve"]
+    assert serve_command("py", parent_pid=4711) == ["py", "-m", "changeclip", "serve", "--host", "127.0.0.1",
+                                                    "--port", "0", "--parent-pid", "4711"]
     env = clean_env({"PYTHONPATH": "/x", "GDAL_DATA": "/y", "PROJ_LIB": "/z", "HOME": "/h", "QGIS_PREFIX_PATH": "/q"})
     assert env["HOME"] == "/h" and not {"PYTHONPATH", "GDAL_DATA", "PROJ_LIB", "QGIS_PREFIX_PATH"} & set(env)
 

@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run the backend service. Prints one JSON handshake line on stdout when ready "
                     f"(keys: {', '.join(protocol.HANDSHAKE_KEYS)}); logs go to stderr. Every endpoint "
                     f"except {protocol.PATH_LIVE} needs 'Authorization: Bearer <token>', the token being "
-                    "the content of token_file. Stop it with POST /v1/shutdown, Ctrl-C or SIGTERM.",
+                    "the content of token_file. Stop it with POST /v1/shutdown, Ctrl-C or SIGTERM (or, with --parent-pid, by ending that process).",
     )
     p.add_argument("--host", default=DEFAULT_HOST,
                    help="address to listen on (default %(default)s: this machine only; anything else exposes "
@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-model-memory-gb", type=float, default=None, metavar="GB",
                    help="unload the cached models when, after a job, they hold more GPU memory than this "
                         "(default: 75%% of the GPU's memory)")
+    p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="stop (as on SIGTERM: jobs cancelled, partial outputs and the temporary token removed) "
+                        "within about a second of process PID exiting; for launchers such as the QGIS plugin, "
+                        "so that a crashed launcher leaves no server behind")
     p.set_defaults(func=run)
 
 
@@ -42,4 +46,4 @@ def run(args: argparse.Namespace) -> int:
 
     return run_server(host=args.host, port=args.port, token_file=args.token_file, device=args.device,
                       max_models=args.max_models, max_model_memory_gb=args.max_model_memory_gb,
-                      verbose=bool(getattr(args, "verbose", False)))
+                      verbose=bool(getattr(args, "verbose", False)), parent_pid=args.parent_pid)

@@ -26,6 +26,7 @@ from changeclip import __version__, protocol
 from changeclip.errors import InputError
 from changeclip.server.app import create_app
 from changeclip.server.auth import prepare_token_file
+from changeclip.server.parent_watch import ParentWatch
 from changeclip.server.settings import ServerSettings
 from changeclip.server.system import SystemInfo
 
@@ -96,8 +97,8 @@ def _is_loopback(host: str) -> bool:
 
 def run_server(host: str = "127.0.0.1", port: int = 0, token_file: str | None = None, device: str = "auto",
                max_models: int = 2, max_model_memory_gb: float | None = None, verbose: bool = False,
-               out: TextIO | None = None) -> int:
-    """Serve until ``/v1/shutdown``, SIGINT or SIGTERM.
+               out: TextIO | None = None, parent_pid: int | None = None) -> int:
+    """Serve until ``/v1/shutdown``, SIGINT, SIGTERM or, with ``parent_pid``, that process's end.
 
     Args:
         host: address to bind (loopback unless given explicitly).
@@ -109,12 +110,14 @@ def run_server(host: str = "127.0.0.1", port: int = 0, token_file: str | None = 
         max_model_memory_gb: bound on the models' memory per device (GiB), if any.
         verbose: log every request.
         out: where the handshake goes (default: stdout).
+        parent_pid: when given, stop (cleanly, as on SIGTERM) within about a second of this
+            process being gone; it must be running when the server starts.
 
     Returns:
         Exit status (0 after a clean shutdown).
 
     Raises:
-        InputError: bad host, port or token file.
+        InputError: bad host, port, token file or parent pid.
     """
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be 0..65535, got {port}")
@@ -124,6 +127,7 @@ def run_server(host: str = "127.0.0.1", port: int = 0, token_file: str | None = 
         raise InputError(f"--max-models must be at least 1, got {max_models}")
     if max_model_memory_gb is not None and not max_model_memory_gb > 0:
         raise InputError(f"--max-model-memory-gb must be a positive number, got {max_model_memory_gb}")
+    parent = ParentWatch(parent_pid) if parent_pid is not None else None
     tokens = prepare_token_file(token_file)
     try:
         settings = ServerSettings(token=tokens.token, default_device=device, max_models=max_models,
@@ -150,7 +154,11 @@ def run_server(host: str = "127.0.0.1", port: int = 0, token_file: str | None = 
             server.should_exit = True
 
         app.state.request_shutdown = request_shutdown
+        if parent is not None:
+            parent.start(request_shutdown)
         server.run(sockets=[sock])
         return 0
     finally:
+        if parent is not None:
+            parent.stop()
         tokens.remove()

@@ -72,6 +72,44 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     assert not token_file.exists()
 
 
+def test_parent_pid_stops_the_server_when_that_process_dies(tmp_path: Path) -> None:
+    """``--parent-pid``: killing the launcher (no shutdown call) stops the server cleanly."""
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        server = start_server_process(tmp_path, "--parent-pid", str(parent.pid))
+        try:
+            token_file = Path(server.handshake["token_file"])
+            assert server.client.status()["queue_length"] == 0
+            with pytest.raises(subprocess.TimeoutExpired):
+                server.proc.wait(2)  # the parent is alive: the server stays up
+            parent.kill()
+            parent.wait(30)
+            assert server.proc.wait(30) == 0
+            assert not token_file.exists() and not token_file.parent.exists()
+            assert "is gone; shutting down" in (tmp_path / "server.stderr.log").read_text()
+        finally:
+            stop_server_process(server)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(30)
+
+
+def test_parent_watch_treats_a_zombie_as_gone() -> None:
+    from changeclip.server.parent_watch import ParentWatch
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        watch = ParentWatch(child.pid, interval_s=0.05)
+        assert not watch.parent_gone()
+        child.kill()
+        wait_for(watch.parent_gone, 30, "the killed (not yet reaped) child to count as gone")
+    finally:
+        child.kill()
+        child.wait(30)
+    assert watch.parent_gone()
+
+
 def test_given_token_file_is_used_and_kept(tmp_path: Path) -> None:
     token_file = tmp_path / "my.token"
     token_file.write_text("a-token-chosen-by-the-launcher-0123456789\n")
@@ -91,7 +129,8 @@ def test_given_token_file_is_used_and_kept(tmp_path: Path) -> None:
     (["--device", "tpu"], "--device"),
     (["--max-models", "0"], "--max-models"),
     (["--host", "256.0.0.1"], "cannot"),
-    (["--device", "cuda:63"], "cuda:63"),  # no machine has 64 GPUs; without CUDA: "not available"
+    (["--device", "cuda:63"], "cuda:63"),
+    (["--parent-pid", "0"], "--parent-pid"),  # no machine has 64 GPUs; without CUDA: "not available"
 ])
 def test_bad_serve_options_exit_2_with_message(tmp_path: Path, args: list[str], words: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "changeclip", "serve", "--port", "0", *args],

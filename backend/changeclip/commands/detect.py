@@ -32,6 +32,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "warped onto the before raster's grid (or the other way round, or onto a target CRS), only "
                     "their overlap is processed, and OUT_DIR receives change_mask.tif (1 change, 0 no change, "
                     "255 nodata), change_probability.tif, summary.json and optionally change_polygons.gpkg.")
+    add_arguments(p)
+    p.add_argument("--json", action="store_true",
+                   help="print JSON lines on stdout: progress events, then the summary")
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the detection options (inputs, model, tiling, outputs) to ``p``.
+
+    They map one to one onto :class:`DetectParams` through :func:`params_from_args`.
+    ``changeclip submit`` shares them; ``--json`` is not among them, since each command
+    defines its own output.
+    """
     p.add_argument("before", metavar="BEFORE", help="raster of the earlier date")
     p.add_argument("after", metavar="AFTER", help="raster of the later date")
     p.add_argument("-o", "--output-dir", required=True, metavar="OUT_DIR", help="output folder (created if missing)")
@@ -71,9 +84,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-area", type=float, default=0.0, metavar="M2",
                    help="drop change polygons smaller than this many m² (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--json", action="store_true",
-                   help="print JSON lines on stdout: progress events, then the summary")
-    p.set_defaults(func=run)
 
 
 def params_from_args(args: argparse.Namespace) -> DetectParams:

@@ -28,11 +28,13 @@ _PATH_FIELDS = ("before", "after", "output_dir", "weights", "tagger_weights", "m
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``submit``, ``status`` and ``cancel``."""
-    p = subparsers.add_parser("submit", parents=[_detect_parser()], add_help=False, conflict_handler="resolve",
-                              help="queue a detection job on a running server",
+    from changeclip.commands import detect
+
+    p = subparsers.add_parser("submit", help="queue a detection job on a running server",
                               description="Queue a detection job on a running 'changeclip serve', with the options "
                                           "of 'changeclip detect'. Prints the job as JSON; with --wait, waits for "
                                           "it (progress on stderr) and prints the result.")
+    detect.add_arguments(p)
     _server_options(p)
     p.add_argument("--wait", action="store_true", help="wait for the job; exit 0 if it succeeded, 1 if it "
                                                       "failed, 130 if it was cancelled")
@@ -56,16 +58,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("job_id", metavar="JOB", help="job id printed by 'changeclip submit'")
     p.add_argument("--wait", action="store_true", help="wait until the job has stopped")
     p.set_defaults(func=run_cancel)
-
-
-def _detect_parser() -> argparse.ArgumentParser:
-    """The parser of ``changeclip detect`` (its options become ``submit``'s)."""
-    from changeclip.commands import detect
-
-    holder = argparse.ArgumentParser(add_help=False)
-    detect.register(holder.add_subparsers())
-    parser: argparse.ArgumentParser = holder._subparsers._group_actions[0].choices["detect"]  # type: ignore[union-attr]
-    return parser
 
 
 def params_from_args(args: argparse.Namespace) -> protocol.DetectParams:

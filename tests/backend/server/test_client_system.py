@@ -39,7 +39,11 @@ def test_submit_has_every_detect_option() -> None:
     detect = {o for a in sub.choices["detect"]._actions for o in a.option_strings}
     submit = {o for a in sub.choices["submit"]._actions for o in a.option_strings}
     assert detect <= submit
-    assert {"--url", "--token-file", "--wait", "--timeout"} <= submit
+    assert {"--url", "--token-file", "--wait", "--timeout", "--json"} <= submit
+    help_text = sub.choices["submit"].format_help()
+    for option in detect | {"--url", "--token-file", "--wait", "--timeout", "BEFORE", "AFTER"}:
+        assert option in help_text
+    assert "with --wait: progress as JSON lines" in help_text  # submit's own --json, not detect's
 
 
 class _Cache:

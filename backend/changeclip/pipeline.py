@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 from osgeo import gdal
 
-from changeclip import __version__
+from changeclip import __version__, prefetch
 from changeclip.engines import ChangeEngine, build_engine
 from changeclip.errors import InputError, JobCancelled
 from changeclip.inference.cache import ModelCache
+from changeclip.prefetch import BatchReader, TileSource
 from changeclip.protocol import DetectParams, ParamError
 from changeclip.raster import align, io, scaling
 from changeclip.raster.area import row_pixel_areas
@@ -48,14 +49,16 @@ from changeclip.raster.outputs import (
     to_cog,
     write_json,
 )
-from changeclip.raster.tiling import BlendAccumulator, reflect_pad, tile_starts
+from changeclip.raster.tiling import BlendAccumulator, tile_starts
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
-FILL_VALUE = 127.5
-"""Value both dates get where either is invalid (neutral grey: no change seen there)."""
+PREFETCH_THREADS: int | None = None
+"""Reader threads that read the next tile batch while the engine computes the current one
+(None: :data:`changeclip.prefetch.DEFAULT_THREADS`; 0: no overlap, every read on the main thread).
+An internal switch (tests compare both); outputs are identical either way."""
 _GDAL_CACHE_BYTES = 256 * 1024 * 1024
 
 
@@ -70,6 +73,8 @@ class Inputs:
     warped: dict[str, bool]
     eight_bit: bool
     warnings: list[str] = field(default_factory=list)
+    reopen: Callable[[], tuple[io.GridReader, io.GridReader]] | None = None
+    """Opens another ``(before, after)`` reader pair with its own datasets (for reader threads)."""
 
 
 def run_detection(params: DetectParams, progress: ProgressFn | None = None,
@@ -224,16 +229,9 @@ def _prepare_inputs(params: DetectParams) -> Inputs:
         warnings.append(f"resolution {params.resolution} is ignored with grid '{params.grid}' "
                         "(it only applies to a custom grid)")
     window = align.processed_window(grid, [g_b, g_a])
-    readers: dict[str, io.GridReader] = {}
-    warped: dict[str, bool] = {}
-    for role, ds, g in (("before", ds_b, g_b), ("after", ds_a, g_a)):
-        if align.same_grid(g, grid):
-            readers[role] = io.GridReader(ds, params.bands)
-            warped[role] = False
-        else:
-            vrt, alpha = align.warp_to_grid(ds, grid)
-            readers[role] = io.GridReader(vrt, params.bands, alpha_band=alpha, keep=[ds])
-            warped[role] = True
+    readers, warped = _grid_readers(params, grid, ds_b, ds_a)
+    for role in ("before", "after"):
+        if warped[role]:
             log.info("%s raster warped onto the reference grid (bilinear, streaming VRT)", role)
     srs = grid.srs()
     if srs is not None and srs.IsGeographic():
@@ -242,7 +240,31 @@ def _prepare_inputs(params: DetectParams) -> Inputs:
     for w in warnings:
         log.warning("%s", w)
     return Inputs(grid, window, readers["before"], readers["after"], warped,
-                  io.is_8bit(ds_b, params.bands) and io.is_8bit(ds_a, params.bands), warnings)
+                  io.is_8bit(ds_b, params.bands) and io.is_8bit(ds_a, params.bands), warnings,
+                  reopen=lambda: _reopen_readers(params, grid))
+
+
+def _grid_readers(params: DetectParams, grid: align.Grid, ds_b: gdal.Dataset, ds_a: gdal.Dataset
+                  ) -> tuple[dict[str, io.GridReader], dict[str, bool]]:
+    """Readers of both rasters on ``grid`` (a streaming warped VRT where a raster is off the grid)."""
+    readers: dict[str, io.GridReader] = {}
+    warped: dict[str, bool] = {}
+    for role, ds in (("before", ds_b), ("after", ds_a)):
+        if align.same_grid(align.grid_of(ds), grid):
+            readers[role] = io.GridReader(ds, params.bands)
+            warped[role] = False
+        else:
+            vrt, alpha = align.warp_to_grid(ds, grid)
+            readers[role] = io.GridReader(vrt, params.bands, alpha_band=alpha, keep=[ds])
+            warped[role] = True
+    return readers, warped
+
+
+def _reopen_readers(params: DetectParams, grid: align.Grid) -> tuple[io.GridReader, io.GridReader]:
+    """A new reader pair with datasets of its own (GDAL datasets must not be shared by threads)."""
+    readers, _ = _grid_readers(params, grid, io.open_raster(params.before, "before"),
+                               io.open_raster(params.after, "after"))
+    return readers["before"], readers["after"]
 
 
 def _scaling(params: DetectParams, inputs: Inputs, sample_b: np.ndarray, sample_a: np.ndarray
@@ -293,28 +315,34 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
                 changed_m2 += float(ch @ areas)
                 valid_m2 += float(va @ areas)
 
-    positions = [(x0, y0) for y0 in acc.ys for x0 in acc.xs]  # row-major; a batch may span rows
-    for start in range(0, total, params.batch_size):
-        _check_cancel(cancelled)
-        batch_b, batch_a, batch_v, where = [], [], [], []
-        for x0, y0 in positions[start:start + params.batch_size]:
-            got = _read_tile(inputs, scaler, engine.clip_input, x0 - margin, y0 - margin, tile)
-            if got is None:
-                skipped += 1
-                continue
-            batch_b.append(got[0])
-            batch_a.append(got[1])
-            batch_v.append(got[2])
-            where.append((x0, y0))
-        if where:
-            valid = np.stack(batch_v)
-            probs = engine.predict_proba(np.stack(batch_b), np.stack(batch_a), valid)
-            for (x0, y0), p, v in zip(where, probs, valid, strict=True):
-                acc.add(p, v, x0, y0)
-        done = min(start + params.batch_size, total)
-        report("tiles", done, total)
-        nxt = start + params.batch_size
-        flush(positions[nxt][1] if nxt < total else acc.height)
+    positions = [(x0 - margin, y0 - margin) for y0 in acc.ys for x0 in acc.xs]  # row-major
+    batches = [positions[s:s + params.batch_size] for s in range(0, total, params.batch_size)]
+    source = TileSource(win, scaler, engine.clip_input, tile, (inputs.before, inputs.after),
+                        inputs.reopen or (lambda: (inputs.before, inputs.after)))
+    threads = prefetch.DEFAULT_THREADS if PREFETCH_THREADS is None else PREFETCH_THREADS
+    if inputs.reopen is None:
+        threads = 0
+    with BatchReader(source, batches, threads) as reader:
+        for i in range(len(batches)):
+            _check_cancel(cancelled)
+            batch_b, batch_a, batch_v, where = [], [], [], []
+            for (x0, y0), got in reader.get(i):
+                if got is None:
+                    skipped += 1
+                    continue
+                batch_b.append(got[0])
+                batch_a.append(got[1])
+                batch_v.append(got[2])
+                where.append((x0 + margin, y0 + margin))
+            if where:
+                valid = np.stack(batch_v)
+                probs = engine.predict_proba(np.stack(batch_b), np.stack(batch_a), valid)
+                del batch_b, batch_a, batch_v
+                for (x0, y0), p, v in zip(where, probs, valid, strict=True):
+                    acc.add(p, v, x0, y0)
+            nxt = (i + 1) * params.batch_size
+            report("tiles", min(nxt, total), total)
+            flush(positions[nxt][1] + margin if nxt < total else acc.height)
 
     if valid_px == 0:
         raise InputError("no pixel of the overlapping area is valid in both rasters; check nodata values "
@@ -324,42 +352,6 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
                       "processed": total - skipped, "skipped_nodata": skipped},
             "changed_px": changed_px, "valid_px": valid_px,
             "changed_m2": changed_m2 if has_area else None, "valid_m2": valid_m2 if has_area else None}
-
-
-def _read_tile(inputs: Inputs, scaler: scaling.BandScaling, clip: bool, x0: int, y0: int, tile: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """One tile of both dates, scaled, filled where invalid, reflect-padded beyond the window.
-
-    Args:
-        x0, y0: Top-left of the tile in window pixels; negative or reaching past the window's
-            end where the tile covers the edge margin.
-
-    Returns:
-        ``(before (C, tile, tile), after (C, tile, tile), valid (tile, tile))``, or None when no
-        pixel of the tile is valid in both dates.
-    """
-    win = inputs.window
-    rx0, ry0 = max(0, x0), max(0, y0)
-    rx1, ry1 = min(win.width, x0 + tile), min(win.height, y0 + tile)
-    if rx1 <= rx0 or ry1 <= ry0:
-        return None
-    gx, gy, w, h = win.xoff + rx0, win.yoff + ry0, rx1 - rx0, ry1 - ry0
-    valid = inputs.before.read_valid(gx, gy, w, h) & inputs.after.read_valid(gx, gy, w, h)
-    if not valid.any():
-        return None
-    db, vb = inputs.before.read(gx, gy, w, h, valid)
-    da, va = inputs.after.read(gx, gy, w, h, valid)
-    valid = vb & va
-    if not valid.any():
-        return None
-    sb, sa = scaler.apply(db, clip), scaler.apply(da, clip)
-    sb[:, ~valid] = FILL_VALUE
-    sa[:, ~valid] = FILL_VALUE
-    pads = ((ry0 - y0, y0 + tile - ry1), (rx0 - x0, x0 + tile - rx1))
-    if any(p for pair in pads for p in pair):
-        sb, sa = reflect_pad(sb, pads), reflect_pad(sa, pads)
-        valid = np.pad(valid, pads, mode="constant", constant_values=False)
-    return sb, sa, valid
 
 
 def _summary(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scaler: scaling.BandScaling,

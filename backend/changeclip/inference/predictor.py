@@ -195,6 +195,7 @@ class ChangeCLIPPredictor:
         std = torch.tensor(IMAGENET_STD * 2, dtype=torch.float32).view(1, 6, 1, 1)
         self._mean = mean.to(loaded.device)
         self._std = std.to(loaded.device)
+        self._pinned: tuple[torch.Tensor, torch.Tensor] | None = None  # CUDA upload buffers
 
     # ----------------------------------------------------------------- text
     def _constant_text(self) -> torch.Tensor:
@@ -242,30 +243,45 @@ class ChangeCLIPPredictor:
             raise InputError(f"tile size {h}x{w} px is not a multiple of 32; use e.g. 256")
 
     def _batches(self, before: np.ndarray, after: np.ndarray) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+        """Host tensors of each batch: (n, 3, H, W) float32 of both dates.
+
+        On CUDA they are views of page-locked (pinned) buffers reused from batch to batch, so
+        that ``to(device, non_blocking=True)`` is a real asynchronous copy. Reuse is safe: every
+        batch ends with a synchronising copy of its result back to the host, after which the
+        previous upload from the buffers has completed.
+        """
+        pinned = self.loaded.device.startswith("cuda")
         for i in range(0, before.shape[0], self.batch_size):
             sl = slice(i, i + self.batch_size)
-            yield sl, torch.from_numpy(np.ascontiguousarray(before[sl], dtype=np.float32)), \
-                torch.from_numpy(np.ascontiguousarray(after[sl], dtype=np.float32))
+            a = torch.from_numpy(np.ascontiguousarray(before[sl], dtype=np.float32))
+            b = torch.from_numpy(np.ascontiguousarray(after[sl], dtype=np.float32))
+            if pinned:
+                a, b = self._pinned_copy(a, b)
+            yield sl, a, b
 
-    def predict_logits(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """Two-class change logits.
+    def _pinned_copy(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (self.batch_size, *a.shape[1:])
+        if self._pinned is None or tuple(self._pinned[0].shape) != shape:
+            self._pinned = (torch.empty(shape, dtype=torch.float32, pin_memory=True),
+                            torch.empty(shape, dtype=torch.float32, pin_memory=True))
+        pa, pb = self._pinned[0][:a.shape[0]], self._pinned[1][:b.shape[0]]
+        pa.copy_(a)
+        pb.copy_(b)
+        return pa, pb
 
-        Args:
-            before: float32 (N, 3, H, W), RGB 0..255 (already radiometrically scaled), H and W
-                multiples of 32.
-            after: Same shape, date B.
+    def _run(self, before: np.ndarray, after: np.ndarray, proba: bool) -> np.ndarray:
+        """The forward loop; ``proba`` False keeps both logits, True the class-1 softmax.
 
         Returns:
-            float32 (N, 2, H, W): class 0 = no change, class 1 = change.
-
-        Raises:
-            InputError: wrong shapes; PromptTooLong for over-long prompts.
+            float32 (N, 2, H, W) logits, or (N, H, W) probabilities computed on the device (only
+            these are copied back to the host).
         """
         before = np.asarray(before)
         after = np.asarray(after)
         self._check(before, after)
         lm = self.loaded
-        out = np.empty((before.shape[0], 2, *before.shape[2:]), dtype=np.float32)
+        shape = (before.shape[0], *before.shape[2:]) if proba else (before.shape[0], 2, *before.shape[2:])
+        out = np.empty(shape, dtype=np.float32)
         constant = self._constant_text() if self.prompt_mode != "auto" else None
         with torch.inference_mode():
             for sl, a, b in self._batches(before, after):
@@ -281,12 +297,33 @@ class ChangeCLIPPredictor:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with lm.autocast():
                     logits = lm.model(x, text_a, text_b)
-                out[sl] = logits.float().cpu().numpy()
+                result = logits.float()
+                if proba:
+                    result = result.softmax(dim=1)[:, 1]
+                out[sl] = result.cpu().numpy()
                 self.tiles_seen += a.shape[0]
         return out
 
+    def predict_logits(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """Two-class change logits.
+
+        Args:
+            before: float32 (N, 3, H, W), RGB 0..255 (already radiometrically scaled), H and W
+                multiples of 32.
+            after: Same shape, date B.
+
+        Returns:
+            float32 (N, 2, H, W): class 0 = no change, class 1 = change.
+
+        Raises:
+            InputError: wrong shapes; PromptTooLong for over-long prompts.
+        """
+        return self._run(before, after, proba=False)
+
     def predict_proba(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
-        """Change probability (softmax over the two classes, class 1).
+        """Change probability (softmax over the two classes, class 1), computed on the device.
+
+        Only the (N, H, W) probabilities are copied back, not the two-channel logits.
 
         Args:
             before: float32 (N, 3, H, W), RGB 0..255.
@@ -294,9 +331,11 @@ class ChangeCLIPPredictor:
 
         Returns:
             float32 (N, H, W) in [0, 1].
+
+        Raises:
+            InputError: wrong shapes; PromptTooLong for over-long prompts.
         """
-        logits = torch.from_numpy(self.predict_logits(before, after))
-        return logits.softmax(dim=1)[:, 1].numpy().astype(np.float32, copy=False)
+        return self._run(before, after, proba=True)
 
     def describe(self) -> dict[str, Any]:
         """Summary of the model and prompt policy (for summary.json)."""

@@ -4,8 +4,9 @@
 run. Steps (reported through ``progress(stage, done, total)`` with the stages of
 ``protocol.STAGES``):
 
-1. *preparing*: validate parameters, output locations (before any work: an existing output
-   without ``overwrite`` or an unwritable folder stops here), open both rasters, check bands and
+1. *preparing*: validate parameters, then :func:`changeclip.preflight.preflight` (the same
+   file checks as the job server's: missing inputs, an existing output without ``overwrite``
+   or an unwritable folder stop here, before any work), open both rasters, check bands and
    CRSs, pick the reference grid, warp the other raster onto it (a streaming VRT) and compute
    the processed window (the intersection).
 2. *loading_model*: build the engine (changeclip loads weights through the model cache).
@@ -37,13 +38,13 @@ from changeclip.engines import ChangeEngine, build_engine
 from changeclip.errors import InputError, JobCancelled
 from changeclip.inference.cache import ModelCache
 from changeclip.prefetch import BatchReader, TileSource
+from changeclip.preflight import confirm_writable, preflight
 from changeclip.protocol import DetectParams, ParamError
 from changeclip.raster import align, io, scaling
 from changeclip.raster.area import row_pixel_areas
 from changeclip.raster.outputs import (
     ChangeRasterWriter,
     TempFiles,
-    check_output_locations,
     polygonize,
     remove_empty_dirs,
     to_cog,
@@ -107,7 +108,8 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
     except ParamError as exc:
         raise InputError(str(exc)) from None
     paths = params.output_paths()
-    created_dirs = check_output_locations(paths, params.overwrite)
+    created_dirs = preflight(params)
+    confirm_writable(params, created_dirs)
     inputs = _prepare_inputs(params)
     timings["preparing"] = time.perf_counter() - started
 

@@ -13,7 +13,6 @@ import errno
 import json
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from osgeo import gdal, ogr
 
-from changeclip.errors import InputError, JobCancelled
+from changeclip.errors import JobCancelled
 from changeclip.protocol import MASK_CHANGE, MASK_NO_CHANGE, MASK_NODATA
 from changeclip.raster.align import Grid
 from changeclip.raster.area import PolygonArea
@@ -305,35 +304,6 @@ def write_json(path: str, data: dict[str, Any]) -> None:
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def check_output_locations(paths: dict[str, str | None], overwrite: bool) -> list[str]:
-    """Refuse existing outputs (without overwrite) and unwritable folders; nothing is created.
-
-    Returns:
-        Folders that do not exist yet and will be created once the inputs are known to be good.
-    """
-    existing = [p for p in paths.values() if p and os.path.exists(p)]
-    if existing and not overwrite:
-        raise InputError(f"output {existing[0]!r} already exists; pass --overwrite (overwrite: true) to replace "
-                         "it, or choose another output folder")
-    to_create: list[str] = []
-    for folder in dict.fromkeys(os.path.dirname(os.path.abspath(p)) for p in paths.values() if p):
-        probe = folder
-        while not os.path.exists(probe):
-            to_create.append(probe)
-            probe = os.path.dirname(probe)
-        if not os.path.isdir(probe):
-            raise InputError(f"cannot create the output folder {folder!r}: {probe!r} is a file, not a folder; "
-                             "choose another output folder")
-        try:
-            fd, name = tempfile.mkstemp(prefix=".changeclip-probe-", dir=probe)
-            os.close(fd)
-            os.remove(name)
-        except OSError as exc:
-            raise InputError(f"the output folder {folder!r} is not writable ({exc.strerror}); choose a folder "
-                             "you can write to") from None
-    return sorted(set(to_create), key=len)
 
 
 def remove_empty_dirs(folders: list[str]) -> None:

@@ -1,0 +1,188 @@
+"""File-system checks of a detection job, before any work; nothing is created or modified.
+
+One set of checks for both callers:
+
+* :func:`changeclip.pipeline.run_detection` runs :func:`preflight` first (command line,
+  Processing, and every job the server runs): inputs must exist, existing outputs are
+  refused unless ``overwrite`` is set, output folders must be creatable. It returns the
+  folders the run will have to create (made only once the inputs are known to be good).
+* the job server's submit endpoint runs it with ``server=True`` before a job is queued,
+  answering HTTP 400 with the path: then every path must also be absolute (the server's
+  working folder is not the client's) and the weights files must exist too (the pipeline
+  leaves those to the weights loader, which reports them as model errors, exit code 3).
+
+Permission checks use ``os.access``, which the super-user always passes;
+:func:`confirm_writable` (used by the pipeline right before it writes) really creates and
+removes a probe file, so a folder that cannot be written fails before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+
+from changeclip.errors import InputError
+from changeclip.protocol import DetectParams
+
+_EXPLICIT = {"mask": "mask_path", "probability": "probability_path", "polygons": "polygons_path"}
+
+
+class PreflightError(InputError):
+    """A path of a job cannot be used. ``field`` names the parameter, ``path`` the path.
+
+    ``str()`` is ``"<field>: '<path>': <message>"`` unless a complete sentence is given as
+    ``text`` (used where the command line has a long-standing wording).
+    """
+
+    def __init__(self, field_name: str, path: str, message: str, text: str | None = None) -> None:
+        super().__init__(text or f"{field_name}: {path!r}: {message}")
+        self.field = field_name
+        self.path = path
+        self.message = message
+
+
+def preflight(params: DetectParams, server: bool = False) -> list[str]:
+    """Check every path of ``params`` against the file system, without touching it.
+
+    Args:
+        params: Validated job parameters.
+        server: Apply the job server's stricter rules (absolute paths, weights files exist,
+            GDAL ``/vsi`` paths are refused as not existing).
+
+    Returns:
+        The output folders that do not exist yet, parents first (the run creates them).
+
+    Raises:
+        PreflightError: The first path that cannot be used, with what to do about it.
+    """
+    for field_name in ("before", "after"):
+        path = getattr(params, field_name)
+        if server or not path.startswith("/vsi"):
+            _readable_file(field_name, path, server, raster=True)
+    if server:
+        for field_name in ("weights", "tagger_weights"):
+            if getattr(params, field_name) is not None:
+                _readable_file(field_name, getattr(params, field_name), server, raster=False)
+    missing: list[str] = []
+    out_dir = _checked_path("output_dir", params.output_dir, server)
+    st = _stat("output_dir", out_dir)
+    if st is not None:
+        if not stat.S_ISDIR(st.st_mode):
+            raise PreflightError("output_dir", out_dir, "exists and is a file, not a folder; choose a folder path")
+        _writable_folder("output_dir", out_dir, out_dir)
+    else:
+        missing += _creatable("output_dir", out_dir)
+    for key, raw in params.output_paths().items():
+        if raw is None:
+            continue
+        field_name = _EXPLICIT.get(key, "output_dir")
+        if getattr(params, field_name, None) is None:
+            field_name = "output_dir"
+        path = _checked_path(field_name, raw, server)
+        st = _stat(field_name, path)
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                raise PreflightError(field_name, path, "is a folder, but an output file of this name is needed")
+            if not params.overwrite:
+                raise PreflightError(field_name, path, "already exists; pass --overwrite (overwrite: true) to "
+                                     "replace it, or choose another output folder")
+        parent = os.path.dirname(path)
+        pst = _stat(field_name, parent)
+        if pst is not None:
+            if not stat.S_ISDIR(pst.st_mode):
+                raise PreflightError(field_name, path, f"its folder {parent!r} is a file, not a folder")
+            _writable_folder(field_name, path, parent)
+        else:
+            missing += _creatable(field_name, parent)
+    return sorted(dict.fromkeys(missing), key=len)
+
+
+def confirm_writable(params: DetectParams, missing: list[str]) -> None:
+    """Create and remove a probe file in the nearest existing folder above every output.
+
+    ``os.access`` cannot tell (the super-user passes it; ACLs, network shares); the pipeline
+    calls this right before it writes, so that failure is reported as "not writable".
+
+    Raises:
+        PreflightError: A folder refused the probe file.
+    """
+    folders = {os.path.dirname(os.path.abspath(p)) for p in params.output_paths().values() if p}
+    for folder in sorted(folders):
+        probe = folder
+        while probe in missing or not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        try:
+            fd, name = tempfile.mkstemp(prefix=".changeclip-probe-", dir=probe)
+            os.close(fd)
+            os.remove(name)
+        except OSError as exc:
+            raise PreflightError("output_dir", folder, "not writable",
+                                 f"the output folder {folder!r} is not writable ({exc.strerror}); choose a "
+                                 "folder you can write to") from None
+
+
+def _checked_path(field_name: str, path: str, server: bool) -> str:
+    """``path`` as checked: NUL-free, absolute where the server requires it, else made absolute."""
+    if "\x00" in path:
+        raise PreflightError(field_name, path, "contains a NUL character")
+    if os.path.isabs(path):
+        return path
+    if server:
+        raise PreflightError(field_name, path, "must be an absolute path (the server's working folder is not "
+                             "the client's)")
+    return os.path.abspath(path)
+
+
+def _stat(field_name: str, path: str) -> os.stat_result | None:
+    """``os.stat`` of ``path``; ``None`` if it does not exist; PreflightError if unusable."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise PreflightError(field_name, path, "a part of this path is a file, not a folder") from None
+    except (OSError, ValueError) as exc:  # ValueError: unencodable characters
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise PreflightError(field_name, path, f"cannot be accessed: {reason}") from None
+
+
+def _readable_file(field_name: str, path: str, server: bool, raster: bool) -> None:
+    checked = _checked_path(field_name, path, server)
+    st = _stat(field_name, checked)
+    if st is None:
+        if raster:
+            raise PreflightError(field_name, path, "does not exist",
+                                 f"{field_name} raster not found: {path!r} does not exist; check the path (it "
+                                 "must exist on the machine that runs the backend)")
+        raise PreflightError(field_name, path, "does not exist")
+    if stat.S_ISDIR(st.st_mode):
+        raise PreflightError(field_name, path, "is a folder; give the path of a file")
+    if not os.access(checked, os.R_OK):
+        raise PreflightError(field_name, path, "is not readable by the backend's user")
+
+
+def _writable_folder(field_name: str, path: str, folder: str) -> None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PreflightError(field_name, path, f"its folder {folder!r} is not writable by the backend's user; "
+                             "choose a folder you can write to")
+
+
+def _creatable(field_name: str, path: str) -> list[str]:
+    """The folders to create for ``path``; the nearest existing ancestor must be a writable folder."""
+    missing = [os.path.normpath(path)]
+    ancestor = os.path.dirname(missing[0])
+    while True:
+        st = _stat(field_name, ancestor)
+        if st is not None:
+            break
+        parent = os.path.dirname(ancestor)
+        if parent == ancestor:
+            raise PreflightError(field_name, path, "no existing folder above it")
+        missing.append(ancestor)
+        ancestor = parent
+    if not stat.S_ISDIR(st.st_mode):
+        raise PreflightError(field_name, path, f"cannot be created: {ancestor!r} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PreflightError(field_name, path, f"cannot be created: folder {ancestor!r} is not writable")
+    return missing

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -63,13 +67,42 @@ def test_weights_are_checked_by_the_server_only(pair: tuple[str, str], tmp_path:
     assert info.value.field == "weights"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="the super-user passes every permission check")
-def test_read_only_folder_is_refused(pair: tuple[str, str], tmp_path: Path) -> None:
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o500)
+_READ_ONLY_CHECK = """
+import sys
+from changeclip.preflight import PreflightError, preflight
+from changeclip.protocol import DetectParams
+b, a, out = sys.argv[1:4]
+try:
+    preflight(DetectParams(before=b, after=a, output_dir=out, engine="irmad"))
+except PreflightError as exc:
+    print("REFUSED", exc)
+else:
+    print("ACCEPTED")
+"""
+
+
+def test_read_only_folder_is_refused() -> None:
+    """A folder the backend's user cannot write to is refused before any work.
+
+    The super-user passes every permission check, so under root (as in CI) the check runs in a
+    child process as the unprivileged uid 65534 ("nobody"), on a world-readable scratch folder.
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="changeclip-ro-", dir="/tmp"))
     try:
-        with pytest.raises(PreflightError, match="not writable"):
-            preflight(_params(pair, str(ro / "out")))
+        scratch.chmod(0o755)
+        b, a = scratch / "b.tif", scratch / "a.tif"
+        for f in (b, a):
+            f.write_bytes(b"x")
+            f.chmod(0o644)
+        ro = scratch / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        args = [sys.executable, "-c", _READ_ONLY_CHECK, str(b), str(a), str(ro / "out")]
+        kw: dict = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd="/", **kw)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.startswith("REFUSED") and "not writable" in proc.stdout, proc.stdout
     finally:
-        ro.chmod(0o700)
+        for path in sorted(scratch.rglob("*"), reverse=True):
+            path.chmod(0o700)
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -92,7 +92,7 @@ def main() -> int:
         print(f"  {key:<19} {res.get(key)}")
     print(f"  CHANGED_AREA_M2     {res.get('CHANGED_AREA_M2')}")
     print(f"  CHANGED_FRACTION    {res.get('CHANGED_FRACTION')}")
-    print("\nOpen them in QGIS (styles: resources/styles/*.qml) or inspect with gdalinfo.")
+    print("\nOpen them in QGIS: each comes with a same-named .qml style beside it.")
     return 0
 
 

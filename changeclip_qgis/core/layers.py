@@ -203,6 +203,28 @@ def apply_style(layer: QgsMapLayer, kind: str) -> bool:
     return True
 
 
+def write_sidecar_style(path: str, kind: str) -> str | None:
+    """Write the bundled QML style next to an output file (``<name>.qml``).
+
+    QGIS applies a same-named ``.qml`` whenever the file is opened later (drag and drop,
+    Browser, another project), so outputs written by Processing or ``qgis_process`` open
+    styled too. Written under a temporary name, then renamed.
+
+    Returns:
+        The sidecar's path, or None when the bundled style is missing.
+    """
+    qml = style_path(STYLE_FOR_OUTPUT[kind])
+    if not qml.is_file():
+        log(f"style {qml} is missing", "warning")
+        return None
+    target = os.path.splitext(path)[0] + ".qml"
+    part = f"{target}.{uuid.uuid4().hex[:8]}.part"
+    with open(qml, "rb") as src, open(part, "wb") as dst:
+        dst.write(src.read())
+    os.replace(part, target)
+    return target
+
+
 def load_outputs(summary: dict[str, Any], run_name: str, project: QgsProject | None = None) -> dict[str, QgsMapLayer]:
     """Load a run's outputs, styled, into a new group at the top of the layer tree (main thread).
 

@@ -38,7 +38,14 @@ from qgis.PyQt.QtGui import QIcon
 from ..core import protocol
 from ..core.backend_launcher import LAUNCHER, configuration_problem
 from ..core.errors import ChangeClipPluginError, JobCancelledError
-from ..core.layers import ExportRequest, apply_style, local_raster_path, prepare_input, run_export
+from ..core.layers import (
+    ExportRequest,
+    apply_style,
+    local_raster_path,
+    prepare_input,
+    run_export,
+    write_sidecar_style,
+)
 from ..core.params import build_params
 from ..core.paths import icon_path
 from ..core.runner import progress_percent, progress_text, run_detection
@@ -267,6 +274,8 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         feedback.pushInfo(f"Changed area: {area:,.1f} m² ({fraction * 100:.2f} % of the valid area); "
                           f"device {summary.get('device', '?')}")
         for path, kind in ((mask_path, "mask"), (probability_path, "probability"), (polygons_path, "polygons")):
+            if path:
+                write_sidecar_style(path, kind)  # the files open styled wherever they are opened later
             if path and context.willLoadLayerOnCompletion(path):
                 context.layerToLoadOnCompletionDetails(path).setPostProcessor(_StyleOutput.create(kind))
         return {self.CHANGE_MASK: mask_path, self.CHANGE_PROBABILITY: probability_path,

@@ -64,6 +64,12 @@ def test_run_irmad_and_load_styled(provider: object, backend_env: None, project:
     summary = json.loads(Path(results["SUMMARY"]).read_text(encoding="utf-8"))
     assert results["SUMMARY"] == params["SUMMARY"]
     assert summary["outputs"]["summary"] == params["SUMMARY"]
+    for key in ("CHANGE_MASK", "CHANGE_PROBABILITY", "CHANGE_POLYGONS"):  # sidecar styles: files open styled
+        assert Path(results[key]).with_suffix(".qml").is_file(), key
+    from qgis.core import QgsRasterLayer
+
+    reopened = QgsRasterLayer(results["CHANGE_MASK"], "reopened")  # a fresh layer picks up the sidecar
+    assert isinstance(reopened.renderer(), QgsPalettedRasterRenderer)
     assert summary["engine"] == "irmad" and summary["changed_area_m2"] == pytest.approx(results["CHANGED_AREA_M2"])
     layers = {lyr.source().split("|")[0]: lyr for lyr in QgsProject.instance().mapLayers().values()}
     assert isinstance(layers[results["CHANGE_MASK"]].renderer(), QgsPalettedRasterRenderer)

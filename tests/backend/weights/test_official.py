@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import types
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +27,8 @@ CFG_TEXT = {
 
 
 @pytest.fixture
-def fake_mmengine() -> Iterator[type]:
+def fake_mmengine(monkeypatch: pytest.MonkeyPatch) -> type:
     """A ``MessageHub`` class that pickles as ``mmengine.logging.message_hub.MessageHub``."""
-    names = ("mmengine", "mmengine.logging", "mmengine.logging.message_hub")
-    saved = {k: sys.modules.get(k) for k in names}
-    mods = {k: types.ModuleType(k) for k in names}
 
     class MessageHub:
         def __init__(self) -> None:
@@ -40,16 +37,10 @@ def fake_mmengine() -> Iterator[type]:
 
     MessageHub.__module__ = "mmengine.logging.message_hub"
     MessageHub.__qualname__ = "MessageHub"
-    mods["mmengine.logging.message_hub"].MessageHub = MessageHub
-    sys.modules.update(mods)
-    try:
-        yield MessageHub
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                sys.modules.pop(key, None)
-            else:
-                sys.modules[key] = value
+    for name in ("mmengine", "mmengine.logging", "mmengine.logging.message_hub"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))  # restored after the test
+    sys.modules["mmengine.logging.message_hub"].MessageHub = MessageHub
+    return MessageHub
 
 
 def write_official(path: Path, variant: str, hub: object, prefix: str = "", cfg_text: str | None = None) -> dict:

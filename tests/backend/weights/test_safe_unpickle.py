@@ -10,7 +10,6 @@ import subprocess
 import sys
 import types
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from changeclip.weights.safe_unpickle import Placeholder, safe_torch_load
 
 
 @pytest.fixture
-def fake_mmengine() -> Iterator[types.ModuleType]:
+def fake_mmengine(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
     """A stand-in ``mmengine.logging`` module whose classes torch.save can pickle by name."""
     pkg = types.ModuleType("mmengine")
     mod = types.ModuleType("mmengine.logging")
@@ -43,17 +42,9 @@ def fake_mmengine() -> Iterator[types.ModuleType]:
         cls.__qualname__ = cls.__name__
         setattr(mod, cls.__name__, cls)
     pkg.logging = mod
-    saved = {k: sys.modules.get(k) for k in ("mmengine", "mmengine.logging")}
-    sys.modules["mmengine"] = pkg
-    sys.modules["mmengine.logging"] = mod
-    try:
-        yield mod
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                sys.modules.pop(key, None)
-            else:
-                sys.modules[key] = value
+    monkeypatch.setitem(sys.modules, "mmengine", pkg)  # both restored after the test
+    monkeypatch.setitem(sys.modules, "mmengine.logging", mod)
+    return mod
 
 
 def _container(hub: object) -> dict:

@@ -85,15 +85,21 @@ def discover_levir(root: str | Path) -> list[Triplet]:
         raise InputError(f"{root / a_name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     problems = []
     for sub, other in ((b_name, b), (l_name, lab)):
-        missing = sorted(set(a) - set(other))
-        if missing:
-            problems.append(f"{len(missing)} in {a_name}/ have no counterpart in {sub}/: {_names(missing)}")
-        extra = sorted(set(other) - set(a))
-        if extra:
-            problems.append(f"{len(extra)} in {sub}/ have no counterpart in {a_name}/: {_names(extra)}")
+        problems += _unmatched(a, other, f"in {a_name}/ have no counterpart in {sub}/",
+                               f"in {sub}/ have no counterpart in {a_name}/")
     if problems:
         raise InputError(f"dataset {root}: files do not match by name — " + "; ".join(problems))
     return [Triplet(n, a[n], b[n], lab[n]) for n in sorted(a)]
+
+
+def _unmatched(first: dict, second: dict, only_first: str, only_second: str) -> list[str]:
+    """Messages for names found on one side only, e.g. ``"3 in A/ have no counterpart in B/: …"``."""
+    problems = []
+    for names, text in ((sorted(set(first) - set(second)), only_first),
+                        (sorted(set(second) - set(first)), only_second)):
+        if names:
+            problems.append(f"{len(names)} {text}: {_names(names)}")
+    return problems
 
 
 def pair_predictions(pred: str | Path, ref: str | Path) -> list[tuple[str, Path, Path]]:
@@ -124,13 +130,8 @@ def pair_predictions(pred: str | Path, ref: str | Path) -> list[tuple[str, Path,
     preds, refs = _images_by_stem(pred), _images_by_stem(ref)
     if not refs:
         raise InputError(f"reference folder {ref} holds no masks ({', '.join(IMAGE_EXTENSIONS)})")
-    problems = []
-    missing = sorted(set(refs) - set(preds))
-    if missing:
-        problems.append(f"{len(missing)} references have no prediction in {pred}: {_names(missing)}")
-    extra = sorted(set(preds) - set(refs))
-    if extra:
-        problems.append(f"{len(extra)} predictions have no reference in {ref}: {_names(extra)}")
+    problems = _unmatched(refs, preds, f"references have no prediction in {pred}",
+                          f"predictions have no reference in {ref}")
     if problems:
         raise InputError("predictions and references do not match by name — " + "; ".join(problems))
     return [(n, preds[n], refs[n]) for n in sorted(refs)]

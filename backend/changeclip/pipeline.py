@@ -26,6 +26,7 @@ import errno
 import logging
 import os
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,15 +191,23 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         hint = "the disk is full: free some space" if exc.errno == errno.ENOSPC else "check the folder"
         raise InputError(f"writing the outputs failed ({exc.strerror or exc}); {hint}, or choose another "
                          "output folder; no output was written") from None
-    except RuntimeError as exc:  # GDAL reading errors (e.g. a truncated file)
+    except RuntimeError as exc:
         temp.cleanup()
         remove_empty_dirs(created_dirs)
+        if not _raised_by_gdal(exc):  # e.g. torch (CUDA out of memory): not a problem of the input files
+            raise
         raise InputError(f"reading the rasters failed: {str(exc).strip()}; check that both files are "
                          "complete and readable") from None
     except BaseException:
         temp.cleanup()
         remove_empty_dirs(created_dirs)
         raise
+
+
+def _raised_by_gdal(exc: BaseException) -> bool:
+    """True when the innermost Python frame of ``exc`` is GDAL's bindings (a read or write error)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and f"{os.sep}osgeo{os.sep}" in frames[-1].filename
 
 
 def _limit_gdal_cache() -> None:

@@ -343,3 +343,35 @@ def test_both_without_crs_on_the_same_grid(tmp_path: Path) -> None:
     other = write_raster(tmp_path / "other.tif", textured(64, 64), epsg=None, gt=(5.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     with pytest.raises(InputError, match="neither raster has a CRS and their grids differ"):
         run_detection(_params(b, other, tmp_path / "o2"))
+
+
+def test_engine_runtime_error_is_not_called_a_read_error(tmp_path: Path, pair: tuple[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RuntimeError from the network (e.g. CUDA out of memory) keeps its own message."""
+    from changeclip.engines.irmad import IRMADEngine
+
+    def boom(*a: object, **k: object) -> None:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(IRMADEngine, "predict_proba", boom)
+    out = tmp_path / "o"
+    with pytest.raises(RuntimeError, match="CUDA out of memory") as info:
+        run_detection(_params(pair[0], pair[1], out))
+    assert not isinstance(info.value, InputError)
+    assert _nothing_written(out)
+
+
+def test_gdal_read_error_is_an_input_error(tmp_path: Path, pair: tuple[str, str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GDAL error during the tiles (e.g. a truncated file) names the files as the problem."""
+    from osgeo import gdal
+
+    def truncated(self: object, *a: object, **k: object) -> None:
+        gdal.Open("/nonexistent/truncated.tif")  # raises GDAL's own RuntimeError from inside osgeo
+
+    from changeclip.engines.irmad import IRMADEngine
+
+    monkeypatch.setattr(IRMADEngine, "predict_proba", truncated)
+    out = tmp_path / "o"
+    _bad(_params(pair[0], pair[1], out), out, InputError, "reading the rasters failed")
+

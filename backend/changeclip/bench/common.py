@@ -122,7 +122,7 @@ def seeded_model(variant: str, device: str, precision: str, channels_last: bool 
         variant: a preset name (``rn50``, ``vit-b-16``, ``tiny-rn50``, ``tiny-vit``).
         device: ``cpu`` / ``cuda:N``.
         precision: ``fp32``, ``bf16`` or ``fp16``.
-        channels_last: override the loader's choice (it uses channels-last for RN50 on CUDA).
+        channels_last: override the loader's choice (it uses channels-last for RN50).
     """
     lm = load_model(seeded_weights(variant), device=device, precision=precision)
     if channels_last is not None and channels_last != lm.channels_last:

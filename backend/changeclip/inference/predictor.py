@@ -113,7 +113,8 @@ def load_model(weights: str | Path | LoadedWeights, variant: str = "auto", devic
             unsupported), ``fp32``, ``bf16`` or ``fp16``.
 
     Returns:
-        The loaded model (eval mode, on the device, channels-last for RN50 on CUDA).
+        The loaded model (eval mode, on the device, channels-last for RN50: its convolutions run
+        faster in that layout on CUDA and on oneDNN CPUs, with the same results to ~1e-6).
 
     Raises:
         ModelError: weights missing, unreadable or of another model/variant.
@@ -130,7 +131,7 @@ def load_model(weights: str | Path | LoadedWeights, variant: str = "auto", devic
     model = build_model_from_state_dict(loaded.cfg, state, device=dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    channels_last = dev.startswith("cuda") and loaded.cfg.backbone == "rn50"
+    channels_last = loaded.cfg.backbone == "rn50"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     result = LoadedModel(model=model, cfg=loaded.cfg, device=dev, precision=prec, weights_path=loaded.path,

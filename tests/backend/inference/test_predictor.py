@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,19 @@ def test_load_model(loaded: LoadedModel, tiny_weights: Callable[[str], Path]) ->
     assert loaded.weights_path.endswith(".safetensors")
     with pytest.raises(ModelError, match="variant 'vit-b-16' was requested"):
         load_model(tiny_weights("tiny-rn50"), variant="vit-b-16", device="cpu")
+
+
+def test_rn50_runs_channels_last_with_the_same_results(loaded: LoadedModel) -> None:
+    # The loader picks channels-last for RN50 (faster convolutions on oneDNN CPUs and CUDA);
+    # the logits must equal those of the same network in the default layout.
+    assert loaded.channels_last
+    assert loaded.model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    a, b = _pair()
+    fast = ChangeCLIPPredictor(loaded, "none").predict_logits(a, b)
+    plain = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model).to(memory_format=torch.contiguous_format),
+                                channels_last=False)
+    assert not plain.model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(fast, ChangeCLIPPredictor(plain, "none").predict_logits(a, b), atol=1e-5)
 
 
 def test_modes_none_and_words(loaded: LoadedModel) -> None:

@@ -56,12 +56,18 @@ def device_line(status: dict[str, Any]) -> str:
     device = str(status.get("default_device") or "")
     devices = status.get("devices") or []
     name = ""
+    cpu_bf16 = False
     for entry in devices:
-        if isinstance(entry, dict) and str(entry.get("id", "")) == device:
+        if not isinstance(entry, dict):
+            continue
+        if str(entry.get("id", "")) == "cpu":
+            cpu_bf16 = entry.get("bf16") is True
+        if str(entry.get("id", "")) == device:
             name = str(entry.get("name", ""))
             memory = entry.get("memory_total_bytes")
             if memory:
                 name += f" ({float(memory) / 2**30:.0f} GiB)"
     if not device or device == "cpu":
-        return "CPU — slow (no GPU available to the backend)"
+        hint = "; precision bf16 runs 2-3x faster on this CPU" if cpu_bf16 else ""
+        return f"CPU — slow (no GPU available to the backend){hint}"
     return f"{device} {name}".strip()

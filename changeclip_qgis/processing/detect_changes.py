@@ -87,6 +87,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     OVERLAP = "OVERLAP"
     THRESHOLD = "THRESHOLD"
     DEVICE = "DEVICE"
+    PRECISION = "PRECISION"
     MIN_AREA = "MIN_AREA"
     EXTENT = "EXTENT"
     CHANGE_MASK = "CHANGE_MASK"
@@ -168,6 +169,9 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                                          QgsProcessingParameterNumber.Double, None, optional=True,
                                          minValue=0.0, maxValue=1.0),
             QgsProcessingParameterString(self.DEVICE, f"Device ({protocol.DEVICES_HELP})", defaultValue="auto"),
+            QgsProcessingParameterEnum(self.PRECISION, "Precision (auto: fp32 on CPU, bf16/fp16 on GPU)",
+                                       options=list(protocol.PRECISIONS), defaultValue="auto",
+                                       usesStaticStrings=True),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
                                          QgsProcessingParameterNumber.Double, 0.0, minValue=0.0),
             QgsProcessingParameterExtent(self.EXTENT, "Extent to export non-file layers (WMS/XYZ…)", optional=True),
@@ -246,6 +250,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 overlap=self.parameterAsInt(parameters, self.OVERLAP, context),
                 threshold=threshold,
                 device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
+                precision=self.parameterAsEnumString(parameters, self.PRECISION, context) or "auto",
                 polygons=bool(polygons_path),
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                 mask_path=mask_path, probability_path=probability_path, polygons_path=polygons_path,

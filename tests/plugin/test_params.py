@@ -9,6 +9,7 @@ import pytest
 from changeclip_qgis.core import protocol
 from changeclip_qgis.core.errors import ConfigError
 from changeclip_qgis.core.params import build_params, default_output_dir, resolve_weights, run_name
+from changeclip_qgis.core.runner import device_line
 
 
 def test_irmad_params(tmp_path: Path) -> None:
@@ -30,6 +31,25 @@ def test_errors_name_the_field(tmp_path: Path) -> None:
         build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="words")
     with pytest.raises(ConfigError, match="^Bands: "):
         build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", bands="r,g,b", prompt_mode="none")
+    with pytest.raises(ConfigError, match="^Precision: .*fp32"):
+        build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", precision="int8")
+
+
+def test_precision_reaches_the_job(tmp_path: Path) -> None:
+    assert build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none").precision == "auto"
+    p = build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", precision=" bf16 ")
+    assert p.precision == "bf16" and p.to_dict()["precision"] == "bf16"
+
+
+def test_device_line_suggests_bf16_only_where_the_cpu_has_it() -> None:
+    cpu = {"id": "cpu", "name": "Xeon", "memory_total_bytes": 2**34}
+    line = device_line({"default_device": "cpu", "devices": [{**cpu, "bf16": True}]})
+    assert line.startswith("CPU — slow") and "bf16" in line
+    assert "bf16" not in device_line({"default_device": "cpu", "devices": [{**cpu, "bf16": False}]})
+    assert "bf16" not in device_line({"default_device": "cpu", "devices": [cpu]})  # older backend: no flag
+    gpu = {"id": "cuda:0", "name": "NVIDIA H100", "memory_total_bytes": 80 * 2**30, "bf16": True}
+    assert device_line({"default_device": "cuda:0", "devices": [{**cpu, "bf16": True}, gpu]}) == \
+        "cuda:0 NVIDIA H100 (80 GiB)"
 
 
 def test_weights_resolution(tmp_path: Path) -> None:

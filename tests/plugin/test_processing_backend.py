@@ -157,6 +157,22 @@ def test_saved_model_chains_outputs(provider: object, backend_env: None, raster_
     assert float(_read(results["const:fraction_raster"])[0, 0]) == pytest.approx(fraction, rel=1e-5)
 
 
+def test_precision_parameter_reaches_the_model(provider: object, backend_env: None, tiny_weights,  # noqa: ANN001
+                                               raster_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    import processing
+
+    summary = tmp_path / "summary.json"
+    results = processing.run(ALG, {"BEFORE": str(raster_pair[0]), "AFTER": str(raster_pair[1]),
+                                   "ENGINE": "changeclip", "WEIGHTS": str(tiny_weights("tiny-rn50")),
+                                   "PROMPT_MODE": "none", "TILE_SIZE": 64, "OVERLAP": 16, "DEVICE": "cpu",
+                                   "PRECISION": "bf16", "SUMMARY": str(summary),
+                                   "CHANGE_MASK": str(tmp_path / "mask.tif"),
+                                   "CHANGE_PROBABILITY": str(tmp_path / "prob.tif")})
+    assert Path(results["CHANGE_MASK"]).is_file()
+    model = json.loads(summary.read_text(encoding="utf-8"))["model"]
+    assert model["precision"] == "bf16" and model["device"] == "cpu"
+
+
 def test_cancel_from_processing(provider: object, backend_env: None, tiny_weights, repo_root: Path,
                                 tmp_path: Path) -> None:
     import processing

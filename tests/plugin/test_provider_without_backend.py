@@ -32,7 +32,7 @@ def test_provider_loads_and_explains(qgis_app: object, no_backend: None, raster_
         assert not ok and "CHANGECLIP_BACKEND_PYTHON" in message
         names = [p.name() for p in alg.parameterDefinitions()]
         for key in ("BEFORE", "AFTER", "PROMPT", "PROMPT_MODE", "ENGINE", "WEIGHTS", "BANDS", "TILE_SIZE",
-                    "OVERLAP", "THRESHOLD", "DEVICE", "MIN_AREA", "CHANGE_MASK", "CHANGE_PROBABILITY",
+                    "OVERLAP", "THRESHOLD", "DEVICE", "PRECISION", "MIN_AREA", "CHANGE_MASK", "CHANGE_PROBABILITY",
                     "CHANGE_POLYGONS"):
             assert key in names
         assert {o.name() for o in alg.outputDefinitions()} >= {"CHANGED_AREA_M2", "CHANGED_FRACTION"}

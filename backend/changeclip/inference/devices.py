@@ -75,7 +75,8 @@ def list_devices() -> list[dict[str, Any]]:
 
     Returns:
         Dicts with ``id`` (``cpu`` / ``cuda:N``), ``name``, ``memory_total_bytes``, ``kind``
-        and, for CUDA, ``memory_free_bytes``, ``capability`` and ``bf16``.
+        ``bf16`` (native bf16 arithmetic: AMX / AVX-512 BF16 on a CPU) and, for CUDA,
+        ``memory_free_bytes`` and ``capability``.
     """
     import os
 
@@ -86,7 +87,8 @@ def list_devices() -> list[dict[str, Any]]:
     except Exception:  # psutil missing or restricted /proc
         cpu_mem = 0
     out: list[dict[str, Any]] = [{"id": "cpu", "kind": "cpu", "name": cpu_name(),
-                                  "cores": os.cpu_count() or 1, "memory_total_bytes": cpu_mem}]
+                                  "cores": os.cpu_count() or 1, "memory_total_bytes": cpu_mem,
+                                  "bf16": cpu_has_native_bf16()}]
     if cuda_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
@@ -101,6 +103,19 @@ def list_devices() -> list[dict[str, Any]]:
             entry["bf16"] = _bf16_ok(i)
             out.append(entry)
     return out
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AMX tiles or AVX-512 BF16), so that bf16
+    autocast is faster than fp32 rather than emulated and slower."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    for probe in probes:
+        try:
+            if probe is not None and probe():
+                return True
+        except Exception:  # private torch probes: a missing or failing one means "unknown"
+            log.debug("CPU bf16 probe failed", exc_info=True)
+    return False
 
 
 def _bf16_ok(index: int) -> bool:
@@ -120,7 +135,8 @@ def resolve_precision(precision: str, device: str) -> str:
 
     Returns:
         ``fp32``, ``bf16`` or ``fp16``. ``auto`` = fp32 on the CPU; on CUDA bf16 autocast where
-        the GPU supports it, else fp16.
+        the GPU supports it, else fp16. bf16 on a CPU without native bf16 runs (emulated, slower
+        than fp32) with a logged warning.
 
     Raises:
         InputError: unknown value, fp16 on the CPU, or bf16 on a GPU without bf16.
@@ -130,6 +146,9 @@ def resolve_precision(precision: str, device: str) -> str:
     if device == "cpu":
         if precision == "fp16":
             raise InputError("precision fp16 is not supported on the CPU; use fp32 (default) or bf16")
+        if precision == "bf16" and not cpu_has_native_bf16():
+            log.warning("this CPU has no native bf16 (AMX or AVX-512 BF16): bf16 will be emulated and slower "
+                        "than fp32; use --precision fp32")
         return "fp32" if precision == "auto" else precision
     index = int(device.split(":")[1]) if ":" in device else 0
     if precision == "auto":

@@ -65,10 +65,29 @@ def test_devices_here() -> None:
     assert devices[0]["id"] == "cpu" and devices[0]["memory_total_bytes"] > 0 and devices[0]["name"]
     assert resolve_precision("auto", "cpu") == "fp32"
     assert resolve_precision("bf16", "cpu") == "bf16"
+    assert isinstance(devices[0]["bf16"], bool)
     with pytest.raises(InputError, match="fp16 is not supported on the CPU"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(InputError):
         resolve_precision("int8", "cpu")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from changeclip.inference import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="changeclip.inference.devices"):
+        assert resolve_precision("bf16", "cpu") == "bf16"
+        assert resolve_precision("fp32", "cpu") == "fp32"
+    assert [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()] == [
+        "this CPU has no native bf16 (AMX or AVX-512 BF16): bf16 will be emulated and slower than fp32; "
+        "use --precision fp32"]
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="changeclip.inference.devices"):
+        resolve_precision("bf16", "cpu")
+    assert not caplog.records
 
 
 def test_load_model(loaded: LoadedModel, tiny_weights: Callable[[str], Path]) -> None:

@@ -221,44 +221,36 @@ def test_unknown_job_is_404_and_bad_id_is_422(inprocess_server: tuple[LiveServer
     assert _raw(server, "GET", protocol.PATH_JOB.format(job_id="XYZ"))[0] == 422
 
 
+def _post_413(server: LiveServer, length_header: tuple[str, str], body_parts: list[bytes]) -> None:
+    """POST the headers and ``body_parts`` to the jobs path; the answer must be 413."""
+    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+    try:
+        conn.putrequest("POST", protocol.PATH_JOBS)
+        conn.putheader("Authorization", f"Bearer {server.token}")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader(*length_header)
+        conn.endheaders()
+        for part in body_parts:
+            conn.send(part)
+        resp = conn.getresponse()
+        assert resp.status == 413
+        assert "larger than" in json.loads(resp.read())["detail"]
+    finally:
+        conn.close()
+
+
 def test_oversized_body_is_413_without_being_read(inprocess_server: tuple[LiveServer, ScriptedRunner]) -> None:
     # Only the headers are sent: the answer must come from Content-Length alone. (Sending the
     # 2 MiB body as well races the server closing the socket: the client may see a reset.)
-    server, _ = inprocess_server
-    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
-    try:
-        conn.putrequest("POST", protocol.PATH_JOBS)
-        conn.putheader("Authorization", f"Bearer {server.token}")
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Content-Length", str(2 << 20))
-        conn.endheaders()
-        resp = conn.getresponse()
-        assert resp.status == 413
-        assert "larger than" in json.loads(resp.read())["detail"]
-    finally:
-        conn.close()
+    _post_413(inprocess_server[0], ("Content-Length", str(2 << 20)), [])
 
 
 def test_oversized_chunked_body_is_413(inprocess_server: tuple[LiveServer, ScriptedRunner]) -> None:
-    server, _ = inprocess_server
-    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
-    try:
-        conn.putrequest("POST", protocol.PATH_JOBS)
-        conn.putheader("Authorization", f"Bearer {server.token}")
-        conn.putheader("Content-Type", "application/json")
-        conn.putheader("Transfer-Encoding", "chunked")
-        conn.endheaders()
-        # Exactly the limit in 64 KiB chunks, then one byte more: the server reads all of it (so
-        # closing leaves nothing unread, no reset) and answers; the client sends nothing after.
-        chunk = b" " * (64 << 10)
-        for _ in range(MAX_BODY_BYTES // len(chunk)):
-            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        conn.send(b"1\r\nx\r\n")
-        resp = conn.getresponse()
-        assert resp.status == 413
-        assert "larger than" in json.loads(resp.read())["detail"]
-    finally:
-        conn.close()
+    # Exactly the limit in 64 KiB chunks, then one byte more: the server reads all of it (so
+    # closing leaves nothing unread, no reset) and answers; the client sends nothing after.
+    chunk = b" " * (64 << 10)
+    parts = [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * (MAX_BODY_BYTES // len(chunk)) + [b"1\r\nx\r\n"]
+    _post_413(inprocess_server[0], ("Transfer-Encoding", "chunked"), parts)
 
 
 def test_shutdown_endpoint_cancels_running_job(inprocess_server: tuple[LiveServer, ScriptedRunner],

@@ -227,6 +227,8 @@ def _prepare_inputs(params: DetectParams) -> Inputs:
     ds_a = io.open_raster(params.after, "after")
     io.check_bands(ds_b, params.bands, "before")
     io.check_bands(ds_a, params.bands, "after")
+    align.check_georeferenced(ds_b, params.before, "before")
+    align.check_georeferenced(ds_a, params.after, "after")
     g_b, g_a = align.grid_of(ds_b), align.grid_of(ds_a)
     align.check_crs(g_b, g_a, params.before, params.after)
     warnings: list[str] = []

@@ -20,10 +20,11 @@ def wkt(epsg: int) -> str:
     return srs.ExportToWkt()
 
 
-def write_raster(path: Path | str, data: np.ndarray, gt: tuple[float, ...] = (500000.0, 10.0, 0.0, 5600000.0, 0.0, -10.0),
+def write_raster(path: Path | str, data: np.ndarray,
+                 gt: tuple[float, ...] | None = (500000.0, 10.0, 0.0, 5600000.0, 0.0, -10.0),
                  epsg: int | None = 32633, nodata: float | None = None, alpha: np.ndarray | None = None,
                  mask: np.ndarray | None = None, driver: str = "GTiff") -> str:
-    """Write ``data`` (C, H, W) to a raster; optional nodata, alpha band (H, W) or dataset mask (H, W)."""
+    """Write ``data`` (C, H, W) to a raster; optional geotransform, nodata, alpha band (H, W) or dataset mask (H, W)."""
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[None]
@@ -31,7 +32,8 @@ def write_raster(path: Path | str, data: np.ndarray, gt: tuple[float, ...] = (50
     n = c + (1 if alpha is not None else 0)
     opts = ["TILED=YES"] if driver == "GTiff" else []
     ds = gdal.GetDriverByName(driver).Create(str(path), w, h, n, _GDT[data.dtype], options=opts)
-    ds.SetGeoTransform(gt)
+    if gt is not None:  # None: no geotransform at all (a bare pixel grid)
+        ds.SetGeoTransform(gt)
     if epsg is not None:
         ds.SetProjection(wkt(epsg))
     for i in range(c):

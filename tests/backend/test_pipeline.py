@@ -174,6 +174,30 @@ def test_bad_missing_crs(tmp_path: Path, pair: tuple[str, str]) -> None:
     _bad(_params(pair[0], nocrs, tmp_path / "o"), tmp_path / "o", InputError, "no coordinate reference system")
 
 
+def test_bad_gcps_or_rpcs_only(tmp_path: Path, pair: tuple[str, str]) -> None:
+    # GDAL would read these on a bare pixel grid; they must be warped/orthorectified first.
+    from osgeo import gdal
+
+    src = gdal.Open(pair[1])
+    gcp = str(tmp_path / "gcp.tif")
+    gdal.Translate(gcp, src, outputSRS="EPSG:32633", GCPs=[
+        gdal.GCP(500000.0, 5000000.0, 0.0, 0.0, 0.0), gdal.GCP(500900.0, 5000000.0, 0.0, 90.0, 0.0),
+        gdal.GCP(500000.0, 4999200.0, 0.0, 0.0, 80.0)])
+    assert gdal.Open(gcp).GetGeoTransform(can_return_null=True) is None
+    _bad(_params(pair[0], gcp, tmp_path / "o"), tmp_path / "o", InputError,
+         r"after raster .* only by 3 ground control points .*gdalwarp")
+    rpc = write_raster(tmp_path / "rpc.tif", textured(80, 90), epsg=None, gt=None)
+    ds = gdal.Open(rpc, gdal.GA_Update)
+    ds.SetMetadata({"LINE_OFF": "40", "SAMP_OFF": "45", "LAT_OFF": "45", "LONG_OFF": "15", "HEIGHT_OFF": "0",
+                    "LINE_SCALE": "40", "SAMP_SCALE": "45", "LAT_SCALE": "0.01", "LONG_SCALE": "0.01",
+                    "HEIGHT_SCALE": "100", "LINE_NUM_COEFF": " ".join(["1"] * 20),
+                    "LINE_DEN_COEFF": " ".join(["1"] * 20), "SAMP_NUM_COEFF": " ".join(["1"] * 20),
+                    "SAMP_DEN_COEFF": " ".join(["1"] * 20)}, "RPC")
+    ds = None
+    _bad(_params(rpc, pair[1], tmp_path / "o"), tmp_path / "o", InputError,
+         r"before raster .* \(RPCs\) .*not orthorectified.*gdalwarp -rpc")
+
+
 def test_bad_all_nodata(tmp_path: Path, pair: tuple[str, str]) -> None:
     empty = write_raster(tmp_path / "empty.tif", np.zeros((3, 80, 90), np.uint8), nodata=0)
     _bad(_params(pair[0], empty, tmp_path / "o"), tmp_path / "o", InputError, "no pixel .* valid in both")

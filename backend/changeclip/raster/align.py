@@ -77,6 +77,30 @@ def grid_of(ds: gdal.Dataset) -> Grid:
     return Grid(int(ds.RasterXSize), int(ds.RasterYSize), gt, ds.GetProjection() or "")  # type: ignore[arg-type]
 
 
+def check_georeferenced(ds: gdal.Dataset, path: str, role: str) -> None:
+    """Refuse a raster georeferenced only by ground control points or RPCs (no geotransform).
+
+    GDAL reads such a file on a pixel grid with no CRS, so aligning it with the other date
+    would silently go wrong; it must be warped (GCPs) or orthorectified (RPCs) first.
+
+    Raises:
+        InputError: Naming the raster and the command that georeferences it.
+    """
+    if ds.GetGeoTransform(can_return_null=True) is not None:
+        return
+    if ds.GetMetadata("RPC"):
+        raise InputError(
+            f"the {role} raster {path!r} has rational polynomial coefficients (RPCs) but no map grid: it is "
+            "not orthorectified; orthorectify it first, e.g. gdalwarp -rpc -to RPC_DEM=dem.tif -t_srs "
+            "EPSG:XXXX -r bilinear FILE OUT.tif, then use OUT.tif")
+    if ds.GetGCPCount() > 0:
+        raise InputError(
+            f"the {role} raster {path!r} is georeferenced only by {ds.GetGCPCount()} ground control points "
+            "(GCPs), not by a geotransform; warp it onto a map grid first, e.g. gdalwarp -r bilinear "
+            "-t_srs EPSG:XXXX FILE OUT.tif (or in QGIS: Raster > Georeferencer, or Raster > Projections > "
+            "Warp), then use OUT.tif")
+
+
 def same_grid(a: Grid, b: Grid) -> bool:
     """True if two grids have the same size, geotransform (to 1e-6 px) and CRS."""
     if (a.width, a.height) != (b.width, b.height):

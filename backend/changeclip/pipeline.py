@@ -241,6 +241,7 @@ def _prepare_inputs(params: DetectParams) -> Inputs:
     if params.resolution is not None and params.grid != "custom":
         warnings.append(f"resolution {params.resolution} is ignored with grid '{params.grid}' "
                         "(it only applies to a custom grid)")
+    warnings += align.resolution_warnings(grid, {"before": g_b, "after": g_a})
     window = align.processed_window(grid, [g_b, g_a])
     readers, warped = _grid_readers(params, grid, ds_b, ds_a)
     for role in ("before", "after"):

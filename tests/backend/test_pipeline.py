@@ -359,6 +359,22 @@ def test_jp2_and_vrt_inputs(tmp_path: Path) -> None:
     assert (mask[truth] == 1).mean() > 0.9
 
 
+def test_resolution_mismatch_is_warned_about(tmp_path: Path) -> None:
+    # 10 m before, 40 m after over the same area: the after raster is upsampled 4x.
+    before = write_raster(tmp_path / "b.tif", textured(96, 96), gt=(500000.0, 10.0, 0.0, 5600000.0, 0.0, -10.0))
+    after = write_raster(tmp_path / "a.tif", textured(24, 24, seed=1), gt=(500000.0, 40.0, 0.0, 5600000.0, 0.0, -40.0))
+    s = run_detection(_params(before, after, tmp_path / "o"))
+    (warning,) = [w for w in s["warnings"] if "pixels are about" in w]
+    assert warning.startswith("the after raster's pixels are about 4.0x larger") and "--grid after" in warning
+    s = run_detection(_params(before, after, tmp_path / "o2", grid="after"))
+    (warning,) = [w for w in s["warnings"] if "pixels are about" in w]
+    assert warning.startswith("the before raster's pixels are about 4.0x smaller") and "--grid before" in warning
+    # a shifted grid of the same resolution (1.5x is under the factor of 2): no such warning
+    near = write_raster(tmp_path / "n.tif", textured(64, 64, seed=2), gt=(500003.0, 15.0, 0.0, 5600004.0, 0.0, -15.0))
+    s = run_detection(_params(before, near, tmp_path / "o3"))
+    assert not [w for w in s["warnings"] if "pixels are about" in w]
+
+
 def test_both_without_crs_on_the_same_grid(tmp_path: Path) -> None:
     b, a, _ = change_pair(tmp_path, h=64, w=64, epsg=None, gt=(0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     s = run_detection(_params(b, a, tmp_path / "o"))

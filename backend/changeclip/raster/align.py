@@ -166,6 +166,45 @@ def footprint(grid: Grid, target_wkt: str, densify: int = 21) -> tuple[float, fl
     return float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())
 
 
+def pixel_size_in(grid: Grid, target_wkt: str) -> float:
+    """Mean pixel side of ``grid`` expressed in the units of ``target_wkt`` (geometric mean of x and y)."""
+    xmin, ymin, xmax, ymax = footprint(grid, target_wkt)
+    return float(np.sqrt(max(xmax - xmin, 0.0) / grid.width * max(ymax - ymin, 0.0) / grid.height))
+
+
+def resolution_warnings(reference: Grid, inputs: dict[str, Grid], ratio: float = 2.0) -> list[str]:
+    """Warnings for inputs whose pixels are much coarser or finer than the reference grid's.
+
+    Both are resampled onto the reference grid (bilinear), which is right for small
+    differences; at a factor of ``ratio`` or more the analyst should know what it means.
+
+    Args:
+        reference: The grid every output is on.
+        inputs: The input grids by role (``before``, ``after``).
+        ratio: The factor from which a warning is given.
+    """
+    if not reference.wkt:
+        return []
+    ref = pixel_size_in(reference, reference.wkt)
+    out = []
+    for role, grid in inputs.items():
+        size = pixel_size_in(grid, reference.wkt)
+        if ref <= 0 or size <= 0:
+            continue
+        other = "after" if role == "before" else "before"
+        if size >= ratio * ref:
+            out.append(f"the {role} raster's pixels are about {size / ref:.1f}x larger than the output grid's "
+                       f"({size:.3g} vs {ref:.3g} CRS units): it is upsampled (bilinear), so changes smaller than "
+                       f"a few of its pixels are blurred; to work at its resolution instead, put the outputs on its grid "
+                       f"(command line: --grid {role})")
+        elif ref >= ratio * size:
+            out.append(f"the {role} raster's pixels are about {ref / size:.1f}x smaller than the output grid's "
+                       f"({size:.3g} vs {ref:.3g} CRS units): it is downsampled (bilinear), so its detail is lost; "
+                       f"to keep it, put the outputs on its grid (command line: --grid {role}; the {other} raster "
+                       "is then upsampled)")
+    return out
+
+
 def reference_grid(kind: str, before: Grid, after: Grid, target_crs: str | None = None,
                    resolution: float | None = None) -> Grid:
     """The grid every output is on.

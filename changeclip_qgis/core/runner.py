@@ -47,6 +47,22 @@ def run_detection(params: protocol.DetectParams,
     return backend.client.run_job(params, on_progress=on_progress, is_cancelled=is_cancelled)
 
 
+def result_line(summary: dict[str, Any]) -> str:
+    """The changed area of a finished run in words, e.g. ``"Changed area: 1,234 m² (2.50 % of the
+    valid area)"``; where the rasters have no CRS the area is unknown and pixels are counted instead.
+
+    Args:
+        summary: the run's ``summary.json`` content.
+    """
+    fraction = float(summary.get("changed_fraction") or 0.0)
+    area = summary.get("changed_area_m2")
+    if area is None:
+        pixels = int(summary.get("changed_pixels") or 0)
+        return (f"Changed pixels: {pixels:,} ({fraction * 100:.2f} % of the valid area; area unknown: "
+                "the rasters have no CRS)")
+    return f"Changed area: {float(area):,.0f} m² ({fraction * 100:.2f} % of the valid area)"
+
+
 def device_line(status: dict[str, Any]) -> str:
     """Where the backend computes, for the dock: ``"cuda:0 NVIDIA H100 …"`` or ``"CPU — slow"``.
 

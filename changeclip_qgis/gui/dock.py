@@ -30,8 +30,9 @@ from qgis.PyQt.QtWidgets import (
 from ..core import protocol
 from ..core.errors import ChangeClipPluginError
 from ..core.layers import ExportRequest, local_raster_path, prepare_input
+from ..core.log import log
 from ..core.params import build_params, default_output_base, default_output_dir, run_name
-from ..core.runner import device_line
+from ..core.runner import device_line, result_line
 from ..core.settings import KEY_OUTPUT_BASE, BackendConfig, get, set_value
 from ..tasks.detect_task import BackendCheckTask, DetectTask
 
@@ -302,13 +303,15 @@ class ChangeClipDock(QgsDockWidget):
         self._set_running(False)
         self.last_summary = summary
         self.progress_bar.setValue(100)
-        area = float(summary.get("changed_area_m2") or 0.0)
-        fraction = float(summary.get("changed_fraction") or 0.0)
-        text = (f"Changed area: {area:,.0f} m² ({fraction * 100:.2f} % of the valid area)\n"
-                f"Engine {summary.get('engine', '?')} on {summary.get('device', '?')}")
-        self.summary_label.setText(text)
-        self.stage_label.setText("Done")
+        warnings = [str(w) for w in summary.get("warnings") or []]
+        text = f"{result_line(summary)}\nEngine {summary.get('engine', '?')} on {summary.get('device', '?')}"
+        self.summary_label.setText(text + "".join(f"\nWarning: {w}" for w in warnings))
+        self.stage_label.setText("Done" + (f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})"
+                                           if warnings else ""))
         self._message(text.replace("\n", "; "), "success")
+        for warning in warnings:  # e.g. no CRS, geographic CRS, resampled input, random weights
+            log(f"run finished with a warning: {warning}", "warning")
+            self._message(warning, "warning")
         self.diagnostics_button.setStyleSheet("")
         self.check_backend()  # show where the backend computes
         self.runFinished.emit(summary)

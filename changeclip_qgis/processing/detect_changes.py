@@ -48,7 +48,7 @@ from ..core.layers import (
 )
 from ..core.params import build_params
 from ..core.paths import icon_path
-from ..core.runner import progress_percent, progress_text, run_detection
+from ..core.runner import progress_percent, progress_text, result_line, run_detection
 from ..core.settings import BackendConfig
 
 _POST_PROCESSORS: list[QgsProcessingLayerPostProcessorInterface] = []
@@ -274,10 +274,12 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             if QgsApplication.platform() == "qgis_process":
                 # qgis_process exits without running Python's atexit hooks: stop the backend we started.
                 LAUNCHER.stop()
-        area = float(summary.get("changed_area_m2") or 0.0)
+        for warning in summary.get("warnings") or []:
+            feedback.pushWarning(f"ChangeCLIP: {warning}")
+        feedback.pushInfo(f"{result_line(summary)}; device {summary.get('device', '?')}")
+        area = summary.get("changed_area_m2")  # None where the rasters have no CRS: unknown, not 0
+        area = float(area) if area is not None else None
         fraction = float(summary.get("changed_fraction") or 0.0)
-        feedback.pushInfo(f"Changed area: {area:,.1f} m² ({fraction * 100:.2f} % of the valid area); "
-                          f"device {summary.get('device', '?')}")
         for path, kind in ((mask_path, "mask"), (probability_path, "probability"), (polygons_path, "polygons")):
             if path:
                 write_sidecar_style(path, kind)  # the files open styled wherever they are opened later

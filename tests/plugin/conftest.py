@@ -81,6 +81,12 @@ def write_geotiff(path: Path, array: np.ndarray, epsg: int = 32633, origin: tupl
 
 
 @pytest.fixture()
+def geotiff() -> Callable[..., Path]:
+    """:func:`write_geotiff`, for tests that write their own rasters."""
+    return write_geotiff
+
+
+@pytest.fixture()
 def raster_pair(tmp_path: Path) -> tuple[Path, Path]:
     """A 128x128 3-band uint8 pair; the after image has a bright 32x32 square (the change)."""
     rng = np.random.default_rng(0)

@@ -70,6 +70,31 @@ def test_dock_irmad_end_to_end(dock, project, pump, backend_env: None, raster_pa
     assert Path(mask_layer.source()).parent.parent == Path(dock.output_widget.filePath())
 
 
+def test_dock_shows_run_warnings_and_unknown_area(dock, project, pump, backend_env: None,  # noqa: ANN001
+                                                  raster_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    from osgeo import gdal
+
+    stripped = []
+    for path in raster_pair:  # the same pixel grid, without a CRS: areas are unknown
+        copy = tmp_path / f"nocrs_{path.name}"
+        gdal.Translate(str(copy), str(path))
+        ds = gdal.Open(str(copy), gdal.GA_Update)
+        ds.SetSpatialRef(None)
+        ds = None
+        stripped.append(copy)
+    before, after = _add_pair(project, *stripped)
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    results = _run(dock, pump)
+    assert "summary" in results, results.get("error")
+    assert results["summary"]["changed_area_m2"] is None
+    text = dock.summary_label.text()
+    assert text.startswith("Changed pixels: ") and "area unknown" in text and "0 m²" not in text
+    assert "Warning: the rasters have no CRS" in text
+    assert dock.stage_label.text() == "Done (1 warning)"
+
+
 def test_dock_tiny_changeclip_and_device_line(dock, project, pump, backend_env: None, tiny_weights,  # noqa: ANN001
                                               raster_pair: tuple[Path, Path]) -> None:
     before, after = _add_pair(project, *raster_pair)

@@ -9,7 +9,7 @@ import pytest
 from changeclip_qgis.core import protocol
 from changeclip_qgis.core.errors import ConfigError
 from changeclip_qgis.core.params import build_params, default_output_dir, resolve_weights, run_name
-from changeclip_qgis.core.runner import device_line
+from changeclip_qgis.core.runner import device_line, result_line
 
 
 def test_irmad_params(tmp_path: Path) -> None:
@@ -88,3 +88,11 @@ def test_tagger_weights_come_from_the_tagger_subfolder(tmp_path) -> None:
     (tmp_path / "tagger" / "other.safetensors").write_bytes(b"x")
     with pytest.raises(ConfigError, match="2 weights files"):
         resolve_tagger_weights(str(tmp_path), "changeclip", "auto")
+
+
+def test_result_line_never_calls_an_unknown_area_zero() -> None:
+    assert result_line({"changed_area_m2": 1234.4, "changed_fraction": 0.025}) == \
+        "Changed area: 1,234 m² (2.50 % of the valid area)"
+    assert result_line({"changed_area_m2": 0.0, "changed_fraction": 0.0}).startswith("Changed area: 0 m²")
+    line = result_line({"changed_area_m2": None, "changed_fraction": 0.5, "changed_pixels": 12345})
+    assert line == "Changed pixels: 12,345 (50.00 % of the valid area; area unknown: the rasters have no CRS)"

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import urllib.parse
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +40,24 @@ _OFFLINE_VALUES = ("1", "true", "yes", "on")
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _OFFLINE_VALUES
+
+
+def _hub_unreachable(timeout_s: float = 5.0) -> str | None:
+    """Why the model hub cannot be reached, or None if it can (or a proxy will decide).
+
+    A quick TCP probe: without it an offline machine spends about a minute in the hub
+    client's retries before the same failure.
+    """
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = url.hostname or "huggingface.co"
+    try:
+        port = url.port or (80 if url.scheme == "http" else 443)
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except (OSError, ValueError) as exc:
+        return f"{host} cannot be reached: {exc}"
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -209,6 +229,14 @@ class Tagger:
                 "no tagger weights given and downloads are disabled (HF_HUB_OFFLINE is set). Pass "
                 "--tagger-weights FILE (OpenAI CLIP ViT-B-16.pt or open_clip's ViT-B-16 openai "
                 "open_clip_pytorch_model.bin), or use prompt mode 'none' or 'words', which need no tagger."
+            )
+        why = _hub_unreachable()
+        if why is not None:
+            raise ModelError(
+                f"no tagger weights given, and the CLIP ViT-B/16 'openai' weights cannot be downloaded ({why}). "
+                "Pass --tagger-weights FILE (OpenAI CLIP ViT-B-16.pt or open_clip's ViT-B-16 openai "
+                "open_clip_pytorch_model.bin; in the plugin: put it in a tagger/ subfolder of the weights folder), "
+                "or use prompt mode 'none' or 'words', which need no tagger."
             )
         import open_clip
 

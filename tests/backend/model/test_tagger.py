@@ -97,6 +97,35 @@ def test_no_weights_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
     assert "'none' or 'words'" in str(info.value)
 
 
+def test_no_weights_and_no_network_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    import changeclip.model.tagger as tagger_mod
+
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    probed: list[tuple[str, int]] = []
+
+    def no_network(address: tuple[str, int], timeout: float | None = None) -> socket.socket:
+        probed.append(address)
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(tagger_mod.socket, "create_connection", no_network)
+    start = time.monotonic()
+    with pytest.raises(ModelError, match=r"cannot be downloaded \(huggingface.co cannot be reached: .*Name or "
+                                         r"service not known\).*--tagger-weights FILE.*'none' or 'words'"):
+        Tagger(None)
+    assert probed == [("huggingface.co", 443)] and time.monotonic() - start < 5
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example:8080")
+    with pytest.raises(ModelError, match="mirror.example cannot be reached"):
+        Tagger(None)
+    assert probed[-1] == ("mirror.example", 8080)
+    # behind a proxy the probe cannot tell: the download itself decides
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert tagger_mod._hub_unreachable() is None and len(probed) == 2
+
+
 def test_bad_input_shape(tagger: Tagger) -> None:
     from changeclip.errors import InputError
 

@@ -126,10 +126,14 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             "words = only your PROMPT words (e.g. 'building, road').\n"
             "The rasters may differ in CRS, resolution and grid: the AFTER raster is aligned onto the BEFORE "
             "raster's grid. BANDS are the 1-based R,G,B bands of both rasters. Layers that are not local "
-            "files (WMS/XYZ, virtual rasters) are exported to a temporary GeoTIFF of EXTENT first.\n\n"
+            "files (WMS/XYZ, virtual rasters) are exported to a temporary GeoTIFF of EXTENT first.\n"
+            "DEVICE auto uses the first GPU, else the CPU. PRECISION auto is fp32 on the CPU and bf16 (or fp16) "
+            "on a GPU; bf16 on a CPU with AMX or AVX-512 BF16 is 2-3x faster than fp32.\n\n"
             "Outputs: CHANGE_MASK (1 = change, 0 = no change, 255 = nodata), CHANGE_PROBABILITY (percent), "
             "optional CHANGE_POLYGONS (GeoPackage, polygons smaller than MIN_AREA m² dropped), and the numbers "
-            "CHANGED_AREA_M2 and CHANGED_FRACTION (of the valid area) for models.\n\n"
+            "CHANGED_AREA_M2 (empty when the rasters have no CRS) and CHANGED_FRACTION (of the valid area) for "
+            "models; SUMMARY optionally saves the run's summary.json. Warnings of the run (no CRS, resampled "
+            "inputs, …) appear in the log.\n\n"
             "The computation runs in the ChangeCLIP backend process (started automatically; see the plugin's "
             "'Set up backend…' and Diagnostics).")
 

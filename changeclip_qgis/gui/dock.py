@@ -33,7 +33,7 @@ from ..core.layers import ExportRequest, local_raster_path, prepare_input
 from ..core.log import log
 from ..core.params import build_params, default_output_base, default_output_dir, run_name
 from ..core.runner import device_line, result_line
-from ..core.settings import KEY_OUTPUT_BASE, BackendConfig, get, set_value
+from ..core.settings import KEY_DOCK_CHOICES, KEY_OUTPUT_BASE, BackendConfig, get, set_value
 from ..tasks.detect_task import BackendCheckTask, DetectTask
 
 PROMPT_MODE_LABELS = (("auto", "Auto tags (+ my words)"), ("none", "None"), ("words", "My words only"))
@@ -62,6 +62,7 @@ class ChangeClipDock(QgsDockWidget):
         self.check_task: BackendCheckTask | None = None
         self.last_summary: dict[str, Any] | None = None
         self._build()
+        self._restore_choices()
         self._update_engine()
 
     # -- construction --------------------------------------------------------------
@@ -188,6 +189,61 @@ class ChangeClipDock(QgsDockWidget):
         outer.addStretch(1)
         self.setWidget(body)
 
+    # -- last-used choices ---------------------------------------------------------
+
+    def _choices(self) -> dict[str, str]:
+        """The dock's current choices as settings strings (layers and output folder excluded)."""
+        return {
+            "engine": str(self.engine_combo.currentData()), "prompt_mode": str(self.prompt_mode_combo.currentData()),
+            "prompt": self.prompt_edit.text(), "weights": self.weights_widget.filePath(),
+            "device": self.device_combo.currentText(), "precision": self.precision_combo.currentText(),
+            "bands": self.bands_edit.text(), "tile": str(self.tile_spin.value()),
+            "overlap": str(self.overlap_spin.value()), "threshold": str(self.threshold_spin.value()),
+            "polygons": "1" if self.polygons_check.isChecked() else "0", "min_area": str(self.min_area_spin.value()),
+        }
+
+    def _save_choices(self) -> None:
+        """Remember the choices of a run that was started, for the next QGIS session."""
+        for key, value in self._choices().items():
+            set_value(KEY_DOCK_CHOICES + key, value)
+
+    def _restore_choices(self) -> None:
+        """Put back the choices of the last run started; unusable stored values are ignored."""
+        stored = {key: get(KEY_DOCK_CHOICES + key) for key in self._choices()}
+
+        def pick(combo: QComboBox, value: str) -> None:
+            index = combo.findData(value)
+            if index >= 0:
+                combo.setCurrentIndex(index)
+
+        def number(spin: Any, value: str, kind: type) -> None:
+            try:
+                parsed = kind(float(value)) if kind is int else kind(value)
+            except ValueError:
+                return
+            if spin.minimum() <= parsed <= spin.maximum():
+                spin.setValue(parsed)
+
+        if stored["engine"]:
+            pick(self.engine_combo, stored["engine"])
+        if stored["prompt_mode"]:
+            pick(self.prompt_mode_combo, stored["prompt_mode"])
+        self.prompt_edit.setText(stored["prompt"])
+        if stored["weights"] and os.path.isfile(stored["weights"]):
+            self.weights_widget.setFilePath(stored["weights"])
+        if stored["device"]:
+            self.device_combo.setCurrentText(stored["device"])
+        if stored["precision"] in protocol.PRECISIONS:
+            self.precision_combo.setCurrentText(stored["precision"])
+        if stored["bands"]:
+            self.bands_edit.setText(stored["bands"])
+        number(self.tile_spin, stored["tile"], int)
+        number(self.overlap_spin, stored["overlap"], int)
+        number(self.threshold_spin, stored["threshold"], float)
+        number(self.min_area_spin, stored["min_area"], float)
+        if stored["polygons"] in ("0", "1"):
+            self.polygons_check.setChecked(stored["polygons"] == "1")
+
     # -- helpers -------------------------------------------------------------------
 
     @staticmethod
@@ -276,6 +332,7 @@ class ChangeClipDock(QgsDockWidget):
         os.makedirs(params.output_dir, exist_ok=True)
         if self.output_widget.filePath().strip():
             set_value(KEY_OUTPUT_BASE, self.output_widget.filePath().strip())
+        self._save_choices()
         task = DetectTask(params, name, exports)
         task.progressChanged.connect(lambda value: self.progress_bar.setValue(int(value)))
         task.stageChanged.connect(self.stage_label.setText)

@@ -12,8 +12,12 @@ pytestmark = [pytest.mark.qgis, pytest.mark.server]
 
 @pytest.fixture()
 def dock(qgis_app: object, project: object, tmp_path: Path, pump):  # noqa: ANN001, ANN201
+    from qgis.core import QgsSettings
+
+    from changeclip_qgis.core.settings import KEY_DOCK_CHOICES, PREFIX
     from changeclip_qgis.gui.dock import ChangeClipDock
 
+    QgsSettings().remove(PREFIX + KEY_DOCK_CHOICES.rstrip("/"))  # each test starts from the defaults
     widget = ChangeClipDock(None)
     widget.output_widget.setFilePath(str(tmp_path / "runs"))
     yield widget
@@ -93,6 +97,52 @@ def test_dock_shows_run_warnings_and_unknown_area(dock, project, pump, backend_e
     assert text.startswith("Changed pixels: ") and "area unknown" in text and "0 m²" not in text
     assert "Warning: the rasters have no CRS" in text
     assert dock.stage_label.text() == "Done (1 warning)"
+
+
+def test_dock_remembers_the_last_run_choices(dock, project, pump, backend_env: None,  # noqa: ANN001
+                                              raster_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    from qgis.core import QgsSettings
+
+    from changeclip_qgis.core.settings import KEY_DOCK_CHOICES, PREFIX
+    from changeclip_qgis.gui.dock import ChangeClipDock
+
+    defaults = dock._choices()
+    assert defaults["engine"] == "changeclip" and defaults["tile"] == "256" and defaults["precision"] == "auto"
+    before, after = _add_pair(project, *raster_pair)
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    dock.prompt_mode_combo.setCurrentIndex(dock.prompt_mode_combo.findData("words"))
+    dock.prompt_edit.setText("building, road")
+    dock.device_combo.setCurrentText("cpu")
+    dock.precision_combo.setCurrentText("bf16")
+    dock.bands_edit.setText("3,2,1")
+    dock.tile_spin.setValue(128)
+    dock.overlap_spin.setValue(32)
+    dock.threshold_spin.setValue(0.9)
+    dock.polygons_check.setChecked(False)
+    dock.min_area_spin.setValue(25.0)
+    chosen = dock._choices()
+    results = _run(dock, pump)
+    assert "summary" in results, results.get("error")
+    again = ChangeClipDock(None)  # e.g. the next QGIS session
+    try:
+        assert again._choices() == chosen
+    finally:
+        again.deleteLater()
+    # stored values that no longer fit are ignored, never half-applied
+    settings = QgsSettings()
+    for key, value in (("tile", "abc"), ("overlap", "99999"), ("engine", "gone"), ("precision", "int8"),
+                       ("weights", str(tmp_path / "deleted.safetensors"))):
+        settings.setValue(PREFIX + KEY_DOCK_CHOICES + key, value)
+    third = ChangeClipDock(None)
+    try:
+        got = third._choices()
+        assert (got["tile"], got["overlap"], got["engine"], got["precision"], got["weights"]) == \
+            ("256", "64", "changeclip", "auto", "")
+        assert got["bands"] == "3,2,1" and got["prompt"] == "building, road"  # the usable ones still apply
+    finally:
+        third.deleteLater()
 
 
 def test_dock_tiny_changeclip_and_device_line(dock, project, pump, backend_env: None, tiny_weights,  # noqa: ANN001

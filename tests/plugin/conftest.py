@@ -81,6 +81,22 @@ def write_geotiff(path: Path, array: np.ndarray, epsg: int = 32633, origin: tupl
 
 
 @pytest.fixture()
+def raster_pair_without_crs(raster_pair: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """:func:`raster_pair` copied with their CRS removed (same pixel grid): areas are unknown."""
+    from osgeo import gdal
+
+    copies = []
+    for path in raster_pair:
+        copy = tmp_path / f"nocrs_{path.name}"
+        gdal.Translate(str(copy), str(path))
+        ds = gdal.Open(str(copy), gdal.GA_Update)
+        ds.SetSpatialRef(None)
+        ds = None  # closes (and writes) the file
+        copies.append(copy)
+    return copies[0], copies[1]
+
+
+@pytest.fixture()
 def geotiff() -> Callable[..., Path]:
     """:func:`write_geotiff`, for tests that write their own rasters."""
     return write_geotiff

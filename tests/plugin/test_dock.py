@@ -75,18 +75,8 @@ def test_dock_irmad_end_to_end(dock, project, pump, backend_env: None, raster_pa
 
 
 def test_dock_shows_run_warnings_and_unknown_area(dock, project, pump, backend_env: None,  # noqa: ANN001
-                                                  raster_pair: tuple[Path, Path], tmp_path: Path) -> None:
-    from osgeo import gdal
-
-    stripped = []
-    for path in raster_pair:  # the same pixel grid, without a CRS: areas are unknown
-        copy = tmp_path / f"nocrs_{path.name}"
-        gdal.Translate(str(copy), str(path))
-        ds = gdal.Open(str(copy), gdal.GA_Update)
-        ds.SetSpatialRef(None)
-        ds = None
-        stripped.append(copy)
-    before, after = _add_pair(project, *stripped)
+                                                  raster_pair_without_crs: tuple[Path, Path]) -> None:
+    before, after = _add_pair(project, *raster_pair_without_crs)
     dock.before_combo.setLayer(before)
     dock.after_combo.setLayer(after)
     dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))

@@ -15,52 +15,45 @@ from changeclip.preflight import PreflightError, confirm_writable, preflight
 from changeclip.protocol import SUMMARY_NAME, DetectParams
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> tuple[str, str]:
-    b, a = tmp_path / "b.tif", tmp_path / "a.tif"
-    b.write_bytes(b"b")
-    a.write_bytes(b"a")
-    return str(b), str(a)
-
-
 def _params(pair: tuple[str, str], out: str, **kw: object) -> DetectParams:
     return DetectParams(before=pair[0], after=pair[1], output_dir=out, engine="irmad", **kw)  # type: ignore[arg-type]
 
 
-def test_returns_folders_to_create_parents_first_and_creates_nothing(pair: tuple[str, str], tmp_path: Path) -> None:
+def test_returns_folders_to_create_parents_first_and_creates_nothing(stub_pair: tuple[str, str],
+                                                                      tmp_path: Path) -> None:
     out = tmp_path / "new" / "deeper"
-    missing = preflight(_params(pair, str(out), polygons=True, polygons_path=str(tmp_path / "gp" / "p.gpkg")))
+    missing = preflight(_params(stub_pair, str(out), polygons=True, polygons_path=str(tmp_path / "gp" / "p.gpkg")))
     assert missing == sorted(missing, key=len)
     assert set(missing) == {str(tmp_path / "new"), str(out), str(tmp_path / "gp")}
     assert not (tmp_path / "new").exists() and not (tmp_path / "gp").exists()
-    confirm_writable(_params(pair, str(out)), missing)
+    confirm_writable(_params(stub_pair, str(out)), missing)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"], "the probe file was removed"
 
 
-def test_relative_paths_and_vsi_inputs_are_fine_for_the_pipeline(pair: tuple[str, str], tmp_path: Path,
+def test_relative_paths_and_vsi_inputs_are_fine_for_the_pipeline(stub_pair: tuple[str, str], tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert preflight(_params(("b.tif", "/vsizip/x.zip/a.tif"), "out")) == [str(tmp_path / "out")]
     with pytest.raises(PreflightError, match="absolute") as info:
-        preflight(_params(("b.tif", pair[1]), str(tmp_path / "o")), server=True)
+        preflight(_params(("b.tif", stub_pair[1]), str(tmp_path / "o")), server=True)
     assert info.value.field == "before"
     with pytest.raises(PreflightError, match="does not exist"):
-        preflight(_params((pair[0], "/vsizip/x.zip/a.tif"), str(tmp_path / "o")), server=True)
+        preflight(_params((stub_pair[0], "/vsizip/x.zip/a.tif"), str(tmp_path / "o")), server=True)
 
 
-def test_messages_of_the_command_line(pair: tuple[str, str], tmp_path: Path) -> None:
+def test_messages_of_the_command_line(stub_pair: tuple[str, str], tmp_path: Path) -> None:
     with pytest.raises(PreflightError, match=r"^after raster not found: .*nope.tif' does not exist; check the path"):
-        preflight(_params((pair[0], str(tmp_path / "nope.tif")), str(tmp_path / "o")))
+        preflight(_params((stub_pair[0], str(tmp_path / "nope.tif")), str(tmp_path / "o")))
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / SUMMARY_NAME).write_text("{}")
     with pytest.raises(PreflightError, match="already exists; pass --overwrite") as info:
-        preflight(_params(pair, str(tmp_path / "o")))
+        preflight(_params(stub_pair, str(tmp_path / "o")))
     assert info.value.field == "output_dir" and info.value.path.endswith(SUMMARY_NAME)
-    assert preflight(_params(pair, str(tmp_path / "o"), overwrite=True)) == []
+    assert preflight(_params(stub_pair, str(tmp_path / "o"), overwrite=True)) == []
 
 
-def test_weights_are_checked_by_the_server_only(pair: tuple[str, str], tmp_path: Path) -> None:
-    params = _params(pair, str(tmp_path / "o"), weights=str(tmp_path / "none.safetensors"))
+def test_weights_are_checked_by_the_server_only(stub_pair: tuple[str, str], tmp_path: Path) -> None:
+    params = _params(stub_pair, str(tmp_path / "o"), weights=str(tmp_path / "none.safetensors"))
     preflight(params)  # the pipeline leaves it to the weights loader (a model error, exit code 3)
     with pytest.raises(PreflightError, match="does not exist") as info:
         preflight(params, server=True)

@@ -120,16 +120,8 @@ def test_settings_hide_the_token() -> None:
 # --- preflight ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> tuple[str, str]:
-    b, a = tmp_path / "b.tif", tmp_path / "a.tif"
-    b.write_bytes(b"b")
-    a.write_bytes(b"a")
-    return str(b), str(a)
-
-
-def test_preflight_accepts_good_paths(pair: tuple[str, str], tmp_path: Path) -> None:
-    preflight(DetectParams(before=pair[0], after=pair[1], output_dir=str(tmp_path / "new" / "deeper"),
+def test_preflight_accepts_good_paths(stub_pair: tuple[str, str], tmp_path: Path) -> None:
+    preflight(DetectParams(before=stub_pair[0], after=stub_pair[1], output_dir=str(tmp_path / "new" / "deeper"),
                            engine="irmad"))
     assert not (tmp_path / "new").exists()  # nothing is created
 
@@ -144,9 +136,9 @@ def test_preflight_accepts_good_paths(pair: tuple[str, str], tmp_path: Path) -> 
     ({"before": "/tmp/\ud800.tif"}, "before", "cannot be accessed"),
     ({"before": "/" + "x" * 5000}, "before", "cannot be accessed"),
 ])
-def test_preflight_refuses_bad_inputs(pair: tuple[str, str], tmp_path: Path, patch: dict, field: str,
+def test_preflight_refuses_bad_inputs(stub_pair: tuple[str, str], tmp_path: Path, patch: dict, field: str,
                                       words: str) -> None:
-    params = DetectParams(before=pair[0], after=pair[1], output_dir=str(tmp_path / "o"), engine="irmad")
+    params = DetectParams(before=stub_pair[0], after=stub_pair[1], output_dir=str(tmp_path / "o"), engine="irmad")
     for k, v in patch.items():
         setattr(params, k, v)
     with pytest.raises(PreflightError, match=words) as info:
@@ -154,23 +146,24 @@ def test_preflight_refuses_bad_inputs(pair: tuple[str, str], tmp_path: Path, pat
     assert info.value.field == field
 
 
-def test_preflight_refuses_unusable_outputs(pair: tuple[str, str], tmp_path: Path) -> None:
+def test_preflight_refuses_unusable_outputs(stub_pair: tuple[str, str], tmp_path: Path) -> None:
     def check(**kw: object) -> PreflightError:
-        params = DetectParams(before=pair[0], after=pair[1], engine="irmad", **kw)  # type: ignore[arg-type]
+        params = DetectParams(before=stub_pair[0], after=stub_pair[1], engine="irmad", **kw)  # type: ignore[arg-type]
         with pytest.raises(PreflightError) as info:
             preflight(params)
         return info.value
 
-    assert "not a folder" in check(output_dir=pair[0]).message
-    assert "is a file" in check(output_dir=pair[0] + "/x/y").message
-    err = check(output_dir=str(tmp_path / "o"), mask_path=pair[0] + "/m.tif")
+    assert "not a folder" in check(output_dir=stub_pair[0]).message
+    assert "is a file" in check(output_dir=stub_pair[0] + "/x/y").message
+    err = check(output_dir=str(tmp_path / "o"), mask_path=stub_pair[0] + "/m.tif")
     assert err.field == "mask_path"
     out = tmp_path / "out"
     out.mkdir()
     (out / protocol.SUMMARY_NAME).write_text("{}")
     err = check(output_dir=str(out))
     assert "overwrite" in err.message and err.path.endswith(protocol.SUMMARY_NAME)
-    preflight(DetectParams(before=pair[0], after=pair[1], engine="irmad", output_dir=str(out), overwrite=True))
+    preflight(DetectParams(before=stub_pair[0], after=stub_pair[1], engine="irmad", output_dir=str(out),
+                           overwrite=True))
     (tmp_path / "polys").mkdir()
     err = check(output_dir=str(tmp_path / "o2"), polygons=True, polygons_path=str(tmp_path / "polys"))
     assert err.field == "polygons_path" and "is a folder" in err.message

@@ -1,4 +1,4 @@
-"""Areas in square metres on projected and geographic grids.
+"""Areas in square metres and pixel sizes in metres on the ground, on projected and geographic grids.
 
 Projected CRS: a pixel's area is ``|det(geotransform)| * (metres per CRS unit)²`` (area in the
 projection plane, as GIS tools report it). Geographic CRS: the exact ellipsoidal area of the
@@ -46,6 +46,46 @@ def row_pixel_areas(grid: Grid, row0: int, n: int) -> np.ndarray | None:
         return 0.5 * a * a * abs(dx) * to_rad * np.abs(_q(lat1, e) - _q(lat2, e))
     unit = srs.GetLinearUnits() or 1.0
     return np.full(n, abs(dx * dy - rx * ry) * unit * unit, dtype=np.float64)
+
+
+_EARTH_MEAN_RADIUS_M = 6_371_008.8
+
+
+def ground_pixel_size_m(grid: Grid, col: float, row: float) -> float | None:
+    """Ground size in metres of the pixel at ``(col, row)``: the geometric mean of its two sides.
+
+    Measured on the ground, not in the projection plane, so that it is right for geographic
+    CRSs and for projections whose scale varies (Web Mercator pixels at 50° N are 0.64x their
+    nominal size). The sides are great-circle distances between the pixel's corners on a sphere
+    of the Earth's mean radius (within 0.5 % of the ellipsoid, ample for a scale check).
+
+    Returns:
+        None when the grid has no CRS or the point cannot be transformed.
+    """
+    srs = grid.srs()
+    if srs is None:
+        return None
+    wgs84 = osr.SpatialReference()
+    wgs84.SetWellKnownGeogCS("WGS84")
+    wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    x0, dx, rx, y0, ry, dy = grid.geotransform
+
+    def at(c: float, r: float) -> tuple[float, float]:
+        return x0 + c * dx + r * rx, y0 + c * ry + r * dy
+
+    try:
+        ct = osr.CoordinateTransformation(srs, wgs84)
+        corner, right, below = (ct.TransformPoint(*at(c, r)) for c, r in ((col, row), (col + 1, row), (col, row + 1)))
+    except RuntimeError:
+        return None
+
+    def distance(p: tuple[float, ...], q: tuple[float, ...]) -> float:
+        lon1, lat1, lon2, lat2 = (math.radians(v) for v in (p[0], p[1], q[0], q[1]))
+        h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+        return 2 * _EARTH_MEAN_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+    size = math.sqrt(distance(corner, right) * distance(corner, below))
+    return size if math.isfinite(size) and size > 0 else None
 
 
 class PolygonArea:

@@ -9,7 +9,8 @@ run. Steps (reported through ``progress(stage, done, total)`` with the stages of
    or an unwritable folder stop here, before any work), open both rasters, check bands and
    CRSs, pick the reference grid, warp the other raster onto it (a streaming VRT) and compute
    the processed window (the intersection).
-2. *loading_model*: build the engine (changeclip loads weights through the model cache).
+2. *loading_model*: build the engine (changeclip loads weights through the model cache); warn
+   when the grid's ground pixel size is 2x or more from the weights' training GSD.
 3. *scaling*: one fixed per-band range for both dates from a nodata-free sample.
 4. *fitting*: the engine's global fit (IR-MAD's canonical correlation; no-op for changeclip).
 5. *tiles*: stream tiles in row order, batched; blend overlapping probabilities; write finished
@@ -42,7 +43,7 @@ from changeclip.prefetch import BatchReader, TileSource
 from changeclip.preflight import confirm_writable, preflight
 from changeclip.protocol import DetectParams, ParamError
 from changeclip.raster import align, io, scaling
-from changeclip.raster.area import row_pixel_areas
+from changeclip.raster.area import ground_pixel_size_m, row_pixel_areas
 from changeclip.raster.outputs import (
     ChangeRasterWriter,
     TempFiles,
@@ -52,6 +53,7 @@ from changeclip.raster.outputs import (
     write_json,
 )
 from changeclip.raster.tiling import BlendAccumulator, tile_starts
+from changeclip.weights.training_data import scale_warning
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,10 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         report("loading_model", 0, 1)
         engine = build_engine(params, cache)
         log.info("engine: %s on %s", engine.name, engine.device)
+        scale = _scale_warning(inputs, engine)
+        if scale:
+            log.warning("%s", scale)
+            inputs.warnings.append(scale)
         timings["loading_model"] = time.perf_counter() - t
         _check_cancel(cancelled)
 
@@ -256,6 +262,18 @@ def _prepare_inputs(params: DetectParams) -> Inputs:
     return Inputs(grid, window, readers["before"], readers["after"], warped,
                   io.is_8bit(ds_b, params.bands) and io.is_8bit(ds_a, params.bands), warnings,
                   reopen=lambda: _reopen_readers(params, grid))
+
+
+def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:
+    """A warning when the output grid's ground pixel size is far from the engine's training GSD."""
+    if engine.training_data is None:
+        return None
+    win = inputs.window
+    gsd = ground_pixel_size_m(inputs.grid, win.xoff + win.width / 2, win.yoff + win.height / 2)
+    if gsd is None:
+        return None
+    _, dx, rx, _, ry, dy = inputs.grid.geotransform
+    return scale_warning(gsd, engine.training_data, float(np.sqrt(abs(dx * dy - rx * ry))))
 
 
 def _grid_readers(params: DetectParams, grid: align.Grid, ds_b: gdal.Dataset, ds_a: gdal.Dataset

@@ -92,3 +92,50 @@ def test_from_clip(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     lw = load_weights(out)
     assert lw.meta["source"] == "clip-init"
     assert torch.equal(lw.state_dict["backbone.conv1.weight"], clip.state_dict()["visual.conv1.weight"])
+
+
+def _official_tiny(tmp_path: Path, data_root: str | None) -> Path:
+    sd = seeded_state_dict(PRESETS["tiny-rn50"], seed=0)
+    cfg = "backbone=dict(type='CLIPResNetWithAttention')\n"
+    if data_root is not None:
+        cfg += f"data_root = '{data_root}'\n"
+    src = tmp_path / "best_mIoU_iter_17000.pth"
+    torch.save({"meta": {"iter": 17000, "cfg": cfg}, "state_dict": OrderedDict(sd.items())}, src)
+    return src
+
+
+def test_convert_records_the_training_gsd_from_the_official_config(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    src = _official_tiny(tmp_path, "/home/u/data/WHUCD/cut_data")
+    out = tmp_path / "whu.safetensors"
+    assert cli.main(["weights", "convert", str(src), str(out)]) == 0
+    assert "training imagery: WHU-CD at 0.3 m/px" in capsys.readouterr().out
+    meta = load_weights(out).meta
+    assert meta["train_dataset"] == "WHU-CD" and meta["train_gsd_m"] == 0.3
+    assert cli.main(["weights", "info", str(out)]) == 0
+    assert "trained on  WHU-CD at 0.3 m/px (from weights metadata)" in capsys.readouterr().out
+    assert cli.main(["weights", "info", "--json", str(src)]) == 0  # the official file itself says so too
+    assert json.loads(capsys.readouterr().out)["training_data"] == {
+        "dataset": "WHU-CD", "gsd_m": 0.3, "source": "official config data_root"}
+
+
+def test_convert_training_options_override_and_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = _official_tiny(tmp_path, None)
+    out = tmp_path / "w.safetensors"
+    assert cli.main(["weights", "convert", str(src), str(out)]) == 0
+    assert "training GSD unknown: pass --train-gsd" in capsys.readouterr().out
+    assert "train_gsd_m" not in load_weights(out).meta
+    assert cli.main(["weights", "info", str(out)]) == 0
+    assert "trained on  unknown" in capsys.readouterr().out
+    # a known dataset name brings its GSD; an explicit GSD wins; re-converting a native file works
+    assert cli.main(["weights", "convert", str(src), str(out), "--overwrite", "--train-dataset", "LEVIR-CD"]) == 0
+    assert load_weights(out).meta["train_gsd_m"] == 0.5
+    again = tmp_path / "w2.safetensors"
+    assert cli.main(["weights", "convert", str(out), str(again), "--train-gsd", "2"]) == 0
+    meta = load_weights(again).meta
+    assert meta["train_gsd_m"] == 2.0 and meta["train_dataset"] == "LEVIR-CD"
+    capsys.readouterr()
+    bad = tmp_path / "bad.safetensors"
+    assert cli.main(["weights", "convert", str(src), str(bad), "--train-gsd", "-1"]) == 2
+    assert "--train-gsd must be a positive number of metres per pixel" in capsys.readouterr().err
+    assert not bad.exists()

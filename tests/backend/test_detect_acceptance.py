@@ -156,6 +156,7 @@ class _LocalEngine:
     clip_input = True
     needs_context = True
     device = "cpu"
+    training_data = None
     radius = 8
 
     def fit(self, before_sample: np.ndarray, after_sample: np.ndarray) -> None:

@@ -415,3 +415,38 @@ def test_gdal_read_error_is_an_input_error(tmp_path: Path, pair: tuple[str, str]
     out = tmp_path / "o"
     _bad(_params(pair[0], pair[1], out), out, InputError, "reading the rasters failed")
 
+
+
+def test_scene_far_from_the_training_gsd_is_warned_about(tmp_path: Path) -> None:
+    from changeclip.model.config import PRESETS
+    from changeclip.weights.native import save_weights
+    from changeclip.weights.seeded import seeded_state_dict
+
+    cfg = PRESETS["tiny-rn50"]
+    weights = save_weights(seeded_state_dict(cfg), cfg, tmp_path / "levir.safetensors",
+                           meta={"train_dataset": "LEVIR-CD", "train_gsd_m": 0.5})
+    kw = {"engine": "changeclip", "weights": str(weights), "prompt_mode": "none", "device": "cpu", "tile": 64,
+          "overlap": 16}
+    # 2 m pixels (UTM, near the central meridian): 4x coarser than LEVIR-CD's 0.5 m
+    coarse = (500000.0, 2.0, 0.0, 5600000.0, 0.0, -2.0)
+    b = write_raster(tmp_path / "b.tif", textured(64, 64), gt=coarse)
+    a = write_raster(tmp_path / "a.tif", textured(64, 64, seed=1), gt=coarse)
+    s = run_detection(_params(b, a, tmp_path / "o", **kw))
+    assert s["model"]["training_data"] == {"dataset": "LEVIR-CD", "gsd_m": 0.5, "source": "weights metadata"}
+    (warning,) = [w for w in s["warnings"] if "trained on" in w]
+    assert "about 2 m on the ground, 4.0x coarser than the LEVIR-CD at 0.5 m/px" in warning
+    assert "--resolution 0.5" in warning
+    # 0.5 m pixels: no scale warning
+    fine = (500000.0, 0.5, 0.0, 5600000.0, 0.0, -0.5)
+    b = write_raster(tmp_path / "b2.tif", textured(64, 64), gt=fine)
+    a = write_raster(tmp_path / "a2.tif", textured(64, 64, seed=1), gt=fine)
+    s = run_detection(_params(b, a, tmp_path / "o2", **kw))
+    assert not [w for w in s["warnings"] if "trained on" in w]
+    # following the advice (a custom grid at 0.5 m over the 2 m scene) silences it
+    b, a = str(tmp_path / "b.tif"), str(tmp_path / "a.tif")
+    s = run_detection(_params(b, a, tmp_path / "o3", grid="custom",
+                              target_crs="EPSG:32633", resolution=0.5, **kw))
+    assert not [w for w in s["warnings"] if "trained on" in w]
+    # irmad has no training data: never such a warning
+    s = run_detection(_params(b, a, tmp_path / "o4"))
+    assert not [w for w in s["warnings"] if "trained on" in w]

@@ -35,6 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--variant", choices=VARIANT_CHOICES, default="auto",
                    help="expected variant; default: detected from the keys")
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--train-gsd", type=float, metavar="M",
+                   help="ground sampling distance of the training imagery in metres per pixel (e.g. 0.5); "
+                        "detection warns when a scene's pixels are 2x or more from it; default: from the "
+                        "official config's data_root (LEVIR-CD, LEVIR-CD+, SYSU-CD 0.5, WHU-CD 0.3) or the "
+                        "source's metadata")
+    c.add_argument("--train-dataset", metavar="NAME",
+                   help="name of the training dataset (a known name also sets --train-gsd); default: detected")
     c.set_defaults(func=_convert)
 
     i = sub.add_parser("info", help="format, variant, parameters, sha256, metadata, gamma of a weights file")
@@ -80,15 +87,45 @@ def _output(path: str, overwrite: bool) -> Path:
 def _convert(args: argparse.Namespace) -> int:
     from changeclip.weights import load_weights
     from changeclip.weights.native import save_weights
+    from changeclip.weights.training_data import check_gsd
 
     out = _output(args.output, args.overwrite)
+    if args.train_gsd is not None:
+        check_gsd(args.train_gsd, "--train-gsd")  # before reading a file of hundreds of MB
     loaded = load_weights(args.source, args.variant)
     meta: dict[str, Any] = {"converted_from": Path(args.source).name, "source_format": loaded.source_format,
                             "source_sha256": loaded.sha256}
     meta.update({k: v for k, v in loaded.meta.items() if k not in meta})
+    training = _training_for_convert(loaded.meta, args.train_dataset, args.train_gsd)
+    if training is not None:
+        meta.update({"train_dataset": training.dataset, "train_gsd_m": training.gsd_m})
     save_weights(loaded.state_dict, loaded.cfg, out, meta=meta)
     sys.stdout.write(f"converted {args.source} ({loaded.source_format}, {loaded.cfg.name}) -> {out}\n")
+    if training is not None and training.gsd_m is not None:
+        sys.stdout.write(f"training imagery: {training.describe()} ({training.source}); detection warns when a "
+                         "scene's pixels are 2x or more from it\n")
+    else:
+        sys.stdout.write("training GSD unknown: pass --train-gsd M (metres per pixel of the training imagery) so "
+                         "that detection can warn when a scene's scale is far from it\n")
     return 0
+
+
+def _training_for_convert(meta: dict[str, Any], dataset: str | None, gsd: float | None) -> Any:
+    """The training data to record: the options given, else what the source says (None: nothing known)."""
+    from changeclip.weights.training_data import KNOWN_DATASETS, TrainingData, check_gsd, training_data
+
+    found = training_data(meta)
+    if dataset is None and gsd is None:
+        return found
+    if gsd is not None:
+        gsd = check_gsd(gsd, "--train-gsd")
+    elif dataset is not None:
+        known = {k.name.lower(): k.gsd_m for k in KNOWN_DATASETS}
+        gsd = known.get(dataset.strip().lower())
+        if gsd is None and found is not None and found.dataset == dataset:
+            gsd = found.gsd_m
+    name = dataset if dataset is not None else (found.dataset if found is not None else None)
+    return TrainingData(name or None, gsd, "weights metadata")
 
 
 def weights_summary(path: str, variant: str = "auto") -> dict[str, Any]:
@@ -99,6 +136,7 @@ def weights_summary(path: str, variant: str = "auto") -> dict[str, Any]:
         parameters, random flag, meta summary and gamma statistics.
     """
     from changeclip.weights import load_weights
+    from changeclip.weights.training_data import training_data
 
     loaded = load_weights(path, variant)
     state = loaded.state_dict
@@ -120,6 +158,7 @@ def weights_summary(path: str, variant: str = "auto") -> dict[str, Any]:
         "parameters": params,
         "buffer_values": buffers,
         "random_weights": bool(loaded.meta.get("random")) or loaded.meta.get("source") == "seeded",
+        "training_data": training.to_dict() if (training := training_data(loaded.meta)) else None,
         "meta": meta,
     }
     gamma = state.get("gamma")
@@ -144,6 +183,13 @@ def _info(args: argparse.Namespace) -> int:
     ]
     if info["random_weights"]:
         lines.append(f"WARNING     {RANDOM_WARNING}")
+    td = info["training_data"]
+    if td is None:
+        lines.append("trained on  unknown (no training GSD: detection cannot check the scene's scale; "
+                     "set one with `weights convert --train-gsd M`)")
+    else:
+        gsd = f"{td['gsd_m']:g} m/px" if td["gsd_m"] is not None else "unknown or varying GSD"
+        lines.append(f"trained on  {td['dataset'] or 'unnamed imagery'} at {gsd} (from {td['source']})")
     if "gamma" in info:
         g = info["gamma"]
         lines.append(f"gamma       mean {g['mean']:.4g}, |mean| {g['abs_mean']:.4g}, min {g['min']:.4g}, "

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from changeclip.weights.training_data import TrainingData
 
 
 @runtime_checkable
@@ -19,6 +22,9 @@ class ChangeEngine(Protocol):
         needs_context: True when a pixel's result depends on its neighbours (tiles overlap and
             blend); False for pixelwise engines.
         device: Where it runs (``"cpu"``, ``"cuda:0"``).
+        training_data: What the engine's weights say of their training imagery (dataset,
+            ground sampling distance); the pipeline warns when the scene's pixels are far from
+            it. None for engines without training data (IR-MAD) or weights that do not say.
     """
 
     name: str
@@ -26,6 +32,7 @@ class ChangeEngine(Protocol):
     clip_input: bool
     needs_context: bool
     device: str
+    training_data: TrainingData | None
 
     def fit(self, before_sample: np.ndarray, after_sample: np.ndarray) -> None:
         """Global fit on pixels valid in both dates.

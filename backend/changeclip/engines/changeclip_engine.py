@@ -10,6 +10,7 @@ import numpy as np
 from changeclip.errors import ModelError
 from changeclip.inference.devices import resolve_device
 from changeclip.inference.predictor import ChangeCLIPPredictor, load_model
+from changeclip.weights.training_data import training_data
 
 if TYPE_CHECKING:
     from changeclip.inference.cache import ModelCache
@@ -68,6 +69,7 @@ class ChangeCLIPEngine:
                                              official_test_prompts=params.official_test_prompts,
                                              batch_size=params.batch_size)
         self.device = loaded.device
+        self.training_data = training_data(loaded.meta)
 
     def fit(self, before_sample: np.ndarray, after_sample: np.ndarray) -> None:
         """No global fit: the network is already trained."""

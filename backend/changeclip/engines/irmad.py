@@ -83,6 +83,7 @@ class IRMADEngine:
     clip_input = False
     needs_context = False
     device = "cpu"
+    training_data = None
 
     def __init__(self, max_iter: int = 50, tol: float = 1e-4) -> None:
         self.max_iter = max_iter

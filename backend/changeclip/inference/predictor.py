@@ -33,6 +33,7 @@ from changeclip.model.prompts import RS_CLASSES, TOP_K_TAGS, TextFeatureCache, b
 from changeclip.model.tagger import Tagger
 from changeclip.weights import LoadedWeights, load_weights
 from changeclip.weights.checks import RECOMPUTABLE_SUFFIXES
+from changeclip.weights.training_data import training_data
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +349,7 @@ class ChangeCLIPPredictor:
             "weights_sha256": lm.weights_sha256,
             "weights_format": lm.source_format,
             "random_weights": bool(lm.meta.get("random")) or lm.meta.get("source") == "seeded",
+            "training_data": training.to_dict() if (training := training_data(lm.meta)) else None,
             "device": lm.device,
             "precision": lm.precision,
             "prompt_mode": self.prompt_mode,

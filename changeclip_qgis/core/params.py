@@ -10,6 +10,7 @@ import datetime as _dt
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from . import protocol
 from .errors import ConfigError
@@ -21,6 +22,7 @@ LABELS = {
     "engine": "Engine", "weights": "Weights file", "prompt": "Prompt", "prompt_mode": "Prompt mode",
     "bands": "Bands", "tile": "Tile size", "overlap": "Overlap", "device": "Device",
     "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area",
+    "grid": "Output grid", "target_crs": "Target CRS", "resolution": "Resolution",
 }
 """What the UI calls each job parameter (used in error messages)."""
 
@@ -87,11 +89,84 @@ def resolve_tagger_weights(weights_dir: str, engine: str, prompt_mode: str) -> s
     return str(found[0].resolve()) if found else None
 
 
+def crs_text(crs: Any) -> str | None:
+    """A CRS as the text the backend (GDAL) reads: its authority id if it has one, else its WKT.
+
+    QGIS's own ids of user-defined CRSs (``USER:100000``) mean nothing to GDAL: those go as WKT.
+
+    Args:
+        crs: a ``QgsCoordinateReferenceSystem``, a CRS string (returned stripped), or None.
+
+    Returns:
+        e.g. ``"EPSG:32633"``, a WKT string, or None for None, "" and an invalid CRS.
+    """
+    if crs is None:
+        return None
+    if isinstance(crs, str):
+        return crs.strip() or None
+    if not crs.isValid():
+        return None
+    authid = str(crs.authid())
+    if authid and not authid.upper().startswith(("USER:", "INTERNAL:")):  # QGIS-only ids GDAL cannot read
+        return authid
+    from qgis.core import Qgis, QgsCoordinateReferenceSystem
+
+    variant = getattr(getattr(Qgis, "CrsWktVariant", None), "Preferred", None)  # QGIS >= 3.36
+    if variant is None:
+        variant = QgsCoordinateReferenceSystem.WKT_PREFERRED  # QGIS 3.22 ... 3.34
+    return str(crs.toWkt(variant)) or None
+
+
+def grid_choice(grid: str = "before", target_crs: Any = None,
+                resolution: float | None = None) -> tuple[str, str | None, float | None]:
+    """Check the output grid choice before any work is done; errors use the UI's labels.
+
+    Args:
+        grid: ``before``, ``after`` or ``custom`` (protocol.GRIDS).
+        target_crs: for ``custom``: a ``QgsCoordinateReferenceSystem`` or a CRS string
+            (``EPSG:32633``, WKT); None or an invalid CRS = not set.
+        resolution: for ``custom``: pixel size in the target CRS's units; None or 0 = not set.
+
+    Returns:
+        ``(grid, target_crs_text, resolution)`` as the job takes them (see :func:`crs_text`).
+
+    Raises:
+        ConfigError: an unknown grid, ``custom`` without a Target CRS or a Resolution, a
+            Resolution that is not positive, or a Target CRS / Resolution without ``custom``.
+    """
+    grid = (grid or "before").strip()
+    if grid not in protocol.GRIDS:
+        raise ConfigError(f"{LABELS['grid']}: must be one of {', '.join(protocol.GRIDS)}; got {grid!r}")
+    crs = crs_text(target_crs)
+    try:
+        res = float(resolution) if resolution not in (None, "", 0) else None
+    except (TypeError, ValueError):
+        res = float("nan")
+    if res is not None and not res > 0:  # also NaN
+        raise ConfigError(f"{LABELS['resolution']}: must be a positive pixel size in the Target CRS's units "
+                          f"(e.g. 10 for 10 m in a UTM CRS); got {resolution!r}")
+    if grid == "custom":
+        missing = [(label, fix) for label, fix, value in (
+            ("a Target CRS", "pick the outputs' CRS (e.g. EPSG:32633)", crs),
+            ("a Resolution", "give their pixel size in that CRS's units (e.g. 10 for 10 m in UTM)", res))
+            if value is None]
+        if missing:
+            raise ConfigError(f"{LABELS['grid']} 'custom' needs {' and '.join(m[0] for m in missing)}: "
+                              f"{' and '.join(m[1] for m in missing)}")
+    elif crs is not None or res is not None:
+        given = " and ".join(n for n, v in (("a Target CRS", crs), ("a Resolution", res)) if v is not None)
+        raise ConfigError(f"{LABELS['grid']} is '{grid}' but {given} {'was' if ' and ' not in given else 'were'} "
+                          f"given; they only apply to {LABELS['grid']} 'custom': choose 'custom', or clear them "
+                          f"to keep the {grid} raster's grid")
+    return grid, crs, res
+
+
 def build_params(before: str, after: str, output_dir: str, *, engine: str = "changeclip",
                  weights: str = "", weights_dir: str = "", prompt: str = "", prompt_mode: str = "auto",
                  bands: str | list[int] = "1,2,3", tile: int = 256, overlap: int = 64,
                  threshold: float | None = None, device: str = "auto", precision: str = "auto",
-                 polygons: bool = False,
+                 polygons: bool = False, grid: str = "before", target_crs: Any = None,
+                 resolution: float | None = None,
                  min_area_m2: float = 0.0, mask_path: str | None = None,
                  probability_path: str | None = None, polygons_path: str | None = None,
                  overwrite: bool = False) -> protocol.DetectParams:
@@ -110,6 +185,10 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
         precision: ``auto`` (fp32 on the CPU, bf16/fp16 autocast on a GPU), ``fp32``, ``bf16``
             (also on CPUs with AMX or AVX-512 BF16, where it is 2-3x faster than fp32) or ``fp16``.
         polygons, min_area_m2: write change polygons, dropping those under ``min_area_m2``.
+        grid, target_crs, resolution: the output grid: the ``before`` raster's (default), the
+            ``after`` raster's, or ``custom``: ``target_crs`` (a QgsCoordinateReferenceSystem or
+            a CRS string; sent as its authid, else its WKT) at ``resolution`` CRS units per pixel.
+            See :func:`grid_choice`.
         mask_path, probability_path, polygons_path: explicit output files (Processing).
         overwrite: replace existing outputs.
 
@@ -119,6 +198,7 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
     def absolute(path: str | None) -> str | None:  # the backend runs in another working directory
         return os.path.abspath(os.path.expanduser(path)) if path and path.strip() else None
 
+    grid, target_crs, resolution = grid_choice(grid, target_crs, resolution)
     try:
         band_list = protocol.parse_bands(bands) if isinstance(bands, str) else list(bands)
         params = protocol.DetectParams(
@@ -129,6 +209,7 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             prompt_mode=prompt_mode, bands=band_list, tile=int(tile), overlap=int(overlap),
             threshold=threshold if threshold else None, device=(device or "auto").strip(),
             precision=(precision or "auto").strip(),
+            grid=grid, target_crs=target_crs, resolution=resolution,
             polygons=bool(polygons), min_area=float(min_area_m2), mask_path=absolute(mask_path),
             probability_path=absolute(probability_path), polygons_path=absolute(polygons_path),
             overwrite=overwrite)

@@ -96,3 +96,73 @@ def test_result_line_never_calls_an_unknown_area_zero() -> None:
     assert result_line({"changed_area_m2": 0.0, "changed_fraction": 0.0}).startswith("Changed area: 0 m²")
     line = result_line({"changed_area_m2": None, "changed_fraction": 0.5, "changed_pixels": 12345})
     assert line == "Changed pixels: 12,345 (50.00 % of the valid area; area unknown: the rasters have no CRS)"
+
+
+def test_output_grid_defaults_to_the_before_raster(tmp_path: Path) -> None:
+    p = build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none")
+    assert (p.grid, p.target_crs, p.resolution) == ("before", None, None)
+    q = build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", grid="after")
+    assert (q.grid, q.target_crs, q.resolution) == ("after", None, None)
+
+
+def test_custom_grid_sends_the_authid_or_the_wkt(qgis_app: object, tmp_path: Path) -> None:
+    from osgeo import osr
+    from qgis.core import QgsApplication, QgsCoordinateReferenceSystem
+
+    def custom(crs: object, resolution: float = 5.0) -> protocol.DetectParams:
+        return build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", grid="custom",
+                            target_crs=crs, resolution=resolution)
+
+    p = custom(QgsCoordinateReferenceSystem("EPSG:32634"))
+    assert (p.grid, p.target_crs, p.resolution) == ("custom", "EPSG:32634", 5.0)
+    assert p.to_dict()["target_crs"] == "EPSG:32634" and p.to_dict()["resolution"] == 5.0
+    assert custom(" EPSG:32634 ", 1).target_crs == "EPSG:32634"  # a CRS string (as from the settings) too
+    # a CRS without an authority id goes as WKT, which GDAL (the backend) reads back as the same CRS
+    proj = "+proj=tmerc +lat_0=0 +lon_0=21.5 +k=0.9996 +x_0=500000 +y_0=0 +datum=WGS84 +units=m +no_defs"
+    no_id = QgsCoordinateReferenceSystem()
+    assert no_id.createFromProj(proj) and no_id.authid() == ""
+    wkt = custom(no_id).target_crs
+    assert wkt is not None and wkt.startswith(("PROJCRS[", "PROJCS["))
+    srs, expected = osr.SpatialReference(), osr.SpatialReference()
+    srs.SetFromUserInput(wkt)
+    expected.ImportFromProj4(proj)
+    assert srs.IsSame(expected), wkt
+    # a QGIS user CRS has an id only QGIS knows ("USER:100000"): that one goes as WKT as well
+    registry = QgsApplication.coordinateReferenceSystemRegistry()
+    user_id = registry.addUserCrs(no_id, "changeclip test CRS")
+    try:
+        user = QgsCoordinateReferenceSystem(f"USER:{user_id}")
+        assert user.isValid() and user.authid().startswith("USER:")
+        assert custom(user).target_crs.startswith(("PROJCRS[", "PROJCS["))
+    finally:
+        registry.removeUserCrs(user_id)
+
+
+def test_grid_errors_name_the_ui_labels(qgis_app: object, tmp_path: Path) -> None:
+    from qgis.core import QgsCoordinateReferenceSystem
+
+    def grid(**kwargs: object) -> protocol.DetectParams:
+        return build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", **kwargs)
+
+    utm = QgsCoordinateReferenceSystem("EPSG:32633")
+    with pytest.raises(ConfigError, match="^Output grid 'custom' needs a Target CRS and a Resolution: pick"):
+        grid(grid="custom")
+    with pytest.raises(ConfigError, match="^Output grid 'custom' needs a Resolution: give their pixel size"):
+        grid(grid="custom", target_crs=utm)
+    with pytest.raises(ConfigError, match="^Output grid 'custom' needs a Target CRS: pick"):
+        grid(grid="custom", target_crs=QgsCoordinateReferenceSystem(), resolution=10)  # invalid = not set
+    with pytest.raises(ConfigError, match="^Output grid 'custom' needs a Target CRS and a Resolution"):
+        grid(grid="custom", target_crs="  ", resolution=0.0)  # 0 = the dock's "not set"
+    with pytest.raises(ConfigError, match="^Resolution: must be a positive pixel size"):
+        grid(grid="custom", target_crs=utm, resolution=-2.0)
+    with pytest.raises(ConfigError, match="^Resolution: must be a positive pixel size"):
+        grid(grid="custom", target_crs=utm, resolution=float("nan"))
+    with pytest.raises(ConfigError, match="^Output grid is 'before' but a Resolution was given; they only apply "
+                                          "to Output grid 'custom'"):
+        grid(resolution=10)
+    with pytest.raises(ConfigError, match="^Output grid is 'after' but a Target CRS and a Resolution were given"):
+        grid(grid="after", target_crs=utm, resolution=10)
+    with pytest.raises(ConfigError, match="^Output grid is 'before' but a Target CRS was given"):
+        grid(target_crs="EPSG:32633")
+    with pytest.raises(ConfigError, match="^Output grid: must be one of before, after, custom; got 'diagonal'"):
+        grid(grid="diagonal")

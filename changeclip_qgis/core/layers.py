@@ -11,6 +11,7 @@ Out: the mask, the probability raster and the polygons are loaded with the style
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import uuid
@@ -19,7 +20,9 @@ from typing import Any
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
     QgsCoordinateTransformContext,
+    QgsCsException,
     QgsMapLayer,
     QgsProject,
     QgsProviderRegistry,
@@ -81,7 +84,8 @@ class ExportRequest:
 def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
                   extent_crs: QgsCoordinateReferenceSystem | None = None,
                   pixel_size: float | None = None,
-                  transform_context: QgsCoordinateTransformContext | None = None) -> str | ExportRequest:
+                  transform_context: QgsCoordinateTransformContext | None = None,
+                  target_crs: QgsCoordinateReferenceSystem | None = None) -> str | ExportRequest:
     """A local path for ``layer``, or an :class:`ExportRequest` for it (call on the main thread).
 
     Args:
@@ -89,9 +93,12 @@ def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
         extent: the area to export for non-file layers (in ``extent_crs``); None = the layer's
             own extent when it is finite and not global.
         extent_crs: CRS of ``extent`` (default: the layer's).
-        pixel_size: export pixel size in ``extent_crs`` units; None = the layer's own
-            resolution when it has one.
+        pixel_size: export pixel size in ``extent_crs`` units (in ``target_crs`` units when that
+            is given); None = the layer's own resolution when it has one.
         transform_context: for reprojecting ``extent`` (default: the project's).
+        target_crs: export in this CRS instead (output grid 'custom'): the extent is reprojected
+            into it and widened to whole multiples of ``pixel_size``, the way the backend lays
+            out a custom grid, so the export already lies on the outputs' pixel grid.
 
     Raises:
         LayerNotSupported: the layer is not a valid raster, or no sensible extent/size exists.
@@ -114,6 +121,9 @@ def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
                 "as a GeoTIFF first (Export → Save As…)")
         extent = layer.extent()
         crs = layer.crs()
+    if target_crs is not None and target_crs.isValid():
+        extent = _snapped(_reprojected(extent, crs, target_crs, context, layer.name()), pixel_size)
+        crs = target_crs
     if pixel_size is None:
         provider = layer.dataProvider()
         if (provider.capabilities() & QgsRasterDataProvider.Size) and provider.xSize() > 0 and crs == layer.crs():
@@ -133,6 +143,35 @@ def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
     provider = layer.dataProvider().clone()
     return ExportRequest(name=layer.name(), provider=provider, crs=crs, extent=QgsRectangle(extent),
                          width=width, height=height, transform_context=context)
+
+
+def _reprojected(extent: QgsRectangle, source: QgsCoordinateReferenceSystem,
+                 target: QgsCoordinateReferenceSystem, context: QgsCoordinateTransformContext,
+                 name: str) -> QgsRectangle:
+    """``extent`` (in ``source``) as a bounding box in ``target``."""
+    if source == target:
+        return QgsRectangle(extent)
+    try:
+        box = QgsCoordinateTransform(source, target, context).transformBoundingBox(extent)
+    except QgsCsException as exc:
+        raise LayerNotSupported(f"the export extent for '{name}' cannot be reprojected to "
+                                f"{target.authid() or target.description()} ({exc}); choose a Target CRS "
+                                "that covers the area") from None
+    if box.isEmpty() or not all(map(math.isfinite, (box.xMinimum(), box.yMinimum(), box.xMaximum(),
+                                                    box.yMaximum()))):
+        raise LayerNotSupported(f"the export extent for '{name}' has no area in "
+                                f"{target.authid() or target.description()}; choose a Target CRS that covers it")
+    return box
+
+
+def _snapped(extent: QgsRectangle, pixel_size: float | None) -> QgsRectangle:
+    """``extent`` widened to whole multiples of ``pixel_size`` (as the backend's custom grid is)."""
+    if not pixel_size or pixel_size <= 0:
+        return extent
+    return QgsRectangle(math.floor(extent.xMinimum() / pixel_size) * pixel_size,
+                        math.floor(extent.yMinimum() / pixel_size) * pixel_size,
+                        math.ceil(extent.xMaximum() / pixel_size) * pixel_size,
+                        math.ceil(extent.yMaximum() / pixel_size) * pixel_size)
 
 
 def run_export(request: ExportRequest, out_dir: str | None = None, feedback: Any = None) -> str:

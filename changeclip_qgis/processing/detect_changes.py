@@ -13,6 +13,7 @@ from typing import Any
 
 from qgis.core import (
     QgsApplication,
+    QgsCoordinateReferenceSystem,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -20,6 +21,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
+    QgsProcessingParameterCrs,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -46,10 +48,13 @@ from ..core.layers import (
     run_export,
     write_sidecar_style,
 )
-from ..core.params import build_params
+from ..core.params import build_params, grid_choice
 from ..core.paths import icon_path
 from ..core.runner import progress_percent, progress_text, result_line, run_detection
 from ..core.settings import BackendConfig
+
+MIN_RESOLUTION = 1e-9
+"""Smallest RESOLUTION Processing accepts (it must be > 0; 1e-9 is below any real pixel size)."""
 
 _POST_PROCESSORS: list[QgsProcessingLayerPostProcessorInterface] = []
 """Keeps the style post-processors alive until QGIS has called them (QGIS does not own them)."""
@@ -89,6 +94,9 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     PRECISION = "PRECISION"
     MIN_AREA = "MIN_AREA"
+    OUTPUT_GRID = "OUTPUT_GRID"
+    TARGET_CRS = "TARGET_CRS"
+    RESOLUTION = "RESOLUTION"
     EXTENT = "EXTENT"
     CHANGE_MASK = "CHANGE_MASK"
     CHANGE_PROBABILITY = "CHANGE_PROBABILITY"
@@ -124,9 +132,16 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             "the plugin settings / CHANGECLIP_WEIGHTS_DIR); irmad is unsupervised IR-MAD and needs no weights.\n"
             "PROMPT_MODE: auto = CLIP tags per tile plus your PROMPT words; none = no prompt words; "
             "words = only your PROMPT words (e.g. 'building, road').\n"
-            "The rasters may differ in CRS, resolution and grid: the AFTER raster is aligned onto the BEFORE "
-            "raster's grid. BANDS are the 1-based R,G,B bands of both rasters. Layers that are not local "
-            "files (WMS/XYZ, virtual rasters) are exported to a temporary GeoTIFF of EXTENT first.\n"
+            "The rasters may differ in CRS, resolution and grid: both are aligned onto one output grid, "
+            "OUTPUT_GRID (advanced): before (default) = the BEFORE raster's grid; after = the AFTER raster's "
+            "grid (e.g. when it is the coarser one); custom = a north-up grid in TARGET_CRS with RESOLUTION "
+            "CRS units per pixel (metres for UTM, e.g. EPSG:32633 at 1), over the area both rasters cover. "
+            "TARGET_CRS and RESOLUTION are only used, and both needed, with custom.\n"
+            "BANDS are the 1-based R,G,B bands of both rasters. Layers that are not local files (WMS/XYZ, "
+            "virtual rasters) are exported to a temporary GeoTIFF first: of EXTENT, else of the other raster's "
+            "extent, on the other raster's pixel grid (with OUTPUT_GRID custom: straight onto the custom "
+            "grid); such an exported layer has no grid of its own, so OUTPUT_GRID before/after then means "
+            "the grid it was exported on.\n"
             "DEVICE auto uses the first GPU, else the CPU. PRECISION auto is fp32 on the CPU and bf16 (or fp16) "
             "on a GPU; bf16 on a CPU with AMX or AVX-512 BF16 is 2-3x faster than fp32.\n\n"
             "Outputs: CHANGE_MASK (1 = change, 0 = no change, 255 = nodata), CHANGE_PROBABILITY (percent), "
@@ -178,6 +193,12 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                                        usesStaticStrings=True),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
                                          QgsProcessingParameterNumber.Double, 0.0, minValue=0.0),
+            QgsProcessingParameterEnum(self.OUTPUT_GRID, "Output grid", options=list(protocol.GRIDS),
+                                       defaultValue="before", usesStaticStrings=True),
+            QgsProcessingParameterCrs(self.TARGET_CRS, "Target CRS (custom grid)", optional=True),
+            QgsProcessingParameterNumber(self.RESOLUTION, "Resolution (custom grid, CRS units)",
+                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         minValue=MIN_RESOLUTION),
             QgsProcessingParameterExtent(self.EXTENT, "Extent to export non-file layers (WMS/XYZ…)", optional=True),
         ]
         for param in advanced:
@@ -197,11 +218,20 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     # -- running -------------------------------------------------------------------
 
     def _input_path(self, parameters: dict[str, Any], key: str, other_key: str,
-                    context: QgsProcessingContext, feedback: QgsProcessingFeedback, work_dir: str) -> str:
+                    context: QgsProcessingContext, feedback: QgsProcessingFeedback, work_dir: str,
+                    grid: str = "before", target_crs: QgsCoordinateReferenceSystem | None = None,
+                    resolution: float | None = None) -> str:
+        """A local file for input ``key``; a non-file layer is exported first.
+
+        The export covers EXTENT, else the other raster's extent, on the other raster's pixel
+        grid; with the custom output grid (``target_crs``, ``resolution``) it is written straight
+        onto that grid instead, so it is not resampled twice.
+        """
         layer = self.parameterAsRasterLayer(parameters, key, context)
         if layer is None:
             raise QgsProcessingException(self.invalidRasterError(parameters, key))
         extent = crs = pixel = None
+        custom = grid == "custom" and target_crs is not None and target_crs.isValid()
         if local_raster_path(layer) is None:
             if parameters.get(self.EXTENT):
                 extent = self.parameterAsExtent(parameters, self.EXTENT, context)
@@ -212,11 +242,20 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                     extent, crs = other.extent(), other.crs()
                 if crs == other.crs():
                     pixel = other.rasterUnitsPerPixelX()
+            if custom:
+                pixel = resolution
         try:
-            prepared = prepare_input(layer, extent, crs, pixel, context.transformContext())
+            prepared = prepare_input(layer, extent, crs, pixel, context.transformContext(),
+                                     target_crs=target_crs if custom else None)
             if isinstance(prepared, ExportRequest):
+                where = (f"on the custom grid ({prepared.crs.authid() or 'target CRS'}, {resolution:g} units/px)"
+                         if custom else f"({prepared.crs.authid() or 'its CRS'}, "
+                         f"{prepared.extent.width() / prepared.width:g} units/px)")
                 feedback.pushInfo(f"{key}: layer '{layer.name()}' is not a local file; exporting "
-                                  f"{prepared.width}x{prepared.height} px to a temporary GeoTIFF")
+                                  f"{prepared.width}x{prepared.height} px to a temporary GeoTIFF {where}")
+                if grid == key.lower():
+                    feedback.pushInfo(f"{key}: OUTPUT_GRID '{grid}' is the grid of this export "
+                                      "(the layer has no file grid of its own)")
                 return run_export(prepared, work_dir, feedback)
             return prepared
         except ChangeClipPluginError as exc:
@@ -224,10 +263,18 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:  # noqa: D102
+        grid = self.parameterAsEnumString(parameters, self.OUTPUT_GRID, context) or "before"
+        target_crs = self.parameterAsCrs(parameters, self.TARGET_CRS, context)  # invalid when not set
+        resolution = self.parameterAsDouble(parameters, self.RESOLUTION, context) or None  # 0.0 when not set
+        try:  # refuse a bad grid choice before exporting anything
+            grid_choice(grid, target_crs, resolution)
+        except ChangeClipPluginError as exc:
+            raise QgsProcessingException(str(exc)) from None
         work_dir = os.path.join(QgsProcessingUtils.tempFolder(), f"changeclip_{uuid.uuid4().hex[:12]}")
         os.makedirs(work_dir, exist_ok=True)
-        before = self._input_path(parameters, self.BEFORE, self.AFTER, context, feedback, work_dir)
-        after = self._input_path(parameters, self.AFTER, self.BEFORE, context, feedback, work_dir)
+        grid_args = {"grid": grid, "target_crs": target_crs, "resolution": resolution}
+        before = self._input_path(parameters, self.BEFORE, self.AFTER, context, feedback, work_dir, **grid_args)
+        after = self._input_path(parameters, self.AFTER, self.BEFORE, context, feedback, work_dir, **grid_args)
         mask_path = self.parameterAsOutputLayer(parameters, self.CHANGE_MASK, context)
         summary_path = self.parameterAsFileOutput(parameters, self.SUMMARY, context) or None
         probability_path = self.parameterAsOutputLayer(parameters, self.CHANGE_PROBABILITY, context)
@@ -255,7 +302,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 threshold=threshold,
                 device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
                 precision=self.parameterAsEnumString(parameters, self.PRECISION, context) or "auto",
-                polygons=bool(polygons_path),
+                polygons=bool(polygons_path), grid=grid, target_crs=target_crs, resolution=resolution,
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                 mask_path=mask_path, probability_path=probability_path, polygons_path=polygons_path,
                 overwrite=True)
@@ -266,8 +313,10 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             feedback.setProgress(progress_percent(progress))
             feedback.setProgressText(progress_text(progress))
 
+        grid_text = params.grid if params.grid != "custom" else \
+            f"custom ({_short_crs(params.target_crs)}, {params.resolution:g} units/px)"
         feedback.pushInfo(f"ChangeCLIP: engine {params.engine}, device {params.device}, "
-                          f"prompt mode {params.prompt_mode}; backend {config.describe()}")
+                          f"prompt mode {params.prompt_mode}, output grid {grid_text}; backend {config.describe()}")
         try:
             summary = run_detection(params, on_progress, feedback.isCanceled, config=config)
         except JobCancelledError:
@@ -293,6 +342,15 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 self.CHANGE_POLYGONS: polygons_path, self.CHANGED_AREA_M2: area,
                 self.CHANGED_FRACTION: fraction,
                 self.SUMMARY: _copy_summary(os.path.join(work_dir, protocol.SUMMARY_NAME), summary_path)}
+
+
+def _short_crs(text: str | None) -> str:
+    """A CRS string for the log: an authid as it is, a WKT by its name."""
+    crs = text or ""
+    if len(crs) <= 40:
+        return crs
+    name = crs.split('"')[1] if crs.count('"') >= 2 else ""
+    return f"WKT CRS '{name}'" if name else "WKT CRS"
 
 
 def _copy_summary(source: str, target: str | None) -> str | None:

@@ -39,6 +39,24 @@ def qgis_app() -> Iterator[object]:
     app.exitQgis()
 
 
+@pytest.fixture(scope="module")
+def provider(qgis_app: object):  # noqa: ANN201
+    """The ``changeclip`` Processing provider, registered for the test module (if it was not already)."""
+    from qgis.core import QgsApplication
+
+    from changeclip_qgis.processing.provider import ChangeClipProvider
+
+    registry = QgsApplication.processingRegistry()
+    prov = registry.providerById("changeclip")
+    added = prov is None
+    if added:
+        prov = ChangeClipProvider()
+        registry.addProvider(prov)
+    yield prov
+    if added:
+        registry.removeProvider(prov)
+
+
 @pytest.fixture()
 def project(qgis_app: object) -> Iterator[object]:
     """The current project, emptied before and after the test."""

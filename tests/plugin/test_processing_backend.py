@@ -15,23 +15,6 @@ pytestmark = [pytest.mark.qgis, pytest.mark.server]
 ALG = "changeclip:detectchanges"
 
 
-@pytest.fixture(scope="module")
-def provider(qgis_app: object):  # noqa: ANN201
-    from qgis.core import QgsApplication
-
-    from changeclip_qgis.processing.provider import ChangeClipProvider
-
-    registry = QgsApplication.processingRegistry()
-    prov = registry.providerById("changeclip")
-    added = prov is None
-    if added:
-        prov = ChangeClipProvider()
-        registry.addProvider(prov)
-    yield prov
-    if added:
-        registry.removeProvider(prov)
-
-
 def _read(path: str) -> np.ndarray:
     from osgeo import gdal
 
@@ -303,3 +286,155 @@ def test_non_file_layer_is_exported(provider: object, backend_env: None, project
     results = processing.run(ALG, params, feedback=Feedback())
     assert _read(results["CHANGE_MASK"]).shape == (128, 128)
     assert any("AFTER: layer 'tiles' is not a local file; exporting 128x128 px" in m for m in messages), messages
+
+
+def test_output_grid_parameters(provider: object) -> None:
+    """OUTPUT_GRID, TARGET_CRS and RESOLUTION: advanced, labelled as the errors name them, explained in the help."""
+    from qgis.core import (
+        QgsApplication,
+        QgsProcessingParameterCrs,
+        QgsProcessingParameterDefinition,
+        QgsProcessingParameterEnum,
+        QgsProcessingParameterNumber,
+    )
+
+    alg = QgsApplication.processingRegistry().algorithmById(ALG)
+    grid, crs, resolution = (alg.parameterDefinition(n) for n in ("OUTPUT_GRID", "TARGET_CRS", "RESOLUTION"))
+    assert isinstance(grid, QgsProcessingParameterEnum) and grid.description() == "Output grid"
+    assert grid.options() == ["before", "after", "custom"] and grid.usesStaticStrings()
+    assert grid.defaultValue() == "before"
+    assert isinstance(crs, QgsProcessingParameterCrs) and crs.description() == "Target CRS (custom grid)"
+    assert isinstance(resolution, QgsProcessingParameterNumber)
+    assert resolution.description() == "Resolution (custom grid, CRS units)"
+    assert resolution.dataType() == QgsProcessingParameterNumber.Double and 0 < resolution.minimum() < 1e-6
+    for param in (grid, crs, resolution):
+        assert param.flags() & QgsProcessingParameterDefinition.FlagAdvanced, param.name()
+    for param in (crs, resolution):
+        assert param.flags() & QgsProcessingParameterDefinition.FlagOptional, param.name()
+    help_text = alg.shortHelpString()
+    assert "OUTPUT_GRID" in help_text and "TARGET_CRS" in help_text and "RESOLUTION" in help_text
+    assert "the AFTER raster is aligned onto the BEFORE raster's grid" not in help_text
+
+
+def _grid(path: str) -> tuple[Any, tuple[float, ...], tuple[int, int]]:
+    """(spatial reference, geotransform, (width, height)) of a raster file."""
+    from osgeo import gdal
+
+    ds = gdal.Open(path)
+    return ds.GetSpatialRef(), ds.GetGeoTransform(), (ds.RasterXSize, ds.RasterYSize)
+
+
+def test_custom_output_grid_end_to_end(provider: object, backend_env: None, raster_pair: tuple[Path, Path],
+                                       tmp_path: Path) -> None:
+    """The outputs really are on the requested grid: the same CRS at a coarser resolution, then another
+    UTM-like CRS that has no EPSG code (sent as WKT)."""
+    import processing
+    from osgeo import osr
+    from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer, QgsRectangle
+
+    # 1. the before raster's CRS (EPSG:32633, 2 m pixels) at 4 m: the 256 m square becomes 64 x 64 px
+    params = _irmad_params(*raster_pair, tmp_path / "coarse", polygons=False)
+    params.update(OUTPUT_GRID="custom", TARGET_CRS="EPSG:32633", RESOLUTION=4.0)
+    params["SUMMARY"] = str(tmp_path / "coarse" / "summary.json")
+    results = processing.run(ALG, params)
+    for key in ("CHANGE_MASK", "CHANGE_PROBABILITY"):
+        layer = QgsRasterLayer(results[key], key)
+        assert layer.crs().authid() == "EPSG:32633", key
+        assert (layer.rasterUnitsPerPixelX(), layer.rasterUnitsPerPixelY()) == (4.0, 4.0), key
+        assert (layer.width(), layer.height()) == (64, 64), key
+        assert layer.extent() == QgsRectangle(500000.0, 4499744.0, 500256.0, 4500000.0), key
+    mask = _read(results["CHANGE_MASK"])
+    changed = int((mask == 1).sum())
+    assert (mask[20:36, 25:41] == 1).mean() > 0.9, "the bright square (rows 40-72, cols 50-82 at 2 m) must be found"
+    assert results["CHANGED_AREA_M2"] == pytest.approx(changed * 16.0)  # 4 m pixels
+    summary = json.loads(Path(params["SUMMARY"]).read_text(encoding="utf-8"))
+    assert summary["grid"]["geotransform"] == [500000.0, 4.0, 0.0, 4500000.0, 0.0, -4.0]
+
+    # 2. a transverse Mercator CRS centred 6.5 degrees east, without an authority id: it goes as WKT
+    proj = "+proj=tmerc +lat_0=0 +lon_0=21.5 +k=0.9996 +x_0=500000 +y_0=0 +datum=WGS84 +units=m +no_defs"
+    target = QgsCoordinateReferenceSystem()
+    assert target.createFromProj(proj) and not target.authid()
+    params = _irmad_params(*raster_pair, tmp_path / "wkt", polygons=False)
+    params.update(OUTPUT_GRID="custom", TARGET_CRS=target, RESOLUTION=5.0)
+    messages: list[str] = []
+    feedback = _recording_feedback()
+    feedback.pushInfo = messages.append  # type: ignore[method-assign]
+    results = processing.run(ALG, params, feedback=feedback)
+    srs, (x0, dx, rx, y0, ry, dy), _size = _grid(results["CHANGE_MASK"])
+    expected = osr.SpatialReference()
+    expected.ImportFromProj4(proj)
+    assert srs.IsSame(expected), srs.ExportToWkt()
+    assert (dx, dy, rx, ry) == (5.0, -5.0, 0.0, 0.0)
+    assert x0 % 5.0 == 0.0 and y0 % 5.0 == 0.0  # the custom grid is laid out on whole multiples of the resolution
+    mask = _read(results["CHANGE_MASK"])
+    area = int((mask == 1).sum()) * 25.0
+    assert 0.6 * 64 * 64 < area < 1.6 * 64 * 64, area  # the 64 m x 64 m square, resampled and rotated a little
+    assert any("output grid custom (WKT CRS" in m and "5 units/px" in m for m in messages), messages
+
+
+def test_output_grid_after(provider: object, backend_env: None, raster_pair: tuple[Path, Path],
+                           tmp_path: Path) -> None:
+    """OUTPUT_GRID after: the outputs take the (coarser) after raster's grid, not the before raster's."""
+    import processing
+    from osgeo import gdal
+
+    before, after = raster_pair
+    coarse = tmp_path / "after_4m.tif"
+    gdal.Translate(str(coarse), str(after), xRes=4.0, yRes=4.0, resampleAlg="average")
+    params = _irmad_params(before, coarse, tmp_path / "after_grid", polygons=False)
+    params["OUTPUT_GRID"] = "after"
+    results = processing.run(ALG, params)
+    srs, transform, size = _grid(results["CHANGE_MASK"])
+    after_srs, after_transform, after_size = _grid(str(coarse))
+    assert size == after_size == (64, 64) and transform == after_transform and srs.IsSame(after_srs)
+    mask = _read(results["CHANGE_MASK"])
+    assert (mask[20:36, 25:41] == 1).mean() > 0.9
+    assert results["CHANGED_AREA_M2"] == pytest.approx(int((mask == 1).sum()) * 16.0)
+    params = _irmad_params(before, coarse, tmp_path / "before_grid", polygons=False)  # the default: before's
+    assert _grid(processing.run(ALG, params)["CHANGE_MASK"])[2] == (128, 128)
+
+
+def test_output_grid_errors_name_the_fix(provider: object, backend_env: None, raster_pair: tuple[Path, Path],
+                                         tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    params = _irmad_params(*raster_pair, tmp_path, polygons=False)
+    params["OUTPUT_GRID"] = "custom"
+    with pytest.raises(QgsProcessingException, match="Output grid 'custom' needs a Target CRS and a Resolution"):
+        processing.run(ALG, params)
+    params["TARGET_CRS"] = "EPSG:32633"
+    with pytest.raises(QgsProcessingException, match="Output grid 'custom' needs a Resolution"):
+        processing.run(ALG, params)
+    params["RESOLUTION"] = 0.0
+    with pytest.raises(QgsProcessingException, match="RESOLUTION"):  # below its minimum: Processing refuses it
+        processing.run(ALG, params)
+    params.update(OUTPUT_GRID="before", RESOLUTION=10.0)
+    with pytest.raises(QgsProcessingException, match="Output grid is 'before' but a Target CRS and a Resolution "
+                                                     "were given; they only apply to Output grid 'custom'"):
+        processing.run(ALG, params)
+    assert not (tmp_path / "mask.tif").exists()
+
+
+def test_non_file_layer_is_exported_onto_the_custom_grid(provider: object, backend_env: None, project,  # noqa: ANN001
+                                                         xyz_uri: str, raster_pair: tuple[Path, Path],
+                                                         tmp_path: Path) -> None:
+    import processing
+    from qgis.core import QgsRasterLayer
+
+    xyz = QgsRasterLayer(xyz_uri, "tiles", "wms")
+    project.addMapLayer(xyz)
+    feedback = _recording_feedback()
+    messages: list[str] = []
+    feedback.pushInfo = messages.append  # type: ignore[method-assign]
+    params = _irmad_params(raster_pair[0], raster_pair[1], tmp_path, polygons=False)
+    params.update(BEFORE=xyz.id(), OUTPUT_GRID="custom", TARGET_CRS="EPSG:32634", RESOLUTION=5.0)
+    results = processing.run(ALG, params, feedback=feedback)
+    assert any("BEFORE: layer 'tiles' is not a local file" in m and "on the custom grid (EPSG:32634, 5 units/px)"
+               in m for m in messages), messages
+    mask = QgsRasterLayer(results["CHANGE_MASK"], "mask")
+    assert mask.crs().authid() == "EPSG:32634"
+    assert (mask.rasterUnitsPerPixelX(), mask.rasterUnitsPerPixelY()) == (5.0, 5.0)
+    # the export was already on the custom grid: no resampling warning for it
+    assert not any("the before raster's pixels" in w for w in feedback.warnings), feedback.warnings
+    assert (_read(results["CHANGE_MASK"]) != 255).any(), "the exported layer and the after raster must overlap"

@@ -65,6 +65,7 @@ def test_qgis_process_without_backend(staged_plugin: Path, raster_pair: tuple[Pa
     helped = subprocess.run([QGIS_PROCESS, "help", "changeclip:detectchanges"], capture_output=True, text=True,
                             timeout=300, env=env, check=False)
     assert helped.returncode == 0 and "PROMPT_MODE" in helped.stdout, helped.stderr[-2000:]
+    assert all(name in helped.stdout for name in ("OUTPUT_GRID", "TARGET_CRS", "RESOLUTION")), helped.stdout
     before, after = raster_pair
     done = subprocess.run([QGIS_PROCESS, "run", "changeclip:detectchanges", "--", f"BEFORE={before}",
                            f"AFTER={after}", "ENGINE=irmad", "PROMPT_MODE=none",

@@ -9,8 +9,21 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from qgis.core import QgsApplication, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
-from qgis.gui import QgsCollapsibleGroupBox, QgsDockWidget, QgsFileWidget, QgsMapLayerComboBox
+from qgis.core import (
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsMapLayerProxyModel,
+    QgsProject,
+    QgsRasterLayer,
+    QgsUnitTypes,
+)
+from qgis.gui import (
+    QgsCollapsibleGroupBox,
+    QgsDockWidget,
+    QgsFileWidget,
+    QgsMapLayerComboBox,
+    QgsProjectionSelectionWidget,
+)
 from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
@@ -31,12 +44,14 @@ from ..core import protocol
 from ..core.errors import ChangeClipPluginError
 from ..core.layers import ExportRequest, local_raster_path, prepare_input
 from ..core.log import log
-from ..core.params import build_params, default_output_base, default_output_dir, run_name
+from ..core.params import build_params, crs_text, default_output_base, default_output_dir, grid_choice, run_name
 from ..core.runner import device_line, result_line
 from ..core.settings import KEY_DOCK_CHOICES, KEY_OUTPUT_BASE, BackendConfig, get, set_value
 from ..tasks.detect_task import BackendCheckTask, DetectTask
 
 PROMPT_MODE_LABELS = (("auto", "Auto tags (+ my words)"), ("none", "None"), ("words", "My words only"))
+GRID_LABELS = (("before", "Before raster's grid"), ("after", "After raster's grid"),
+               ("custom", "Custom: Target CRS + Resolution"))
 
 
 class ChangeClipDock(QgsDockWidget):
@@ -64,6 +79,7 @@ class ChangeClipDock(QgsDockWidget):
         self._build()
         self._restore_choices()
         self._update_engine()
+        self._update_grid()
 
     # -- construction --------------------------------------------------------------
 
@@ -145,6 +161,29 @@ class ChangeClipDock(QgsDockWidget):
         self.min_area_spin.setDecimals(1)
         self.min_area_spin.setSuffix(" m²")
         adv.addRow("Minimum area", self.min_area_spin)
+        self.grid_combo = QComboBox(self.advanced_box)
+        for value, label in GRID_LABELS:
+            self.grid_combo.addItem(label, value)
+        self.grid_combo.setToolTip(
+            "The grid every output is on; the other raster is warped onto it.\n"
+            "Custom: a north-up grid in the Target CRS with Resolution CRS units per pixel\n"
+            "(metres for UTM), over the area both rasters cover.")
+        self.grid_combo.currentIndexChanged.connect(self._update_grid)
+        adv.addRow("Output grid", self.grid_combo)
+        self.target_crs_widget = QgsProjectionSelectionWidget(self.advanced_box)
+        self.target_crs_widget.setOptionVisible(QgsProjectionSelectionWidget.CrsNotSet, True)
+        self.target_crs_widget.setNotSetText("not set")
+        self.target_crs_widget.setCrs(QgsCoordinateReferenceSystem())
+        self.target_crs_widget.setToolTip("CRS of the outputs for Output grid 'custom', e.g. EPSG:32633 (UTM 33N)")
+        self.target_crs_widget.crsChanged.connect(self._update_resolution_unit)
+        adv.addRow("Target CRS", self.target_crs_widget)
+        self.resolution_spin = QDoubleSpinBox(self.advanced_box)
+        self.resolution_spin.setRange(0.0, 1e7)
+        self.resolution_spin.setDecimals(6)
+        self.resolution_spin.setSpecialValueText("not set")
+        self.resolution_spin.setToolTip("pixel size of the outputs for Output grid 'custom', in the Target CRS's "
+                                        "units (metres for UTM, degrees for EPSG:4326)")
+        adv.addRow("Resolution", self.resolution_spin)
         self.output_widget = QgsFileWidget(self.advanced_box)
         self.output_widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.output_widget.setFilePath(get(KEY_OUTPUT_BASE))
@@ -200,6 +239,8 @@ class ChangeClipDock(QgsDockWidget):
             "bands": self.bands_edit.text(), "tile": str(self.tile_spin.value()),
             "overlap": str(self.overlap_spin.value()), "threshold": str(self.threshold_spin.value()),
             "polygons": "1" if self.polygons_check.isChecked() else "0", "min_area": str(self.min_area_spin.value()),
+            "grid": str(self.grid_combo.currentData()), "target_crs": crs_text(self.target_crs_widget.crs()) or "",
+            "resolution": str(self.resolution_spin.value()),
         }
 
     def _save_choices(self) -> None:
@@ -243,6 +284,13 @@ class ChangeClipDock(QgsDockWidget):
         number(self.min_area_spin, stored["min_area"], float)
         if stored["polygons"] in ("0", "1"):
             self.polygons_check.setChecked(stored["polygons"] == "1")
+        if stored["grid"]:
+            pick(self.grid_combo, stored["grid"])
+        if stored["target_crs"]:
+            crs = QgsCoordinateReferenceSystem()
+            if crs.createFromUserInput(stored["target_crs"]) and crs.isValid():
+                self.target_crs_widget.setCrs(crs)
+        number(self.resolution_spin, stored["resolution"], float)
 
     # -- helpers -------------------------------------------------------------------
 
@@ -256,6 +304,25 @@ class ChangeClipDock(QgsDockWidget):
         self.weights_widget.setEnabled(needs_weights)
         self.prompt_edit.setEnabled(needs_weights)
         self.prompt_mode_combo.setEnabled(needs_weights)
+
+    def _update_grid(self) -> None:
+        custom = self.grid_combo.currentData() == "custom"
+        self.target_crs_widget.setEnabled(custom)
+        self.resolution_spin.setEnabled(custom)
+        self._update_resolution_unit()
+
+    def _update_resolution_unit(self) -> None:
+        """Show the Target CRS's unit after the resolution (" m" for UTM)."""
+        crs = self.target_crs_widget.crs()
+        unit = QgsUnitTypes.toAbbreviatedString(crs.mapUnits()) if crs.isValid() else ""
+        self.resolution_spin.setSuffix(f" {unit}" if unit else "")
+
+    def _grid_choice(self) -> tuple[str, QgsCoordinateReferenceSystem | None, float | None]:
+        """The output grid, Target CRS and Resolution to send (the last two only for 'custom')."""
+        grid = str(self.grid_combo.currentData())
+        if grid != "custom":  # the disabled CRS and resolution widgets keep their values, unused
+            return grid, None, None
+        return grid, self.target_crs_widget.crs(), self.resolution_spin.value() or None
 
     def _message(self, text: str, level: str = "info", diagnostics: bool = False) -> None:
         if self.iface is None:
@@ -277,8 +344,15 @@ class ChangeClipDock(QgsDockWidget):
     def _canvas(self) -> Any:
         return self.iface.mapCanvas() if self.iface is not None else None
 
-    def _input(self, layer: QgsRasterLayer, other: QgsRasterLayer) -> str | ExportRequest:
-        """A path or an export request for ``layer`` (non-file layers use the other raster's or the map's grid)."""
+    def _input(self, layer: QgsRasterLayer, other: QgsRasterLayer,
+               target_crs: QgsCoordinateReferenceSystem | None = None,
+               resolution: float | None = None) -> str | ExportRequest:
+        """A path or an export request for ``layer``.
+
+        Non-file layers are exported over the other raster's extent (else the map's), on its
+        pixel grid (else the map's scale), or with a custom output grid (``target_crs`` and
+        ``resolution``) straight onto that grid.
+        """
         extent = crs = pixel = None
         if layer is not None and local_raster_path(layer) is None:
             if other is not None and local_raster_path(other) is not None:
@@ -287,7 +361,9 @@ class ChangeClipDock(QgsDockWidget):
                 canvas = self._canvas()
                 extent, crs = canvas.extent(), canvas.mapSettings().destinationCrs()
                 pixel = canvas.mapUnitsPerPixel()
-        return prepare_input(layer, extent, crs, pixel)
+            if target_crs is not None:
+                pixel = resolution
+        return prepare_input(layer, extent, crs, pixel, target_crs=target_crs)
 
     def collect(self) -> tuple[protocol.DetectParams, dict[str, ExportRequest], str]:
         """The job, the exports it needs first, and the run's name (main thread).
@@ -300,8 +376,14 @@ class ChangeClipDock(QgsDockWidget):
             raise ChangeClipPluginError("Pick a before and an after raster (load them into the project first)")
         if before.id() == after.id():
             raise ChangeClipPluginError("Before and after are the same layer; pick two different dates")
-        inputs = {"before": self._input(before, after), "after": self._input(after, before)}
+        grid, target_crs, resolution = self._grid_choice()
+        grid_choice(grid, target_crs, resolution)  # a bad grid choice is refused before any export
+        inputs = {"before": self._input(before, after, target_crs, resolution),
+                  "after": self._input(after, before, target_crs, resolution)}
         exports = {k: v for k, v in inputs.items() if isinstance(v, ExportRequest)}
+        if grid in exports:  # a non-file layer has no grid of its own
+            log(f"Output grid '{grid}': layer '{exports[grid].name}' is not a local file; it is exported on the "
+                "other raster's (or the map's) grid, which the outputs then use")
         paths = {k: (v if isinstance(v, str) else "(exported when the run starts)") for k, v in inputs.items()}
         engine = self.engine_combo.currentData()
         prompt = self.prompt_edit.text() if engine == "changeclip" else ""
@@ -314,7 +396,7 @@ class ChangeClipDock(QgsDockWidget):
             prompt=prompt, prompt_mode=prompt_mode, bands=self.bands_edit.text(), tile=self.tile_spin.value(),
             overlap=self.overlap_spin.value(), threshold=self.threshold_spin.value() or None,
             device=self.device_combo.currentText(), precision=self.precision_combo.currentText(),
-            polygons=self.polygons_check.isChecked(),
+            polygons=self.polygons_check.isChecked(), grid=grid, target_crs=target_crs, resolution=resolution,
             min_area_m2=self.min_area_spin.value())
         return params, exports, name
 

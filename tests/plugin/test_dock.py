@@ -173,6 +173,12 @@ def test_dock_refuses_bad_choices(dock, project, pump, backend_env: None, raster
     dock.tile_spin.setValue(100)
     assert dock.start_run() is None
     assert "Tile size" in dock.stage_label.text()
+    dock.tile_spin.setValue(256)
+    dock.grid_combo.setCurrentIndex(dock.grid_combo.findData("custom"))
+    assert dock.start_run() is None
+    assert dock.stage_label.text() == ("Error: Output grid 'custom' needs a Target CRS and a Resolution: pick the "
+                                       "outputs' CRS (e.g. EPSG:32633) and give their pixel size in that CRS's "
+                                       "units (e.g. 10 for 10 m in UTM)")
 
 
 def test_dock_cancel(dock, project, pump, backend_env: None, tiny_weights, repo_root: Path) -> None:  # noqa: ANN001
@@ -255,3 +261,132 @@ def test_backend_missing_offers_diagnostics(qgis_app: object, mock_iface, projec
     buttons = [b.text() for b in item.findChildren(QPushButton)]
     assert "Diagnostics" in buttons
     dock.deleteLater()
+
+
+def test_dock_custom_grid_sends_the_processing_job(dock, project, pump, provider, backend_env: None,  # noqa: ANN001
+                                                   raster_pair: tuple[Path, Path]) -> None:
+    """The dock and Processing, given the same choices, build the same job; the dock's run is on that grid."""
+    from unittest import mock
+
+    import processing
+    from osgeo import gdal, osr
+    from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingException
+
+    from changeclip_qgis.core.errors import ChangeClipPluginError
+    from changeclip_qgis.processing import detect_changes
+
+    before, after = _add_pair(project, *raster_pair)
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    assert dock.grid_combo.currentData() == "before"
+    assert not dock.target_crs_widget.isEnabled() and not dock.resolution_spin.isEnabled()
+    dock.grid_combo.setCurrentIndex(dock.grid_combo.findData("custom"))
+    assert dock.target_crs_widget.isEnabled() and dock.resolution_spin.isEnabled()
+    dock.target_crs_widget.setCrs(QgsCoordinateReferenceSystem("EPSG:32634"))
+    assert dock.resolution_spin.suffix() == " m"
+    dock.resolution_spin.setValue(5.0)
+    from_dock, exports, _name = dock.collect()
+    assert not exports
+
+    sent: list = []
+
+    def capture(params, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        sent.append(params)
+        raise ChangeClipPluginError("captured")
+
+    with mock.patch.object(detect_changes, "run_detection", capture), \
+            pytest.raises(QgsProcessingException, match="captured"):
+        processing.run("changeclip:detectchanges", {
+            "BEFORE": str(raster_pair[0]), "AFTER": str(raster_pair[1]), "ENGINE": "irmad", "PROMPT_MODE": "none",
+            "OUTPUT_GRID": "custom", "TARGET_CRS": "EPSG:32634", "RESOLUTION": 5.0,
+            "CHANGE_MASK": "TEMPORARY_OUTPUT", "CHANGE_PROBABILITY": "TEMPORARY_OUTPUT",
+            "CHANGE_POLYGONS": "TEMPORARY_OUTPUT"})
+    where = ("output_dir", "mask_path", "probability_path", "polygons_path", "overwrite")  # each front-end's own
+    job = {k: v for k, v in from_dock.to_dict().items() if k not in where}
+    assert job == {k: v for k, v in sent[0].to_dict().items() if k not in where}
+    assert (job["grid"], job["target_crs"], job["resolution"]) == ("custom", "EPSG:32634", 5.0)
+
+    results = _run(dock, pump)
+    assert "summary" in results, results.get("error")
+    ds = gdal.Open(results["summary"]["outputs"]["mask"])
+    expected = osr.SpatialReference()
+    expected.ImportFromEPSG(32634)
+    assert ds.GetSpatialRef().IsSame(expected)
+    assert ds.GetGeoTransform()[1] == 5.0 and ds.GetGeoTransform()[5] == -5.0
+
+
+def test_dock_restores_output_grid_choices(dock, qgis_app: object) -> None:  # noqa: ANN001
+    from qgis.core import QgsCoordinateReferenceSystem, QgsSettings
+
+    from changeclip_qgis.core.settings import KEY_DOCK_CHOICES, PREFIX
+    from changeclip_qgis.gui.dock import ChangeClipDock
+
+    defaults = dock._choices()
+    assert (defaults["grid"], defaults["target_crs"], defaults["resolution"]) == ("before", "", "0.0")
+
+    def reopened(expect_custom: bool) -> ChangeClipDock:  # what the next QGIS session shows
+        again = ChangeClipDock(None)
+        assert again.target_crs_widget.isEnabled() == expect_custom
+        assert again.resolution_spin.isEnabled() == expect_custom
+        return again
+
+    # a CRS without an authority id is kept as WKT and comes back as the same CRS
+    no_id = QgsCoordinateReferenceSystem()
+    assert no_id.createFromProj("+proj=tmerc +lat_0=0 +lon_0=21.5 +k=0.9996 +x_0=500000 +y_0=0 +datum=WGS84 "
+                                "+units=m +no_defs")
+    dock.grid_combo.setCurrentIndex(dock.grid_combo.findData("custom"))
+    dock.target_crs_widget.setCrs(no_id)
+    dock.resolution_spin.setValue(2.5)
+    dock._save_choices()
+    again = reopened(expect_custom=True)
+    try:
+        assert again.grid_combo.currentData() == "custom" and again.resolution_spin.value() == 2.5
+        assert again.target_crs_widget.crs() == no_id and again._choices() == dock._choices()
+    finally:
+        again.deleteLater()
+    dock.grid_combo.setCurrentIndex(dock.grid_combo.findData("after"))  # CRS and resolution stay, unused
+    dock.target_crs_widget.setCrs(QgsCoordinateReferenceSystem("EPSG:32634"))
+    dock._save_choices()
+    again = reopened(expect_custom=False)
+    try:
+        assert again.grid_combo.currentData() == "after"
+        assert again._choices()["target_crs"] == "EPSG:32634" and again._choices()["resolution"] == "2.5"
+    finally:
+        again.deleteLater()
+    # stored values that no longer fit are ignored, the others still apply
+    settings = QgsSettings()
+    for key, value in (("grid", "diagonal"), ("target_crs", "not a CRS"), ("resolution", "-3")):
+        settings.setValue(PREFIX + KEY_DOCK_CHOICES + key, value)
+    settings.setValue(PREFIX + KEY_DOCK_CHOICES + "tile", "128")
+    third = reopened(expect_custom=False)
+    try:
+        got = third._choices()
+        assert (got["grid"], got["target_crs"], got["resolution"], got["tile"]) == ("before", "", "0.0", "128")
+    finally:
+        third.deleteLater()
+
+
+def test_dock_exports_tile_layer_onto_the_custom_grid(dock, project, raster_pair: tuple[Path, Path],  # noqa: ANN001
+                                                      xyz_uri: str) -> None:
+    """With Output grid 'custom' a non-file layer is exported straight onto that grid (not resampled twice)."""
+    from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer
+
+    xyz = QgsRasterLayer(xyz_uri, "tiles", "wms")
+    after = QgsRasterLayer(str(raster_pair[1]), "after_file")
+    project.addMapLayers([xyz, after])
+    dock.before_combo.setLayer(xyz)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    dock.grid_combo.setCurrentIndex(dock.grid_combo.findData("custom"))
+    dock.target_crs_widget.setCrs(QgsCoordinateReferenceSystem("EPSG:32634"))
+    dock.resolution_spin.setValue(5.0)
+    params, exports, _name = dock.collect()
+    request = exports["before"]
+    assert request.crs.authid() == "EPSG:32634" and request.extent.xMinimum() % 5.0 == 0.0
+    assert request.width == round(request.extent.width() / 5.0)
+    assert (params.grid, params.target_crs, params.resolution) == ("custom", "EPSG:32634", 5.0)
+    dock.grid_combo.setCurrentIndex(dock.grid_combo.findData("before"))  # back to the after file's grid
+    params, exports, _name = dock.collect()
+    assert exports["before"].crs == after.crs() and (exports["before"].width, exports["before"].height) == (128, 128)
+    assert (params.grid, params.target_crs, params.resolution) == ("before", None, None)

@@ -53,7 +53,6 @@ from changeclip.raster.outputs import (
     write_json,
 )
 from changeclip.raster.tiling import BlendAccumulator, tile_starts
-from changeclip.weights.training_data import scale_warning
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +267,8 @@ def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:
     """A warning when the output grid's ground pixel size is far from the engine's training GSD."""
     if engine.training_data is None:
         return None
+    from changeclip.weights.training_data import scale_warning  # here: the weights package imports torch
+
     win = inputs.window
     gsd = ground_pixel_size_m(inputs.grid, win.xoff + win.width / 2, win.yoff + win.height / 2)
     if gsd is None:

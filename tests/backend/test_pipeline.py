@@ -450,3 +450,13 @@ def test_scene_far_from_the_training_gsd_is_warned_about(tmp_path: Path) -> None
     # irmad has no training data: never such a warning
     s = run_detection(_params(b, a, tmp_path / "o4"))
     assert not [w for w in s["warnings"] if "trained on" in w]
+
+
+def test_pipeline_and_irmad_do_not_import_torch() -> None:
+    # torch costs ~300 MB of RSS: an irmad run must not pay it (test_detect_memory's bound relies on it)
+    import subprocess
+    import sys
+
+    code = "import sys, changeclip.pipeline, changeclip.engines.irmad; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

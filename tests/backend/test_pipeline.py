@@ -366,6 +366,7 @@ def test_resolution_mismatch_is_warned_about(tmp_path: Path) -> None:
     s = run_detection(_params(before, after, tmp_path / "o"))
     (warning,) = [w for w in s["warnings"] if "pixels are about" in w]
     assert warning.startswith("the after raster's pixels are about 4.0x larger") and "--grid after" in warning
+    assert "Output grid 'after'" in warning
     s = run_detection(_params(before, after, tmp_path / "o2", grid="after"))
     (warning,) = [w for w in s["warnings"] if "pixels are about" in w]
     assert warning.startswith("the before raster's pixels are about 4.0x smaller") and "--grid before" in warning

@@ -196,12 +196,12 @@ def resolution_warnings(reference: Grid, inputs: dict[str, Grid], ratio: float =
             out.append(f"the {role} raster's pixels are about {size / ref:.1f}x larger than the output grid's "
                        f"({size:.3g} vs {ref:.3g} CRS units): it is upsampled (bilinear), so changes smaller than "
                        f"a few of its pixels are blurred; to work at its resolution instead, put the outputs on its grid "
-                       f"(command line: --grid {role})")
+                       f"(command line: --grid {role}; QGIS: Output grid '{role}')")
         elif ref >= ratio * size:
             out.append(f"the {role} raster's pixels are about {ref / size:.1f}x smaller than the output grid's "
                        f"({size:.3g} vs {ref:.3g} CRS units): it is downsampled (bilinear), so its detail is lost; "
-                       f"to keep it, put the outputs on its grid (command line: --grid {role}; the {other} raster "
-                       "is then upsampled)")
+                       f"to keep it, put the outputs on its grid (command line: --grid {role}; QGIS: Output grid "
+                       f"'{role}'; the {other} raster is then upsampled)")
     return out
 
 

@@ -36,6 +36,19 @@ def _add_pair(project, before: Path, after: Path):  # noqa: ANN001, ANN202
     return b, a
 
 
+def _tiles_before_file_after(dock, project, xyz_uri: str, after_path: Path):  # noqa: ANN001, ANN202
+    """XYZ tiles as *before*, a file as *after*, engine irmad: the non-file export set-up."""
+    from qgis.core import QgsRasterLayer
+
+    xyz = QgsRasterLayer(xyz_uri, "tiles", "wms")
+    after = QgsRasterLayer(str(after_path), "after_file")
+    project.addMapLayers([xyz, after])
+    dock.before_combo.setLayer(xyz)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    return xyz, after
+
+
 def _run(dock, pump, timeout_s: float = 600) -> dict:  # noqa: ANN001
     results: dict = {}
     dock.runFinished.connect(lambda s: results.setdefault("summary", s))
@@ -207,14 +220,7 @@ def test_dock_cancel(dock, project, pump, backend_env: None, tiny_weights, repo_
 def test_dock_exports_tile_layer(dock, project, pump, backend_env: None, raster_pair: tuple[Path, Path],  # noqa: ANN001
                                  xyz_uri: str) -> None:
     """A non-file layer (XYZ tiles) is exported on the other raster's grid, then compared."""
-    from qgis.core import QgsRasterLayer
-
-    xyz = QgsRasterLayer(xyz_uri, "tiles", "wms")
-    after = QgsRasterLayer(str(raster_pair[1]), "after_file")
-    project.addMapLayers([xyz, after])
-    dock.before_combo.setLayer(xyz)
-    dock.after_combo.setLayer(after)
-    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    _tiles_before_file_after(dock, project, xyz_uri, raster_pair[1])
     dock.polygons_check.setChecked(False)
     task = dock.start_run()
     assert task is not None and set(task.exports) == {"before"}
@@ -370,14 +376,9 @@ def test_dock_restores_output_grid_choices(dock, qgis_app: object) -> None:  # n
 def test_dock_exports_tile_layer_onto_the_custom_grid(dock, project, raster_pair: tuple[Path, Path],  # noqa: ANN001
                                                       xyz_uri: str) -> None:
     """With Output grid 'custom' a non-file layer is exported straight onto that grid (not resampled twice)."""
-    from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer
+    from qgis.core import QgsCoordinateReferenceSystem
 
-    xyz = QgsRasterLayer(xyz_uri, "tiles", "wms")
-    after = QgsRasterLayer(str(raster_pair[1]), "after_file")
-    project.addMapLayers([xyz, after])
-    dock.before_combo.setLayer(xyz)
-    dock.after_combo.setLayer(after)
-    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    _xyz, after = _tiles_before_file_after(dock, project, xyz_uri, raster_pair[1])
     dock.grid_combo.setCurrentIndex(dock.grid_combo.findData("custom"))
     dock.target_crs_widget.setCrs(QgsCoordinateReferenceSystem("EPSG:32634"))
     dock.resolution_spin.setValue(5.0)

@@ -162,7 +162,8 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
             report("polygons", 0, 100)
             tmp_gpkg = temp.new(paths["polygons"])
             polygons_info = polygonize(tmp_mask, tmp_gpkg, inputs.grid, params.min_area,
-                                       lambda f: report("polygons", int(100 * f), 100), cancelled)
+                                       lambda f: report("polygons", int(100 * f), 100), cancelled,
+                                       attributes=_polygon_attributes(params, engine, threshold))
             timings["polygons"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -385,6 +386,20 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
                       "processed": total - skipped, "skipped_nodata": skipped},
             "changed_px": changed_px, "valid_px": valid_px,
             "changed_m2": changed_m2 if has_area else None, "valid_m2": valid_m2 if has_area else None}
+
+
+def _polygon_attributes(params: DetectParams, engine: ChangeEngine, threshold: float) -> dict[str, str | float]:
+    """The run's provenance, stored on every change polygon (see :func:`outputs.polygonize`)."""
+    model = engine.describe()
+    if engine.name == "changeclip":
+        model_text = f"{model.get('variant', '')} ({os.path.basename(str(model.get('weights', '')))})"
+        words = params.prompt.strip()
+        prompt = {"none": "", "words": words}.get(params.prompt_mode, f"auto tags + {words}" if words else "auto tags")
+    else:
+        model_text, prompt = engine.name, ""
+    return {"before": os.path.basename(params.before), "after": os.path.basename(params.after),
+            "engine": engine.name, "model": model_text, "prompt": prompt, "threshold": float(threshold),
+            "detected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def _summary(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scaler: scaling.BandScaling,

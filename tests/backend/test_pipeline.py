@@ -62,6 +62,11 @@ def test_irmad_run_outputs(tmp_path: Path) -> None:
     assert s["valid_area_m2"] == pytest.approx(200 * 240 * 100.0)
     assert s["changed_fraction"] == pytest.approx(s["changed_pixels"] / (200 * 240))
     assert s["polygons"]["area_m2"] <= s["changed_area_m2"] and s["polygons"]["count"] >= 1
+    gpkg = ogr.Open(str(out / POLYGONS_NAME))  # referenced while its features are read
+    feat = gpkg.GetLayer(0).GetNextFeature()
+    assert (feat["before"], feat["after"], feat["engine"], feat["model"], feat["prompt"], feat["threshold"]) == (
+        "before.tif", "after.tif", "irmad", "irmad", "", 0.99)
+    assert feat["detected_at"].endswith("Z") and feat["detected_at"][:4].isdigit()
     assert s["tiles"]["overlap"] == 0 and s["tiles"]["overlap_requested"] == 32  # irmad is pixelwise
     assert not [p for p in tmp_path.rglob(".*")], "no temporary file is left behind"
 
@@ -451,6 +456,14 @@ def test_scene_far_from_the_training_gsd_is_warned_about(tmp_path: Path) -> None
     # irmad has no training data: never such a warning
     s = run_detection(_params(b, a, tmp_path / "o4"))
     assert not [w for w in s["warnings"] if "trained on" in w]
+    # the network's polygons say which model and prompt made them
+    s = run_detection(_params(b, a, tmp_path / "o5", polygons=True, **{**kw, "prompt_mode": "words",
+                                                                       "prompt": "building", "threshold": 0.01}))
+    assert s["polygons"]["count"] >= 1
+    gpkg = ogr.Open(s["outputs"]["polygons"])
+    feat = gpkg.GetLayer(0).GetNextFeature()
+    assert (feat["engine"], feat["model"], feat["prompt"], feat["threshold"]) == (
+        "changeclip", "tiny-rn50 (levir.safetensors)", "building", 0.01)
 
 
 def test_pipeline_and_irmad_do_not_import_torch() -> None:

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -239,7 +239,8 @@ def _lut_vrt(mask_path: str, grid: Grid) -> str:
 
 def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
                progress: Callable[[float], None] | None = None,
-               is_cancelled: Callable[[], bool] | None = None) -> dict[str, Any]:
+               is_cancelled: Callable[[], bool] | None = None,
+               attributes: Mapping[str, str | float] | None = None) -> dict[str, Any]:
     """Change polygons (mask == 1, 4-connected) into a GeoPackage with ``area_m2``.
 
     Args:
@@ -249,6 +250,10 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
         min_area_m2: Polygons smaller than this are dropped.
         progress: Called with the fraction done (0..1) while polygonizing.
         is_cancelled: Polled while GDAL works; True aborts.
+        attributes: Fields with the same value on every polygon (the run's provenance: input
+            files, engine, model, prompt, threshold, time), so that polygons of several runs
+            merged into one layer still say where they came from. Strings become text fields,
+            numbers real fields.
 
     Returns:
         ``{"count", "dropped", "area_m2"}``.
@@ -266,6 +271,9 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
         ds = drv.CreateDataSource(out_path)
         layer = ds.CreateLayer("change_polygons", srs=grid.srs(), geom_type=ogr.wkbPolygon)
         layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
+        constant = dict(attributes or {})
+        for name, value in constant.items():
+            layer.CreateField(ogr.FieldDefn(name, ogr.OFTString if isinstance(value, str) else ogr.OFTReal))
         ds.StartTransaction()
         gdal.Polygonize(band, band, layer, -1, [], callback=callback)
         ds.CommitTransaction()
@@ -280,6 +288,8 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
                 drop.append(feat.GetFID())
                 continue
             feat.SetField("area_m2", area)
+            for name, value in constant.items():
+                feat.SetField(name, value)
             layer.SetFeature(feat)
             kept += 1
             total += area or 0.0

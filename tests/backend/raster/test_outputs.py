@@ -80,6 +80,23 @@ def test_polygons_area_and_min_area(tmp_path: Path) -> None:
     assert info["count"] == 2 and info["area_m2"] == pytest.approx(20400.0)
 
 
+def test_polygons_carry_the_run_attributes(tmp_path: Path) -> None:
+    grid = Grid(60, 40, UTM.geotransform, UTM.wkt)
+    mask = np.zeros((40, 60), np.uint8)
+    mask[5:15, 5:25] = 1
+    mask[30:32, 40:42] = 1
+    attrs = {"before": "2015.tif", "prompt": "building, road", "threshold": 0.5}
+    polygonize(_mask_file(tmp_path, grid, mask), str(tmp_path / "p.gpkg"), grid, 0, attributes=attrs)
+    ds = ogr.Open(str(tmp_path / "p.gpkg"))  # keep the dataset referenced while its layer is used
+    layer = ds.GetLayer(0)
+    defn = layer.GetLayerDefn()
+    types = {defn.GetFieldDefn(i).GetName(): defn.GetFieldDefn(i).GetType() for i in range(defn.GetFieldCount())}
+    assert types == {"area_m2": ogr.OFTReal, "before": ogr.OFTString, "prompt": ogr.OFTString,
+                     "threshold": ogr.OFTReal}
+    rows = [{k: f.GetField(k) for k in types} for f in layer]
+    assert len(rows) == 2 and all({k: r[k] for k in attrs} == attrs for r in rows)
+
+
 def test_geographic_areas_agree_between_raster_and_polygons(tmp_path: Path) -> None:
     # 1°x1° at the equator on WGS 84 is 12 308.8 km² (ellipsoidal)
     one_deg = Grid(1, 1, (0.0, 1.0, 0.0, 1.0, 0.0, -1.0), wkt(4326))

@@ -163,7 +163,8 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
             tmp_gpkg = temp.new(paths["polygons"])
             polygons_info = polygonize(tmp_mask, tmp_gpkg, inputs.grid, params.min_area,
                                        lambda f: report("polygons", int(100 * f), 100), cancelled,
-                                       attributes=_polygon_attributes(params, engine, threshold))
+                                       attributes=_polygon_attributes(params, engine, threshold),
+                                       probability_path=tmp_prob)
             timings["polygons"] = time.perf_counter() - t
 
         t = time.perf_counter()

@@ -67,6 +67,8 @@ def test_irmad_run_outputs(tmp_path: Path) -> None:
     assert (feat["before"], feat["after"], feat["engine"], feat["model"], feat["prompt"], feat["threshold"]) == (
         "before.tif", "after.tif", "irmad", "irmad", "", 0.99)
     assert feat["detected_at"].endswith("Z") and feat["detected_at"][:4].isdigit()
+    # every polygon is made of pixels above the threshold (probabilities stored in whole percent)
+    assert all(f["mean_prob"] >= s["threshold"] - 0.01 for f in gpkg.GetLayer(0))
     assert s["tiles"]["overlap"] == 0 and s["tiles"]["overlap_requested"] == 32  # irmad is pixelwise
     assert not [p for p in tmp_path.rglob(".*")], "no temporary file is left behind"
 

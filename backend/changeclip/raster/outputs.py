@@ -240,8 +240,9 @@ def _lut_vrt(mask_path: str, grid: Grid) -> str:
 def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
                progress: Callable[[float], None] | None = None,
                is_cancelled: Callable[[], bool] | None = None,
-               attributes: Mapping[str, str | float] | None = None) -> dict[str, Any]:
-    """Change polygons (mask == 1, 4-connected) into a GeoPackage with ``area_m2``.
+               attributes: Mapping[str, str | float] | None = None,
+               probability_path: str | None = None) -> dict[str, Any]:
+    """Change polygons (mask == 1, 4-connected) into a GeoPackage with ``area_m2`` (and ``mean_prob``).
 
     Args:
         mask_path: The finished change mask GeoTIFF (values 0, 1, 255).
@@ -254,6 +255,9 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
             files, engine, model, prompt, threshold, time), so that polygons of several runs
             merged into one layer still say where they came from. Strings become text fields,
             numbers real fields.
+        probability_path: The finished change-probability GeoTIFF (uint8 percent or float32
+            0..1) on the same grid: adds ``mean_prob``, the mean change probability (0..1) of each
+            polygon's pixels, the number to sort or filter polygons by confidence.
 
     Returns:
         ``{"count", "dropped", "area_m2"}``.
@@ -269,7 +273,10 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
         band = src.GetRasterBand(1)
         drv = ogr.GetDriverByName("GPKG")
         ds = drv.CreateDataSource(out_path)
-        layer = ds.CreateLayer("change_polygons", srs=grid.srs(), geom_type=ogr.wkbPolygon)
+        # The spatial index is built once at the end: kept up to date through the SetFeature
+        # loop below it cost more than polygonizing (29 s vs 18 s for 478k polygons).
+        layer = ds.CreateLayer("change_polygons", srs=grid.srs(), geom_type=ogr.wkbPolygon,
+                               options=["SPATIAL_INDEX=NO"])
         layer.CreateField(ogr.FieldDefn("area_m2", ogr.OFTReal))
         constant = dict(attributes or {})
         for name, value in constant.items():
@@ -277,6 +284,10 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
         ds.StartTransaction()
         gdal.Polygonize(band, band, layer, -1, [], callback=callback)
         ds.CommitTransaction()
+        means = None
+        if probability_path is not None:
+            layer.CreateField(ogr.FieldDefn("mean_prob", ogr.OFTReal))
+            means = _mean_per_polygon(ds, layer.GetName(), grid, probability_path, out_path, is_cancelled)
         measure = PolygonArea(grid)
         kept, dropped, total = 0, 0, 0.0
         drop: list[int] = []
@@ -290,6 +301,8 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
             feat.SetField("area_m2", area)
             for name, value in constant.items():
                 feat.SetField(name, value)
+            if means is not None and 0 < feat.GetFID() < len(means):
+                feat.SetField("mean_prob", round(float(means[feat.GetFID()]), 4))
             layer.SetFeature(feat)
             kept += 1
             total += area or 0.0
@@ -297,6 +310,8 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
             layer.DeleteFeature(fid)
         dropped = len(drop)
         ds.CommitTransaction()
+        ds.ReleaseResultSet(ds.ExecuteSQL(f"SELECT CreateSpatialIndex('{layer.GetName()}', "
+                                          f"'{layer.GetGeometryColumn()}')"))
         ds.FlushCache()
         layer = None
         ds = None
@@ -308,6 +323,55 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
     finally:
         gdal.Unlink(vrt)
     return {"count": kept, "dropped": dropped, "area_m2": total}
+
+
+_ROWS_PER_READ = 256
+
+
+def _mean_per_polygon(ds: ogr.DataSource, layer_name: str, grid: Grid, probability_path: str, out_path: str,
+                      is_cancelled: Callable[[], bool] | None) -> np.ndarray:
+    """Mean probability (0..1) of each polygon's pixels, indexed by FID, in bounded memory.
+
+    The polygons' FIDs are burnt into a temporary Int32 raster of the grid (compressed, beside
+    ``out_path``; polygons follow pixel edges, so each pixel gets the FID of the polygon it came
+    from), then the probability and FID rasters are read in strips of rows and summed per FID.
+    """
+    ids_path = f"{out_path}.fid.tif"
+    sql = ds.ExecuteSQL(f'SELECT fid + 0 AS pid, geom FROM "{layer_name}"')
+    try:
+        ids = gdal.GetDriverByName("GTiff").Create(ids_path, grid.width, grid.height, 1, gdal.GDT_Int32,
+                                                   options=["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1",
+                                                            "BIGTIFF=IF_SAFER", "SPARSE_OK=TRUE"])
+        ids.SetGeoTransform(grid.geotransform)
+        if grid.wkt:
+            ids.SetProjection(grid.wkt)
+        gdal.RasterizeLayer(ids, [1], sql, options=["ATTRIBUTE=pid"],
+                            callback=_gdal_callback(None, is_cancelled))
+        top = ds.ExecuteSQL(f'SELECT MAX(fid) FROM "{layer_name}"')
+        count = int(top.GetNextFeature().GetField(0) or 0) + 1
+        ds.ReleaseResultSet(top)
+        sums = np.zeros(count, np.float64)
+        pixels = np.zeros(count, np.int64)
+        prob_ds = gdal.Open(probability_path)
+        band = prob_ds.GetRasterBand(1)
+        scale = 0.01 if band.DataType == gdal.GDT_Byte else 1.0
+        id_band = ids.GetRasterBand(1)
+        for y in range(0, grid.height, _ROWS_PER_READ):
+            if is_cancelled is not None and is_cancelled():
+                raise JobCancelled("the run was cancelled; partial outputs were removed")
+            n = min(_ROWS_PER_READ, grid.height - y)
+            fid = id_band.ReadAsArray(0, y, grid.width, n).ravel()
+            inside = fid > 0
+            if inside.any():
+                values = band.ReadAsArray(0, y, grid.width, n).ravel()[inside].astype(np.float64) * scale
+                sums += np.bincount(fid[inside], weights=values, minlength=count)[:count]
+                pixels += np.bincount(fid[inside], minlength=count)[:count]
+        ids = prob_ds = None
+    finally:
+        ds.ReleaseResultSet(sql)
+        if os.path.exists(ids_path):
+            os.remove(ids_path)
+    return np.divide(sums, pixels, out=np.full(count, np.nan), where=pixels > 0)
 
 
 def write_json(path: str, data: dict[str, Any]) -> None:

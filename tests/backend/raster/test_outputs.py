@@ -156,3 +156,29 @@ def test_gdal_disk_full_message_maps_to_enospc() -> None:
 
     assert write_error("x.tif", "x.tif: Free disk space available is 0 bytes; No space left on device").errno == errno.ENOSPC
     assert write_error("x.tif", "TIFFWriteEncodedTile failed").errno == errno.EIO
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_polygons_mean_probability(tmp_path: Path, dtype: str) -> None:
+    grid = Grid(60, 40, UTM.geotransform, UTM.wkt)
+    mask = np.zeros((40, 60), np.uint8)
+    prob = np.full((40, 60), 0.2, np.float32)
+    mask[5:15, 5:25] = 1
+    prob[5:15, 5:25] = 0.8  # mean 0.8
+    mask[20:30, 30:40] = 1
+    prob[20:30, 30:35], prob[20:30, 35:40] = 0.6, 1.0  # mean 0.8 too, from two halves
+    prob[20:30, 30:31] = 0.55  # one column lower: mean (0.55 + 4 * 0.6 + 5 * 1.0) / 10 = 0.795
+    mask[0, 59] = 1  # a 1-px polygon, dropped by min_area; it must not disturb the others
+    prob[0, 59] = 0.99
+    writer = ChangeRasterWriter(str(tmp_path / "m.tif"), str(tmp_path / "p.tif"), grid, dtype, 0.5)
+    writer.write_rows(prob, np.ones_like(mask, bool), 0, 0)
+    writer.close()
+    m = gdal.Open(str(tmp_path / "m.tif")).ReadAsArray()
+    np.testing.assert_array_equal(m, (prob > 0.5).astype(np.uint8))
+    info = polygonize(str(tmp_path / "m.tif"), str(tmp_path / "p.gpkg"), grid, 200,
+                      probability_path=str(tmp_path / "p.tif"))
+    assert info["count"] == 2 and info["dropped"] == 1
+    ds = ogr.Open(str(tmp_path / "p.gpkg"))
+    means = sorted(round(f["mean_prob"], 3) for f in ds.GetLayer(0))
+    assert means == [0.795, 0.8]
+    assert not list(tmp_path.glob("*.fid.tif")), "the temporary FID raster is removed"

@@ -360,21 +360,13 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
     with BatchReader(source, batches, threads) as reader:
         for i in range(len(batches)):
             _check_cancel(cancelled)
-            batch_b, batch_a, batch_v, where = [], [], [], []
-            for (x0, y0), got in reader.get(i):
-                if got is None:
-                    skipped += 1
-                    continue
-                batch_b.append(got[0])
-                batch_a.append(got[1])
-                batch_v.append(got[2])
-                where.append((x0 + margin, y0 + margin))
-            if where:
-                valid = np.stack(batch_v)
-                probs = engine.predict_proba(np.stack(batch_b), np.stack(batch_a), valid)
-                del batch_b, batch_a, batch_v
-                for (x0, y0), p, v in zip(where, probs, valid, strict=True):
-                    acc.add(p, v, x0, y0)
+            batch = reader.get(i)
+            skipped += batch.skipped
+            if batch.positions:
+                probs = engine.predict_proba(batch.before, batch.after, batch.valid)
+                for (x0, y0), p, v in zip(batch.positions, probs, batch.valid, strict=True):
+                    acc.add(p, v, x0 + margin, y0 + margin)
+            del batch
             nxt = (i + 1) * params.batch_size
             report("tiles", min(nxt, total), total)
             flush(positions[nxt][1] + margin if nxt < total else acc.height)

@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from types import TracebackType
 
 import numpy as np
@@ -109,6 +110,55 @@ class TileSource:
         return sb, sa, valid
 
 
+@dataclass
+class Batch:
+    """The tiles of one batch that have valid pixels, stacked for the engine.
+
+    Attributes:
+        positions: ``(x0, y0)`` of each kept tile, in the batch's order.
+        before, after: ``(n, C, tile, tile)`` float32 (None when no tile was kept).
+        valid: ``(n, tile, tile)`` bool (None when no tile was kept).
+        skipped: Tiles of the batch without any pixel valid in both dates.
+    """
+
+    positions: list[Position]
+    before: np.ndarray | None
+    after: np.ndarray | None
+    valid: np.ndarray | None
+    skipped: int
+
+
+class _Assembly:
+    """Stacks a batch's tiles as they arrive: each reader thread copies its tile into its slot.
+
+    The copies run in the reader threads, in parallel and overlapped with compute, instead of
+    in one ``np.stack`` on the calling thread (which cost a quarter of that thread's time).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._arrays: tuple[np.ndarray, ...] | None = None
+        self._kept = [False] * size
+
+    def put(self, k: int, tile: Tile | None) -> None:
+        if tile is None:
+            return
+        with self._lock:
+            if self._arrays is None:
+                self._arrays = tuple(np.empty((self._size, *a.shape), a.dtype) for a in tile)
+        for buffer, array in zip(self._arrays, tile, strict=True):
+            buffer[k] = array
+        self._kept[k] = True
+
+    def batch(self, positions: Sequence[Position]) -> Batch:
+        keep = [k for k, kept in enumerate(self._kept) if kept]
+        if not keep or self._arrays is None:
+            return Batch([], None, None, None, self._size)
+        arrays = self._arrays if len(keep) == self._size else tuple(a[keep] for a in self._arrays)
+        return Batch([positions[k] for k in keep], *arrays, skipped=self._size - len(keep))
+
+
 class BatchReader:
     """Batches of tiles, the next one read by a thread pool while the caller works on the current.
 
@@ -125,7 +175,7 @@ class BatchReader:
         self.source = source
         self.batches = batches
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="changeclip-read") if threads > 0 else None
-        self._pending: dict[int, list[Future[Tile | None]]] = {}
+        self._pending: dict[int, tuple[_Assembly, list[Future[None]]]] = {}
 
     def __enter__(self) -> BatchReader:
         return self
@@ -137,7 +187,7 @@ class BatchReader:
     def close(self) -> None:
         """Stop reading ahead: cancel queued reads, wait for running ones, drop thread datasets."""
         if self._pool is not None:
-            for futures in self._pending.values():
+            for _, futures in self._pending.values():
                 for f in futures:
                     f.cancel()
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -145,22 +195,32 @@ class BatchReader:
         self._pending.clear()
         self.source.close()
 
-    def _submit(self, i: int) -> list[Future[Tile | None]]:
-        assert self._pool is not None
-        return [self._pool.submit(self.source.read, x0, y0) for x0, y0 in self.batches[i]]
+    def _read_into(self, assembly: _Assembly, k: int, x0: int, y0: int) -> None:
+        assembly.put(k, self.source.read(x0, y0))
 
-    def get(self, i: int) -> list[tuple[Position, Tile | None]]:
-        """The tiles of batch ``i`` (None where no pixel is valid), in the batch's order.
+    def _submit(self, i: int) -> tuple[_Assembly, list[Future[None]]]:
+        assert self._pool is not None
+        assembly = _Assembly(len(self.batches[i]))
+        return assembly, [self._pool.submit(self._read_into, assembly, k, x0, y0)
+                          for k, (x0, y0) in enumerate(self.batches[i])]
+
+    def get(self, i: int) -> Batch:
+        """Batch ``i``: its tiles with valid pixels, stacked, in the batch's order.
 
         With threads, asking for batch ``i`` also starts reading batch ``i + 1``; at most these
         two are in flight. Errors of a read (GDAL's RuntimeError, InputError) are raised here.
         """
         if self._pool is None:
-            return [((x0, y0), self.source.read(x0, y0)) for x0, y0 in self.batches[i]]
-        futures = self._pending.pop(i, None) or self._submit(i)
+            assembly = _Assembly(len(self.batches[i]))
+            for k, (x0, y0) in enumerate(self.batches[i]):
+                self._read_into(assembly, k, x0, y0)
+            return assembly.batch(self.batches[i])
+        assembly, futures = self._pending.pop(i, None) or self._submit(i)
         for stale in [k for k in self._pending if k != i + 1]:  # batches skipped by the caller
-            for f in self._pending.pop(stale):
+            for f in self._pending.pop(stale)[1]:
                 f.cancel()
         if i + 1 < len(self.batches) and i + 1 not in self._pending:
             self._pending[i + 1] = self._submit(i + 1)
-        return [(pos, f.result()) for pos, f in zip(self.batches[i], futures, strict=True)]
+        for f in futures:
+            f.result()
+        return assembly.batch(self.batches[i])

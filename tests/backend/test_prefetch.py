@@ -108,9 +108,10 @@ def test_batch_reader_order_lookahead_and_errors() -> None:
     src = _Source()
     with BatchReader(src, batches, threads=2) as reader:  # type: ignore[arg-type]
         first = reader.get(0)
-        assert [pos for pos, _ in first] == batches[0]
-        assert [float(t[0][0, 0, 0]) for _, t in first] == [x + 10 * y for x, y in batches[0]]
-        reader._pending[1][-1].result()  # batch 1 was started while batch 0 was handed out
+        assert first.positions == batches[0] and first.skipped == 0
+        assert first.before is not None and first.before.shape == (3, 1, 2, 2)
+        assert first.before[:, 0, 0, 0].tolist() == [x + 10 * y for x, y in batches[0]]
+        reader._pending[1][1][-1].result()  # batch 1 was started while batch 0 was handed out
         assert len(reader._pending) == 1 and 2 not in reader._pending, "at most one batch read ahead"
         assert all(name.startswith("changeclip-read") for _, name in src.reads)
     assert src.closed
@@ -121,9 +122,24 @@ def test_batch_reader_order_lookahead_and_errors() -> None:
     assert bad.closed and all(pos[1] <= 3 for pos, _ in bad.reads)
 
 
+@pytest.mark.parametrize("threads", [0, 2])
+def test_batch_keeps_only_tiles_with_valid_pixels(threads: int) -> None:
+    class Sparse(_Source):
+        def read(self, x0: int, y0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+            return None if x0 % 2 else super().read(x0, y0)  # odd columns: all nodata
+
+    with BatchReader(Sparse(), [[(i, 0) for i in range(5)], [(1, 1), (3, 1)]], threads) as reader:  # type: ignore[arg-type]
+        batch = reader.get(0)
+        assert batch.positions == [(0, 0), (2, 0), (4, 0)] and batch.skipped == 2
+        assert batch.before is not None and batch.valid is not None
+        assert batch.before[:, 0, 0, 0].tolist() == [0.0, 2.0, 4.0] and batch.valid.shape == (3, 2, 2)
+        empty = reader.get(1)
+        assert (empty.positions, empty.before, empty.skipped) == ([], None, 2)
+
+
 def test_serial_batch_reader_reads_on_the_calling_thread() -> None:
     src = _Source()
     with BatchReader(src, [[(0, 0), (1, 0)]], threads=0) as reader:  # type: ignore[arg-type]
-        assert [pos for pos, _ in reader.get(0)] == [(0, 0), (1, 0)]
+        assert reader.get(0).positions == [(0, 0), (1, 0)]
     assert {name for _, name in src.reads} == {threading.current_thread().name}
 

@@ -53,6 +53,7 @@ from changeclip.raster.outputs import (
     write_json,
 )
 from changeclip.raster.tiling import BlendAccumulator, tile_starts
+from changeclip.writeback import Writeback
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ PREFETCH_THREADS: int | None = None
 """Reader threads that read the next tile batch while the engine computes the current one
 (None: :data:`changeclip.prefetch.DEFAULT_THREADS`; 0: no overlap, every read on the main thread).
 An internal switch (tests compare both); outputs are identical either way."""
+WRITE_THREAD = True
+"""Blend and write finished tiles on a writer thread while the engine computes the next batch
+(:mod:`changeclip.writeback`); False does it on the main thread. An internal switch (tests compare
+both); outputs are identical either way."""
 _GDAL_CACHE_BYTES = 256 * 1024 * 1024
 
 
@@ -357,19 +362,27 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
     threads = prefetch.DEFAULT_THREADS if PREFETCH_THREADS is None else PREFETCH_THREADS
     if inputs.reopen is None:
         threads = 0
-    with BatchReader(source, batches, threads) as reader:
+    def blend_and_write(item: tuple[list[tuple[int, int]], np.ndarray | None, np.ndarray | None, int]) -> None:
+        where, probs, valid, until = item
+        if probs is not None and valid is not None:
+            for (x0, y0), p, v in zip(where, probs, valid, strict=True):
+                acc.add(p, v, x0 + margin, y0 + margin)
+        flush(until)
+
+    with BatchReader(source, batches, threads) as reader, \
+            Writeback(blend_and_write, threaded=WRITE_THREAD) as back:
         for i in range(len(batches)):
             _check_cancel(cancelled)
             batch = reader.get(i)
             skipped += batch.skipped
+            probs = None
             if batch.positions:
                 probs = engine.predict_proba(batch.before, batch.after, batch.valid)
-                for (x0, y0), p, v in zip(batch.positions, probs, batch.valid, strict=True):
-                    acc.add(p, v, x0 + margin, y0 + margin)
-            del batch
             nxt = (i + 1) * params.batch_size
+            back.put((batch.positions, probs, batch.valid, positions[nxt][1] + margin if nxt < total else acc.height))
+            del batch
             report("tiles", min(nxt, total), total)
-            flush(positions[nxt][1] + margin if nxt < total else acc.height)
+        back.finish()
 
     if valid_px == 0:
         raise InputError("no pixel of the overlapping area is valid in both rasters; check nodata values "

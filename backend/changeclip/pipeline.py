@@ -86,7 +86,8 @@ class Inputs:
 
 
 def run_detection(params: DetectParams, progress: ProgressFn | None = None,
-                  is_cancelled: CancelFn | None = None, cache: ModelCache | None = None) -> dict[str, Any]:
+                  is_cancelled: CancelFn | None = None, cache: ModelCache | None = None,
+                  engine: ChangeEngine | None = None) -> dict[str, Any]:
     """Run change detection for one job and write its outputs.
 
     Args:
@@ -94,6 +95,8 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         progress: Called as ``progress(stage, done, total)``.
         is_cancelled: Polled before every tile batch; True stops the run.
         cache: Model cache shared between jobs (None: load the model for this run only).
+        engine: Use this engine instead of building the one ``params`` names (benchmarks and
+            tests: e.g. the no-op engine that measures the pipeline's own ceiling).
 
     Returns:
         The summary (also written to ``summary.json``), with every ``protocol.SUMMARY_KEYS`` key.
@@ -124,7 +127,8 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
     try:
         t = time.perf_counter()
         report("loading_model", 0, 1)
-        engine = build_engine(params, cache)
+        if engine is None:
+            engine = build_engine(params, cache)
         log.info("engine: %s on %s", engine.name, engine.device)
         scale = _scale_warning(inputs, engine)
         if scale:

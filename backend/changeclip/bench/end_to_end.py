@@ -151,3 +151,61 @@ def bench_irmad_end_to_end(size: int, workdir: str | None = None) -> dict[str, A
     return {"variant": "irmad", "path": "pipeline", "precision": "fp64", "batch": params.batch_size,
             "raster_px": size, "seconds": dt, "mpix_per_s": size * size / 1e6 / dt,
             "timings_s": summary.get("timings_s")}
+
+
+class NoOpEngine:
+    """An engine that costs (almost) nothing: what the pipeline sustains around any network.
+
+    It returns a smooth, fixed probability pattern (so the outputs compress like real ones, not
+    like a constant) and uses context like the network (overlapping tiles, blending).
+    """
+
+    name = "no-op"
+    default_threshold = 0.5
+    clip_input = True
+    needs_context = True
+    device = "cpu"
+    training_data = None
+
+    def __init__(self) -> None:
+        self._pattern: np.ndarray | None = None
+
+    def fit(self, before_sample: np.ndarray, after_sample: np.ndarray) -> None:
+        """Nothing to fit."""
+
+    def predict_proba(self, before: np.ndarray, after: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The fixed pattern for every tile (a fresh array, as real engines return)."""
+        n, _, h, w = before.shape
+        if self._pattern is None or self._pattern.shape != (h, w):
+            yy, xx = np.mgrid[0:h, 0:w]
+            self._pattern = ((np.sin(xx / 9.0) * np.cos(yy / 7.0) + 1) / 2).astype(np.float32)
+        return np.broadcast_to(self._pattern, (n, h, w)).copy()
+
+    def describe(self) -> dict[str, Any]:
+        """Name only."""
+        return {"name": self.name}
+
+
+def bench_host_ceiling(size: int, batch: int, workdir: str | None = None) -> dict[str, Any]:
+    """The pipeline with :class:`NoOpEngine`: the most pairs/s reading, blending and writing sustain.
+
+    A network cannot run faster end to end than this on the same machine: compare it with the
+    network's pairs/s to see whether a run would be bound by the network or by the host.
+    """
+    from changeclip.pipeline import run_detection
+    from changeclip.protocol import DetectParams
+
+    with tempfile.TemporaryDirectory(prefix="changeclip-bench-", dir=workdir) as tmp:
+        before, after = write_synthetic_pair(Path(tmp), size)
+        params = DetectParams(before=str(before), after=str(after), output_dir=str(Path(tmp) / "out"),
+                              engine="changeclip", weights=None, prompt_mode="none", tile=256, overlap=64,
+                              batch_size=batch, value_range=[[0, 255]], overwrite=True)
+        t0 = time.perf_counter()
+        summary = run_detection(params, engine=NoOpEngine())
+        dt = time.perf_counter() - t0
+    tiles = summary["tiles"]["total"]
+    timings = summary.get("timings_s") or {}
+    return {"variant": "no-op engine", "path": "pipeline", "precision": "-", "batch": batch, "raster_px": size,
+            "tiles": tiles, "seconds": dt, "mpix_per_s": size * size / 1e6 / dt, "pairs_per_s": tiles / dt,
+            "tile_stage_pairs_per_s": tiles / timings["tiles"] if timings.get("tiles") else None,
+            "timings_s": timings}

@@ -31,6 +31,8 @@ class Profile:
         e2e_precisions: pipeline precisions.
         hit_rate_tiles: tiles of the text-cache hit-rate run.
         irmad_size: raster side of the irmad end-to-end run (0 = skip).
+        host_size: raster side of the pipeline run with a no-op engine, the host's ceiling
+            (0 = skip; needs GDAL).
         compile_model: also time a ``torch.compile``-d forward (GPU).
         net_size: tile side of the throughput section (256 = the paper's tiles).
         e2e_paths: end-to-end paths to time: ``pipeline`` (changeclip.pipeline, needs GDAL) and/or
@@ -52,6 +54,7 @@ class Profile:
     e2e_precisions: list[str]
     hit_rate_tiles: int = 16
     irmad_size: int = 0
+    host_size: int = 0
     compile_model: bool = False
     net_size: int = 256
     e2e_paths: list[str] = field(default_factory=lambda: ["pipeline"])
@@ -63,13 +66,13 @@ class Profile:
 PROFILES = {
     "cpu": Profile("cpu", ["rn50", "vit-b-16"], [2], ["fp32", "bf16"], reps=3, naive_pairs=1,
                    e2e_variants=["rn50"], e2e_size=512, e2e_naive_size=512, e2e_batch=4,
-                   e2e_precisions=["fp32", "bf16"], hit_rate_tiles=16, irmad_size=2048),
+                   e2e_precisions=["fp32", "bf16"], hit_rate_tiles=16, irmad_size=2048, host_size=2048),
     "quick": Profile("quick", ["tiny-rn50"], [2], ["fp32"], reps=1, naive_pairs=1,
                      e2e_variants=["tiny-rn50"], e2e_size=384, e2e_naive_size=384, e2e_batch=4,
-                     e2e_precisions=["fp32"], hit_rate_tiles=4, irmad_size=256, net_size=128),
+                     e2e_precisions=["fp32"], hit_rate_tiles=4, irmad_size=256, net_size=128, host_size=384),
     "gpu": Profile("gpu", ["rn50", "vit-b-16"], [16, 64, 128], ["fp32", "bf16"], reps=5, naive_pairs=8,
                    e2e_variants=["rn50", "vit-b-16"], e2e_size=6144, e2e_naive_size=1024, e2e_batch=64,
-                   e2e_precisions=["bf16"], hit_rate_tiles=64, irmad_size=0,
+                   e2e_precisions=["bf16"], hit_rate_tiles=64, irmad_size=0, host_size=6144,
                    e2e_paths=["pipeline", "stream"], budget_s=300.0),
 }
 
@@ -78,7 +81,7 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
               workdir: str | None = None) -> dict[str, Any]:
     """Run every section of ``profile`` on ``device``; return the JSON-able report."""
     from changeclip.bench.common import random_pairs
-    from changeclip.bench.end_to_end import bench_end_to_end, bench_irmad_end_to_end
+    from changeclip.bench.end_to_end import bench_end_to_end, bench_host_ceiling, bench_irmad_end_to_end
     from changeclip.bench.network import bench_network
     from changeclip.bench.stream import bench_stream
     from changeclip.bench.text import bench_hit_rate, bench_text_cost
@@ -124,6 +127,8 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
                                                  workdir=workdir)
     if profile.irmad_size and section("end-to-end irmad"):
         report["end_to_end"].append(bench_irmad_end_to_end(profile.irmad_size, workdir))
+    if profile.host_size and section("end-to-end no-op engine (host ceiling)"):
+        report["end_to_end"].append(bench_host_ceiling(profile.host_size, profile.e2e_batch, workdir))
     report["memory"] = {"peak_host_rss_mib": peak_rss_mib(),
                         "peak_gpu_mib_max": max((r.get("gpu_peak_mib") or 0 for r in
                                                  report["network"] + report["end_to_end"]), default=0) or None}

@@ -43,7 +43,7 @@ def test_naive_geotiff_covers_the_grid(tmp_path: Path) -> None:
 def test_cli_bench_miniature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str]) -> None:
     mini = dataclasses.replace(suite.PROFILES["quick"], net_size=64, e2e_size=256, e2e_naive_size=256,
-                               e2e_batch=2, hit_rate_tiles=4, irmad_size=128)
+                               e2e_batch=2, hit_rate_tiles=4, irmad_size=128, host_size=256)
     monkeypatch.setitem(suite.PROFILES, "quick", mini)
     out = tmp_path / "bench.json"
     code = main(["bench", "--quick", "--device", "cpu", "--out", str(out)])
@@ -58,8 +58,11 @@ def test_cli_bench_miniature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     none = next(r for r in rep["text_cache_hit_rate"] if r["prompt_mode"] == "none")
     assert none["hits"] == 2 and none["misses"] == 2  # 2 calls x (background, foreground)
     paths = [(r["variant"], r["path"]) for r in rep["end_to_end"]]
-    assert paths == [("tiny-rn50", "naive"), ("tiny-rn50", "pipeline"), ("irmad", "pipeline")]
+    assert paths == [("tiny-rn50", "naive"), ("tiny-rn50", "pipeline"), ("irmad", "pipeline"),
+                     ("no-op engine", "pipeline")]
     assert all(r["mpix_per_s"] > 0 for r in rep["end_to_end"])
+    ceiling = rep["end_to_end"][-1]
+    assert ceiling["tiles"] == 4 and ceiling["tile_stage_pairs_per_s"] >= ceiling["pairs_per_s"] > 0
     assert rep["memory"]["peak_host_rss_mib"] > 0
     assert rep["environment"]["torch"] and rep["environment"]["device"] == "cpu"
     assert printed.out.rstrip().splitlines()[-1].startswith("peak host RSS")

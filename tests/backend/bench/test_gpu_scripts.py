@@ -36,7 +36,9 @@ def test_gpu_bench_writes_every_section(session_out: Path) -> None:
     assert {r["mode"] for r in report["network"]} == {"naive", "optimised"}
     paths = {r["path"] for r in report["end_to_end"]}
     assert {"naive", "pipeline"} <= paths and any(p.startswith("stream") for p in paths)
-    assert all(r["speedup_vs_naive"] > 0 for r in report["end_to_end"] if not r["path"].startswith("naive"))
+    timed = [r for r in report["end_to_end"] if r["variant"] != "no-op engine"]
+    assert all(r["speedup_vs_naive"] > 0 for r in timed if not r["path"].startswith("naive"))
+    assert [r["raster_px"] for r in report["end_to_end"] if r["variant"] == "no-op engine"] == [384]
     assert report["memory"]["peak_host_rss_mib"] > 0
     log = (session_out / "gpu_bench.txt").read_text(encoding="utf-8")
     assert log.rstrip().splitlines()[-1].startswith("peak host RSS")  # the table comes last

@@ -88,3 +88,19 @@ def read(path: str | Path) -> np.ndarray:
     """All bands of a raster as a numpy array."""
     ds = gdal.Open(str(path))
     return ds.ReadAsArray()
+
+
+def detect_small(out: Path, before: str, after: str, **kw: object) -> tuple[dict, np.ndarray, np.ndarray]:
+    """run_detection with small tiles and batches (irmad by default, float32 probability).
+
+    Returns:
+        ``(summary, mask, probability)`` as read back from the outputs.
+    """
+    from changeclip.pipeline import run_detection
+    from changeclip.protocol import MASK_NAME, PROBABILITY_NAME, DetectParams
+
+    base: dict[str, object] = {"engine": "irmad", "tile": 64, "overlap": 16, "batch_size": 3,
+                               "probability_dtype": "float32"}
+    base.update(kw)
+    summary = run_detection(DetectParams(before, after, str(out), **base))  # type: ignore[arg-type]
+    return summary, read(out / MASK_NAME), read(out / PROBABILITY_NAME)

@@ -7,24 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from geodata import change_pair, read, write_raster
+from geodata import change_pair, detect_small, write_raster
 from osgeo import gdal
 
 from changeclip import pipeline
 from changeclip.errors import JobCancelled
 from changeclip.pipeline import run_detection
 from changeclip.prefetch import BatchReader
-from changeclip.protocol import MASK_NAME, PROBABILITY_NAME, DetectParams
+from changeclip.protocol import DetectParams
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, threads: int, out: Path, before: str, after: str,
          **kw: object) -> tuple[dict, np.ndarray, np.ndarray]:
     monkeypatch.setattr(pipeline, "PREFETCH_THREADS", threads)
-    base: dict[str, object] = {"engine": "irmad", "tile": 64, "overlap": 16, "batch_size": 3,
-                               "probability_dtype": "float32"}
-    base.update(kw)
-    summary = run_detection(DetectParams(before, after, str(out), **base))  # type: ignore[arg-type]
-    return summary, read(out / MASK_NAME), read(out / PROBABILITY_NAME)
+    return detect_small(out, before, after, **kw)
 
 
 def _pair_with_nodata_and_warp(tmp_path: Path) -> tuple[str, str]:

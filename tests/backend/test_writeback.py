@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from geodata import change_pair, read
+from geodata import change_pair, detect_small
 
 from changeclip import pipeline
 from changeclip.errors import InputError, JobCancelled
 from changeclip.pipeline import run_detection
-from changeclip.protocol import MASK_NAME, PROBABILITY_NAME, DetectParams
+from changeclip.protocol import DetectParams
 from changeclip.raster import outputs
 from changeclip.writeback import Writeback
 
@@ -93,11 +93,7 @@ def test_leaving_early_drops_the_queued_items() -> None:
 def _run(monkeypatch: pytest.MonkeyPatch, threaded: bool, out: Path, before: str, after: str,
          **kw: object) -> tuple[dict, np.ndarray, np.ndarray]:
     monkeypatch.setattr(pipeline, "WRITE_THREAD", threaded)
-    base: dict[str, object] = {"engine": "irmad", "tile": 64, "overlap": 16, "batch_size": 3,
-                               "probability_dtype": "float32"}
-    base.update(kw)
-    summary = run_detection(DetectParams(before, after, str(out), **base))  # type: ignore[arg-type]
-    return summary, read(out / MASK_NAME), read(out / PROBABILITY_NAME)
+    return detect_small(out, before, after, **kw)
 
 
 def test_pipeline_outputs_equal_with_and_without_the_writer_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -325,7 +325,8 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
     return {"count": kept, "dropped": dropped, "area_m2": total}
 
 
-_ROWS_PER_READ = 256
+_PIXELS_PER_READ = 4_000_000
+"""Pixels per strip when summing probabilities per polygon (~50 MB of temporaries at most)."""
 
 
 def _mean_per_polygon(ds: ogr.DataSource, layer_name: str, grid: Grid, probability_path: str, out_path: str,
@@ -356,10 +357,11 @@ def _mean_per_polygon(ds: ogr.DataSource, layer_name: str, grid: Grid, probabili
         band = prob_ds.GetRasterBand(1)
         scale = 0.01 if band.DataType == gdal.GDT_Byte else 1.0
         id_band = ids.GetRasterBand(1)
-        for y in range(0, grid.height, _ROWS_PER_READ):
+        rows = max(1, _PIXELS_PER_READ // grid.width)
+        for y in range(0, grid.height, rows):
             if is_cancelled is not None and is_cancelled():
                 raise JobCancelled("the run was cancelled; partial outputs were removed")
-            n = min(_ROWS_PER_READ, grid.height - y)
+            n = min(rows, grid.height - y)
             fid = id_band.ReadAsArray(0, y, grid.width, n).ravel()
             inside = fid > 0
             if inside.any():

@@ -11,6 +11,7 @@ import pytest
 from geodata import wkt
 from osgeo import gdal, ogr
 
+from changeclip.raster import outputs
 from changeclip.raster.align import Grid
 from changeclip.raster.area import PolygonArea, row_pixel_areas
 from changeclip.raster.outputs import BlockRasterWriter, ChangeRasterWriter, TempFiles, polygonize, to_cog
@@ -159,7 +160,8 @@ def test_gdal_disk_full_message_maps_to_enospc() -> None:
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
-def test_polygons_mean_probability(tmp_path: Path, dtype: str) -> None:
+def test_polygons_mean_probability(tmp_path: Path, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outputs, "_PIXELS_PER_READ", 60 * 7)  # strips of 7 rows cut through the polygons
     grid = Grid(60, 40, UTM.geotransform, UTM.wkt)
     mask = np.zeros((40, 60), np.uint8)
     prob = np.full((40, 60), 0.2, np.float32)

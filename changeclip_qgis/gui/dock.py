@@ -171,7 +171,8 @@ class ChangeClipDock(QgsDockWidget):
         self.grid_combo.currentIndexChanged.connect(self._update_grid)
         adv.addRow("Output grid", self.grid_combo)
         self.target_crs_widget = QgsProjectionSelectionWidget(self.advanced_box)
-        self.target_crs_widget.setOptionVisible(QgsProjectionSelectionWidget.CrsNotSet, True)
+        crs_options = getattr(QgsProjectionSelectionWidget, "CrsOption", QgsProjectionSelectionWidget)  # scoped in Qt6
+        self.target_crs_widget.setOptionVisible(crs_options.CrsNotSet, True)
         self.target_crs_widget.setNotSetText("not set")
         self.target_crs_widget.setCrs(QgsCoordinateReferenceSystem())
         self.target_crs_widget.setToolTip("CRS of the outputs for Output grid 'custom', e.g. EPSG:32633 (UTM 33N)")

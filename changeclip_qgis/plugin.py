@@ -83,6 +83,8 @@ class ChangeClipPlugin:
             from .gui.diagnostics_dialog import DiagnosticsDialog as Dialog
         dialog = Dialog(parent)
         self._dialogs[which] = dialog
+        if self.dock is not None and which != "diagnostics":  # the weights folder may have changed
+            dialog.finished.connect(self.dock.refresh_weights_info)
         dialog.show()
 
     def unload(self) -> None:

@@ -44,9 +44,18 @@ from ..core import protocol
 from ..core.errors import ChangeClipPluginError
 from ..core.layers import ExportRequest, local_raster_path, prepare_input
 from ..core.log import log
-from ..core.params import build_params, crs_text, default_output_base, default_output_dir, grid_choice, run_name
+from ..core.params import (
+    build_params,
+    crs_text,
+    default_output_base,
+    default_output_dir,
+    grid_choice,
+    resolve_weights,
+    run_name,
+)
 from ..core.runner import device_line, result_line
 from ..core.settings import KEY_DOCK_CHOICES, KEY_OUTPUT_BASE, BackendConfig, get, set_value
+from ..core.weights_info import summarize_weights
 from ..tasks.detect_task import BackendCheckTask, DetectTask
 
 PROMPT_MODE_LABELS = (("auto", "Auto tags (+ my words)"), ("none", "None"), ("words", "My words only"))
@@ -117,6 +126,12 @@ class ChangeClipDock(QgsDockWidget):
             self.weights_widget.setDefaultRoot(weights_dir)
         self.weights_widget.lineEdit().setPlaceholderText("default: the one file in the weights folder")
         form.addRow("Weights", self.weights_widget)
+        self.weights_info = QLabel(body)
+        self.weights_info.setWordWrap(True)
+        self.weights_info.setToolTip("What the weights file says about itself: network, and the imagery it was "
+                                     "trained on (runs warn when a scene's pixels are 2x or more from it)")
+        form.addRow("", self.weights_info)
+        self.weights_widget.fileChanged.connect(self.refresh_weights_info)
         self.device_combo = QComboBox(body)
         self.device_combo.setEditable(True)
         self.device_combo.addItems(["auto", "cpu", "cuda", "cuda:0", "cuda:1"])
@@ -305,6 +320,28 @@ class ChangeClipDock(QgsDockWidget):
         self.weights_widget.setEnabled(needs_weights)
         self.prompt_edit.setEnabled(needs_weights)
         self.prompt_mode_combo.setEnabled(needs_weights)
+        self.refresh_weights_info()
+
+    def refresh_weights_info(self, *_args: object) -> None:
+        """Describe the weights file a run would use (the chosen one, else the folder's default).
+
+        Called when the engine or the weights field changes, and when the settings or set-up
+        dialog closes (the weights folder may have changed).
+        """
+        if self.engine_combo.currentData() != "changeclip":
+            self.weights_info.setVisible(False)
+            return
+        chosen = self.weights_widget.filePath().strip()
+        try:
+            path = resolve_weights(chosen, BackendConfig.load().weights_dir, "changeclip")
+            summary = summarize_weights(path or chosen)
+            text = summary.text if chosen else f"default {os.path.basename(path or '')}: {summary.text}"
+            warning = summary.warning
+        except ChangeClipPluginError as exc:
+            text, warning = str(exc), True
+        self.weights_info.setText(text)
+        self.weights_info.setStyleSheet("color: #b35900;" if warning else "color: palette(mid);")
+        self.weights_info.setVisible(True)
 
     def _update_grid(self) -> None:
         custom = self.grid_combo.currentData() == "custom"

@@ -391,3 +391,24 @@ def test_dock_exports_tile_layer_onto_the_custom_grid(dock, project, raster_pair
     params, exports, _name = dock.collect()
     assert exports["before"].crs == after.crs() and (exports["before"].width, exports["before"].height) == (128, 128)
     assert (params.grid, params.target_crs, params.resolution) == ("before", None, None)
+
+
+def test_dock_describes_the_weights_file(dock, tiny_weights, tmp_path: Path,  # noqa: ANN001
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    shutil.copy(tiny_weights("tiny-vit"), folder / "only.safetensors")
+    monkeypatch.setenv("CHANGECLIP_WEIGHTS_DIR", str(folder))
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("changeclip"))
+    dock.weights_widget.setFilePath("")
+    dock.refresh_weights_info()  # as when the settings dialog that set the folder closes
+    assert dock.weights_info.text().startswith("default only.safetensors: tiny-vit · RANDOM")
+    dock.weights_widget.setFilePath(str(tiny_weights("tiny-rn50")))
+    assert dock.weights_info.text().startswith("tiny-rn50 · RANDOM test weights")
+    assert "b35900" in dock.weights_info.styleSheet()  # shown as a warning
+    dock.weights_widget.setFilePath(str(tmp_path / "missing.safetensors"))
+    assert "does not exist" in dock.weights_info.text()
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    assert dock.weights_info.isHidden(), "IR-MAD uses no weights: nothing to describe"

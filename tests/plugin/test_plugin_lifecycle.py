@@ -35,6 +35,11 @@ def test_init_gui_and_unload(qgis_app: object, mock_iface) -> None:  # noqa: ANN
     assert plugin.dock.isVisible() and plugin.toggle_action.isChecked()
     plugin.toggle_action.trigger()
     assert not plugin.dock.isVisible() and not plugin.toggle_action.isChecked()
+    refreshed: list[object] = []
+    plugin.dock.refresh_weights_info = lambda *args: refreshed.append(args)  # closing settings refreshes the dock
+    plugin._open("settings")
+    plugin._dialogs["settings"].reject()
+    assert len(refreshed) == 1
 
     plugin.unload()
     assert registry.providerById("changeclip") is None

@@ -285,7 +285,9 @@ def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:
     if gsd is None:
         return None
     _, dx, rx, _, ry, dy = inputs.grid.geotransform
-    return scale_warning(gsd, engine.training_data, float(np.sqrt(abs(dx * dy - rx * ry))))
+    epsg = inputs.grid.to_dict()["epsg"]
+    return scale_warning(gsd, engine.training_data, float(np.sqrt(abs(dx * dy - rx * ry))),
+                         crs=f"EPSG:{epsg}" if epsg else None)
 
 
 def _grid_readers(params: DetectParams, grid: align.Grid, ds_b: gdal.Dataset, ds_a: gdal.Dataset

@@ -443,7 +443,7 @@ def test_scene_far_from_the_training_gsd_is_warned_about(tmp_path: Path) -> None
     assert s["model"]["training_data"] == {"dataset": "LEVIR-CD", "gsd_m": 0.5, "source": "weights metadata"}
     (warning,) = [w for w in s["warnings"] if "trained on" in w]
     assert "about 2 m on the ground, 4.0x coarser than the LEVIR-CD at 0.5 m/px" in warning
-    assert "--resolution 0.5" in warning
+    assert "--target-crs EPSG:32633 --resolution 0.5" in warning and "Target CRS EPSG:32633, Resolution 0.5" in warning
     # 0.5 m pixels: no scale warning
     fine = (500000.0, 0.5, 0.0, 5600000.0, 0.0, -0.5)
     b = write_raster(tmp_path / "b2.tif", textured(64, 64), gt=fine)

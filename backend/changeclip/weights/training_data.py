@@ -127,7 +127,7 @@ def training_data(meta: Mapping[str, Any]) -> TrainingData | None:
 
 
 def scale_warning(scene_gsd_m: float, training: TrainingData | None, grid_resolution: float,
-                  ratio: float = SCALE_WARNING_RATIO) -> str | None:
+                  ratio: float = SCALE_WARNING_RATIO, crs: str | None = None) -> str | None:
     """A warning when the scene's pixels are ``ratio`` times (or more) coarser or finer than the training GSD.
 
     Args:
@@ -136,6 +136,8 @@ def scale_warning(scene_gsd_m: float, training: TrainingData | None, grid_resolu
         grid_resolution: The output grid's pixel size in its own CRS units (for the suggested
             custom resolution, which is given in those units).
         ratio: The factor from which a warning is given.
+        crs: The output grid's CRS as ``EPSG:NNNN`` for the suggested custom grid (None: the
+            text says "its CRS").
 
     Returns:
         The warning text, or None when the scales match or the training GSD is unknown.
@@ -147,8 +149,8 @@ def scale_warning(scene_gsd_m: float, training: TrainingData | None, grid_resolu
         return None
     suggested = f"{grid_resolution / factor:.2g}"  # two digits: a round number, ample for a scale match
     custom = (f"put the outputs on a custom grid of about {suggested} CRS units per pixel (command line: "
-              f"--grid custom --target-crs CRS --resolution {suggested}; QGIS: Output grid 'custom', "
-              f"Resolution {suggested})")
+              f"--grid custom --target-crs {crs or 'CRS'} --resolution {suggested}; QGIS: Output grid 'custom', "
+              f"Target CRS {crs or 'of the rasters'}, Resolution {suggested})")
     if factor >= ratio:
         advice = f"use weights trained near {scene_gsd_m:.3g} m/px"
         if factor <= MAX_UPSAMPLING_ADVISED:

@@ -78,4 +78,4 @@ def test_fine_scene_warning_suggests_a_coarser_grid_in_crs_units() -> None:
     # 0.1 m drone imagery in a CRS whose unit is the US survey foot (0.328 ft per 0.1 m)
     text = scale_warning(0.1, LEVIR, 0.328)
     assert text is not None and "5.0x finer" in text
-    assert "--resolution 1.6" in text and "Resolution 1.6)" in text
+    assert "--target-crs CRS --resolution 1.6" in text and "Resolution 1.6)" in text

@@ -112,7 +112,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _training_for_convert(meta: dict[str, Any], dataset: str | None, gsd: float | None) -> Any:
     """The training data to record: the options given, else what the source says (None: nothing known)."""
-    from changeclip.weights.training_data import KNOWN_DATASETS, TrainingData, check_gsd, training_data
+    from changeclip.weights.training_data import TrainingData, check_gsd, known_dataset, training_data
 
     found = training_data(meta)
     if dataset is None and gsd is None:
@@ -120,8 +120,8 @@ def _training_for_convert(meta: dict[str, Any], dataset: str | None, gsd: float 
     if gsd is not None:
         gsd = check_gsd(gsd, "--train-gsd")
     elif dataset is not None:
-        known = {k.name.lower(): k.gsd_m for k in KNOWN_DATASETS}
-        gsd = known.get(dataset.strip().lower())
+        known = known_dataset(dataset)
+        gsd = known.gsd_m if known is not None else None
         if gsd is None and found is not None and found.dataset == dataset:
             gsd = found.gsd_m
     name = dataset if dataset is not None else (found.dataset if found is not None else None)
@@ -135,7 +135,7 @@ def weights_summary(path: str, variant: str = "auto") -> dict[str, Any]:
         JSON-compatible dict: file, size, sha256, format, variant, backbone, tensors,
         parameters, random flag, meta summary and gamma statistics.
     """
-    from changeclip.weights import load_weights
+    from changeclip.weights import is_random, load_weights
     from changeclip.weights.training_data import training_data
 
     loaded = load_weights(path, variant)
@@ -157,7 +157,7 @@ def weights_summary(path: str, variant: str = "auto") -> dict[str, Any]:
         "tensors": len(state),
         "parameters": params,
         "buffer_values": buffers,
-        "random_weights": bool(loaded.meta.get("random")) or loaded.meta.get("source") == "seeded",
+        "random_weights": is_random(loaded.meta),
         "training_data": training.to_dict() if (training := training_data(loaded.meta)) else None,
         "meta": meta,
     }

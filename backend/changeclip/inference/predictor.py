@@ -31,7 +31,7 @@ from changeclip.inference.devices import resolve_device, resolve_precision
 from changeclip.model import IMAGENET_MEAN, IMAGENET_STD, ChangeCLIP, ChangeCLIPConfig, build_model_from_state_dict
 from changeclip.model.prompts import RS_CLASSES, TOP_K_TAGS, TextFeatureCache, build_prompts, count_tokens, tokenize
 from changeclip.model.tagger import Tagger
-from changeclip.weights import LoadedWeights, load_weights
+from changeclip.weights import LoadedWeights, is_random, load_weights
 from changeclip.weights.checks import RECOMPUTABLE_SUFFIXES
 from changeclip.weights.training_data import training_data
 
@@ -348,7 +348,7 @@ class ChangeCLIPPredictor:
             "weights": lm.weights_path,
             "weights_sha256": lm.weights_sha256,
             "weights_format": lm.source_format,
-            "random_weights": bool(lm.meta.get("random")) or lm.meta.get("source") == "seeded",
+            "random_weights": is_random(lm.meta),
             "training_data": training.to_dict() if (training := training_data(lm.meta)) else None,
             "device": lm.device,
             "precision": lm.precision,

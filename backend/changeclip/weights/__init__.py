@@ -3,7 +3,8 @@
 Modules: ``seeded.py`` (the parity kit's deterministic weights), ``native.py`` (our safetensors
 format with the configuration inside), ``official.py`` + ``safe_unpickle.py`` (the authors'
 mmengine ``.pth`` checkpoints, read without executing them), ``clip_init.py`` (a training
-start point from OpenAI CLIP weights), ``checks.py`` (key/shape comparison, variant detection).
+start point from OpenAI CLIP weights), ``checks.py`` (key/shape comparison, variant detection),
+``training_data.py`` (the imagery a file was trained on, and the scale warning worded from it).
 
 Formats :func:`load_weights` reads:
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from changeclip.weights.checks import check_variant, diff_state_dict, require_va
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedWeights", "detect_format", "file_sha256", "load_weights"]
+__all__ = ["LoadedWeights", "detect_format", "file_sha256", "is_random", "load_weights"]
 
 
 @dataclass
@@ -52,6 +54,11 @@ class LoadedWeights:
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+
+
+def is_random(meta: Mapping[str, Any]) -> bool:
+    """True for seeded random weights (tests and demos), whose change maps are meaningless."""
+    return bool(meta.get("random")) or meta.get("source") == "seeded"
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

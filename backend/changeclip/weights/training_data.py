@@ -77,6 +77,12 @@ class TrainingData:
         return f"{self.dataset} at {gsd}" if self.dataset else gsd
 
 
+def known_dataset(name: str) -> KnownDataset | None:
+    """The known dataset called ``name`` (case-insensitive, e.g. ``levir-cd``), or None."""
+    wanted = name.strip().lower()
+    return next((k for k in KNOWN_DATASETS if k.name.lower() == wanted), None)
+
+
 def dataset_from_data_root(data_root: str) -> KnownDataset | None:
     """The known dataset a config's ``data_root`` value points at, or None."""
     for known in KNOWN_DATASETS:

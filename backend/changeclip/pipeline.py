@@ -284,9 +284,8 @@ def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:
     gsd = ground_pixel_size_m(inputs.grid, win.xoff + win.width / 2, win.yoff + win.height / 2)
     if gsd is None:
         return None
-    _, dx, rx, _, ry, dy = inputs.grid.geotransform
     epsg = inputs.grid.to_dict()["epsg"]
-    return scale_warning(gsd, engine.training_data, float(np.sqrt(abs(dx * dy - rx * ry))),
+    return scale_warning(gsd, engine.training_data, align.pixel_size_in(inputs.grid, inputs.grid.wkt),
                          crs=f"EPSG:{epsg}" if epsg else None)
 
 
@@ -344,8 +343,13 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
     has_area = bool(grid.wkt)
     report("tiles", 0, total)
 
-    def flush(until: int) -> None:
+    def blend_and_write(item: tuple[list[tuple[int, int]], np.ndarray | None, np.ndarray | None, int]) -> None:
+        """Add a batch's tiles, then write the rows finished before row ``until`` (writer thread)."""
         nonlocal changed_px, valid_px, changed_m2, valid_m2
+        where, probs, tile_valid, until = item
+        if probs is not None and tile_valid is not None:
+            for (x0, y0), p, v in zip(where, probs, tile_valid, strict=True):
+                acc.add(p, v, x0 + margin, y0 + margin)
         for row0, prob, valid in acc.release(until):
             lo, hi = max(row0, margin), min(row0 + len(prob), margin + win.height)
             if hi <= lo:
@@ -368,13 +372,6 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
     threads = prefetch.DEFAULT_THREADS if PREFETCH_THREADS is None else PREFETCH_THREADS
     if inputs.reopen is None:
         threads = 0
-    def blend_and_write(item: tuple[list[tuple[int, int]], np.ndarray | None, np.ndarray | None, int]) -> None:
-        where, probs, valid, until = item
-        if probs is not None and valid is not None:
-            for (x0, y0), p, v in zip(where, probs, valid, strict=True):
-                acc.add(p, v, x0 + margin, y0 + margin)
-        flush(until)
-
     with BatchReader(source, batches, threads) as reader, \
             Writeback(blend_and_write, threaded=WRITE_THREAD) as back:
         for i in range(len(batches)):

@@ -338,7 +338,8 @@ def _mean_per_polygon(ds: ogr.DataSource, layer_name: str, grid: Grid, probabili
     from), then the probability and FID rasters are read in strips of rows and summed per FID.
     """
     ids_path = f"{out_path}.fid.tif"
-    sql = ds.ExecuteSQL(f'SELECT fid + 0 AS pid, geom FROM "{layer_name}"')
+    geom = ds.GetLayerByName(layer_name).GetGeometryColumn()
+    sql = ds.ExecuteSQL(f'SELECT fid + 0 AS pid, "{geom}" FROM "{layer_name}"')
     try:
         ids = gdal.GetDriverByName("GTiff").Create(ids_path, grid.width, grid.height, 1, gdal.GDT_Int32,
                                                    options=["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1",
@@ -366,8 +367,8 @@ def _mean_per_polygon(ds: ogr.DataSource, layer_name: str, grid: Grid, probabili
             inside = fid > 0
             if inside.any():
                 values = band.ReadAsArray(0, y, grid.width, n).ravel()[inside].astype(np.float64) * scale
-                sums += np.bincount(fid[inside], weights=values, minlength=count)[:count]
-                pixels += np.bincount(fid[inside], minlength=count)[:count]
+                sums += np.bincount(fid[inside], weights=values, minlength=count)
+                pixels += np.bincount(fid[inside], minlength=count)
         ids = prob_ds = None
     finally:
         ds.ReleaseResultSet(sql)

@@ -10,9 +10,12 @@ from typing import Any, TextIO
 
 from changeclip.errors import ChangeClipError, InputError
 from changeclip.protocol import (
+    DEFAULT_QUERY_THRESHOLD,
     DEVICES_HELP,
     ENGINES,
     GRIDS,
+    MATCHING_MASK_NAME,
+    MATCHING_POLYGONS_NAME,
     PRECISIONS,
     PROBABILITY_DTYPES,
     PROMPT_MODES,
@@ -84,6 +87,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-area", type=float, default=0.0, metavar="M2",
                    help="drop change polygons smaller than this many m² (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    d = p.add_argument_group("describing changes in words (CLIP; needs --polygons)")
+    d.add_argument("--describe", action="store_true",
+                   help="CLIP names what each change polygon was and became (before_class, after_class, change_label)")
+    d.add_argument("--query", default="", metavar="TEXT",
+                   help="score every polygon against words ('building') or a transition ('farmland to building')")
+    d.add_argument("--query-threshold", type=float, default=DEFAULT_QUERY_THRESHOLD, metavar="P",
+                   help="query_score at or above which a polygon matches (default %(default)s)")
+    d.add_argument("--keep-matching", action="store_true",
+                   help=f"also write {MATCHING_POLYGONS_NAME} and {MATCHING_MASK_NAME} (only the matching changes)")
+    d.add_argument("--vocabulary", metavar="FILE",
+                   help="class names, one per line, replacing the 56 defaults (a line @default includes them)")
+    d.add_argument("--describe-weights", metavar="FILE",
+                   help="CLIP weights: OpenAI ViT-B-16 (default, as --tagger-weights) or a remote-sensing CLIP")
+    d.add_argument("--describe-model", metavar="NAME",
+                   help="open_clip architecture of --describe-weights, e.g. ViT-B-32 for RemoteCLIP/GeoRSCLIP")
 
 
 def params_from_args(args: argparse.Namespace) -> DetectParams:
@@ -106,7 +124,10 @@ def params_from_args(args: argparse.Namespace) -> DetectParams:
             grid=grid, target_crs=args.target_crs, resolution=args.resolution, tile=args.tile,
             overlap=args.overlap, device=args.device, precision=args.precision, batch_size=args.batch_size,
             threshold=args.threshold, probability_dtype=args.probability_dtype, polygons=args.polygons,
-            min_area=args.min_area, overwrite=args.overwrite)
+            min_area=args.min_area, overwrite=args.overwrite,
+            describe=args.describe, query=args.query, query_threshold=args.query_threshold,
+            keep_matching=args.keep_matching, vocabulary=args.vocabulary, describe_weights=args.describe_weights,
+            describe_model=args.describe_model)
         params.validate()
     except ParamError as exc:
         option = "--" + exc.field.replace("_", "-")

@@ -233,7 +233,8 @@ class DetectParams:
         if not isinstance(self.query, str):
             raise ParamError("query", "must be a string")
         if self.describe and not self.polygons:
-            raise ParamError("describe", "describing needs change polygons: turn polygons on (--polygons)")
+            raise ParamError("describe", "describing needs change polygons: turn polygons on (--polygons; in "
+                             "QGIS the change polygons output)")
         if self.describe and len(self.bands) < 3:
             raise ParamError("describe", f"describing shows CLIP an RGB image: map at least 3 bands (R,G,B first), "
                              f"got {self.bands}")

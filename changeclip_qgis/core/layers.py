@@ -45,7 +45,8 @@ from .paths import style_path
 MAX_EXPORT_SIDE_PX = 20000
 """Largest width or height of an exported raster; bigger extents are refused."""
 
-STYLE_FOR_OUTPUT = {"mask": "change_mask", "probability": "change_probability", "polygons": "change_polygons"}
+STYLE_FOR_OUTPUT = {"mask": "change_mask", "probability": "change_probability", "polygons": "change_polygons",
+                    "polygons_matching": "change_polygons", "mask_matching": "change_mask"}
 
 
 def local_raster_path(layer: QgsMapLayer) -> str | None:
@@ -279,12 +280,14 @@ def load_outputs(summary: dict[str, Any], run_name: str, project: QgsProject | N
     outputs = summary.get("outputs") or {}
     group = project.layerTreeRoot().insertGroup(0, f"ChangeCLIP: {run_name}")
     loaded: dict[str, QgsMapLayer] = {}
-    order = (("polygons", "change polygons"), ("mask", "change mask"), ("probability", "change probability"))
+    order = (("polygons_matching", "matching changes"), ("polygons", "change polygons"),
+             ("mask_matching", "matching change mask"), ("mask", "change mask"),
+             ("probability", "change probability"))
     for kind, label in order:
         path = outputs.get(kind)
         if not path or not os.path.exists(path):
             continue
-        if kind == "polygons":
+        if kind in ("polygons", "polygons_matching"):
             layer: QgsMapLayer = QgsVectorLayer(path, f"{label} — {run_name}", "ogr")
         else:
             layer = QgsRasterLayer(path, f"{label} — {run_name}", "gdal")
@@ -292,6 +295,10 @@ def load_outputs(summary: dict[str, Any], run_name: str, project: QgsProject | N
             log(f"output {path} could not be loaded", "warning")
             continue
         apply_style(layer, kind)
+        if kind in ("polygons", "polygons_matching") and summary.get("describe"):
+            from .describe import style_described_polygons
+
+            style_described_polygons(layer, summary)
         project.addMapLayer(layer, False)
         node = group.addLayer(layer)
         if kind == "probability":

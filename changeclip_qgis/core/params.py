@@ -23,6 +23,9 @@ LABELS = {
     "bands": "Bands", "tile": "Tile size", "overlap": "Overlap", "device": "Device",
     "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area",
     "grid": "Output grid", "target_crs": "Target CRS", "resolution": "Resolution",
+    "describe": "Describe changes", "query": "Find", "query_threshold": "Query threshold",
+    "keep_matching": "Keep matching", "vocabulary": "Vocabulary file", "describe_weights": "Describe weights",
+    "describe_model": "Describe model",
 }
 """What the UI calls each job parameter (used in error messages)."""
 
@@ -169,7 +172,9 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
                  resolution: float | None = None,
                  min_area_m2: float = 0.0, mask_path: str | None = None,
                  probability_path: str | None = None, polygons_path: str | None = None,
-                 overwrite: bool = False) -> protocol.DetectParams:
+                 overwrite: bool = False, describe: bool = False, query: str = "",
+                 query_threshold: float = protocol.DEFAULT_QUERY_THRESHOLD, keep_matching: bool = False,
+                 vocabulary: str = "", describe_weights: str | None = None) -> protocol.DetectParams:
     """A validated job from UI-level values.
 
     Args:
@@ -191,6 +196,9 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             See :func:`grid_choice`.
         mask_path, probability_path, polygons_path: explicit output files (Processing).
         overwrite: replace existing outputs.
+        describe, query, query_threshold, keep_matching, vocabulary, describe_weights: describe every
+            polygon in words with CLIP and score it against ``query`` (see :mod:`.describe`;
+            ``describe_weights`` already resolved, None = the backend's default).
 
     Raises:
         ConfigError: a value is invalid; the message names the field as the UI labels it.
@@ -212,7 +220,9 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             grid=grid, target_crs=target_crs, resolution=resolution,
             polygons=bool(polygons), min_area=float(min_area_m2), mask_path=absolute(mask_path),
             probability_path=absolute(probability_path), polygons_path=absolute(polygons_path),
-            overwrite=overwrite)
+            overwrite=overwrite, describe=bool(describe), query=(query or "").strip(),
+            query_threshold=float(query_threshold), keep_matching=bool(keep_matching),
+            vocabulary=absolute(vocabulary), describe_weights=absolute(describe_weights))
         params.validate()
     except protocol.ParamError as exc:
         raise ConfigError(f"{LABELS.get(exc.field, exc.field)}: {exc.message}") from None

@@ -41,6 +41,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from ..core import protocol
+from ..core.describe import QUERY_HELP, matching_line, prompt_help, resolve_describe_weights
 from ..core.errors import ChangeClipPluginError
 from ..core.layers import ExportRequest, local_raster_path, prepare_input
 from ..core.log import log
@@ -88,6 +89,7 @@ class ChangeClipDock(QgsDockWidget):
         self._build()
         self._restore_choices()
         self._update_engine()
+        self._update_describe()
         self._update_grid()
 
     # -- construction --------------------------------------------------------------
@@ -113,6 +115,21 @@ class ChangeClipDock(QgsDockWidget):
         prompt_row.addWidget(self.prompt_edit, 1)
         prompt_row.addWidget(self.prompt_mode_combo)
         form.addRow("Prompt", prompt_row)
+        self.prompt_mode_combo.currentIndexChanged.connect(self._update_prompt_help)
+        self.describe_check = QCheckBox("Describe changes in words (CLIP)", body)
+        self.describe_check.setToolTip("CLIP names what each change polygon was and became (e.g. farmland → "
+                                       "building); needs change polygons")
+        self.describe_check.toggled.connect(self._update_describe)
+        form.addRow("Describe", self.describe_check)
+        self.query_edit = QLineEdit(body)
+        self.query_edit.setPlaceholderText("e.g. building, or farmland to building")
+        self.query_edit.setToolTip(QUERY_HELP)
+        self.keep_matching_check = QCheckBox("only matching", body)
+        self.keep_matching_check.setToolTip("also write a layer and a mask of only the changes that match")
+        query_row = QHBoxLayout()
+        query_row.addWidget(self.query_edit, 1)
+        query_row.addWidget(self.keep_matching_check)
+        form.addRow("Find", query_row)
         self.engine_combo = QComboBox(body)
         self.engine_combo.addItem("ChangeCLIP (deep learning)", "changeclip")
         self.engine_combo.addItem("IR-MAD (unsupervised, no weights)", "irmad")
@@ -257,6 +274,7 @@ class ChangeClipDock(QgsDockWidget):
             "polygons": "1" if self.polygons_check.isChecked() else "0", "min_area": str(self.min_area_spin.value()),
             "grid": str(self.grid_combo.currentData()), "target_crs": crs_text(self.target_crs_widget.crs()) or "",
             "resolution": str(self.resolution_spin.value()),
+            "describe": "1" if self.describe_check.isChecked() else "0", "query": self.query_edit.text(),
         }
 
     def _save_choices(self) -> None:
@@ -307,6 +325,9 @@ class ChangeClipDock(QgsDockWidget):
             if crs.createFromUserInput(stored["target_crs"]) and crs.isValid():
                 self.target_crs_widget.setCrs(crs)
         number(self.resolution_spin, stored["resolution"], float)
+        if stored["describe"] in ("0", "1"):
+            self.describe_check.setChecked(stored["describe"] == "1")
+        self.query_edit.setText(stored["query"])
 
     # -- helpers -------------------------------------------------------------------
 
@@ -320,7 +341,21 @@ class ChangeClipDock(QgsDockWidget):
         self.weights_widget.setEnabled(needs_weights)
         self.prompt_edit.setEnabled(needs_weights)
         self.prompt_mode_combo.setEnabled(needs_weights)
+        self._update_prompt_help()
         self.refresh_weights_info()
+
+    def _update_prompt_help(self, *_args: object) -> None:
+        """The prompt field says what it does for this engine and prompt mode."""
+        text = prompt_help(str(self.engine_combo.currentData()), str(self.prompt_mode_combo.currentData()))
+        self.prompt_edit.setToolTip(text)
+        self.prompt_mode_combo.setToolTip(text)
+
+    def _update_describe(self, *_args: object) -> None:
+        on = self.describe_check.isChecked()
+        self.query_edit.setEnabled(on)
+        self.keep_matching_check.setEnabled(on)
+        if on:
+            self.polygons_check.setChecked(True)  # describing describes the polygons
 
     def refresh_weights_info(self, *_args: object) -> None:
         """Describe the weights file a run would use (the chosen one, else the folder's default).
@@ -435,8 +470,15 @@ class ChangeClipDock(QgsDockWidget):
             overlap=self.overlap_spin.value(), threshold=self.threshold_spin.value() or None,
             device=self.device_combo.currentText(), precision=self.precision_combo.currentText(),
             polygons=self.polygons_check.isChecked(), grid=grid, target_crs=target_crs, resolution=resolution,
-            min_area_m2=self.min_area_spin.value())
+            min_area_m2=self.min_area_spin.value(), **self._describe_options())
         return params, exports, name
+
+    def _describe_options(self) -> dict[str, object]:
+        describe = self.describe_check.isChecked()
+        query = self.query_edit.text().strip() if describe else ""
+        return {"describe": describe, "query": query, "keep_matching": bool(query) and
+                self.keep_matching_check.isChecked(),
+                "describe_weights": resolve_describe_weights("", BackendConfig.load().weights_dir) if describe else None}
 
     # -- actions -------------------------------------------------------------------
 
@@ -482,6 +524,9 @@ class ChangeClipDock(QgsDockWidget):
         self.progress_bar.setValue(100)
         warnings = [str(w) for w in summary.get("warnings") or []]
         text = f"{result_line(summary)}\nEngine {summary.get('engine', '?')} on {summary.get('device', '?')}"
+        matches = matching_line(summary)
+        if matches:
+            text += f"\n{matches}"
         self.summary_label.setText(text + "".join(f"\nWarning: {w}" for w in warnings))
         self.stage_label.setText("Done" + (f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})"
                                            if warnings else ""))

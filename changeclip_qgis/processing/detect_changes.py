@@ -21,6 +21,8 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputVectorLayer,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterCrs,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
@@ -39,6 +41,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from ..core import protocol
 from ..core.backend_launcher import LAUNCHER, configuration_problem
+from ..core.describe import matching_line, resolve_describe_weights, style_described_polygons
 from ..core.errors import ChangeClipPluginError, JobCancelledError
 from ..core.layers import (
     ExportRequest,
@@ -63,16 +66,19 @@ _POST_PROCESSORS: list[QgsProcessingLayerPostProcessorInterface] = []
 class _StyleOutput(QgsProcessingLayerPostProcessorInterface):
     """Applies the bundled QML style to an output layer that Processing loads."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, summary: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.kind = kind
+        self.summary = summary or {}
 
     def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: ANN001, N802, D102
         apply_style(layer, self.kind)
+        if self.kind == "polygons" and self.summary.get("describe"):
+            style_described_polygons(layer, self.summary)
 
     @classmethod
-    def create(cls, kind: str) -> _StyleOutput:
-        processor = cls(kind)
+    def create(cls, kind: str, summary: dict[str, Any] | None = None) -> _StyleOutput:
+        processor = cls(kind, summary)
         _POST_PROCESSORS.append(processor)
         del _POST_PROCESSORS[:-1000]  # bounded; a batch loads its rows at the end
         return processor
@@ -104,6 +110,15 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     CHANGED_AREA_M2 = "CHANGED_AREA_M2"
     CHANGED_FRACTION = "CHANGED_FRACTION"
     SUMMARY = "SUMMARY"
+    DESCRIBE = "DESCRIBE"
+    QUERY = "QUERY"
+    QUERY_THRESHOLD = "QUERY_THRESHOLD"
+    KEEP_MATCHING = "KEEP_MATCHING"
+    VOCABULARY = "VOCABULARY"
+    DESCRIBE_WEIGHTS = "DESCRIBE_WEIGHTS"
+    MATCHING_POLYGONS = "MATCHING_POLYGONS"
+    MATCHING_COUNT = "MATCHING_COUNT"
+    MATCHING_AREA_M2 = "MATCHING_AREA_M2"
 
     # -- identity ------------------------------------------------------------------
 
@@ -149,6 +164,13 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             "CHANGED_AREA_M2 (empty when the rasters have no CRS) and CHANGED_FRACTION (of the valid area) for "
             "models; SUMMARY optionally saves the run's summary.json. Warnings of the run (no CRS, resampled "
             "inputs, …) appear in the log.\n\n"
+            "DESCRIBE (needs CHANGE_POLYGONS): CLIP says what each change polygon was and became (before_class, "
+            "after_class, change_label). QUERY: words ('building') or a transition ('farmland to building'); "
+            "each polygon gets query_score (0-1) and matches_query (score >= QUERY_THRESHOLD); MATCHING_COUNT "
+            "and MATCHING_AREA_M2 count the matches; KEEP_MATCHING also writes MATCHING_POLYGONS (only the "
+            "matching changes). Advanced: VOCABULARY (a text file of class names, one per line; a line @default "
+            "keeps the 56 defaults), DESCRIBE_WEIGHTS (CLIP weights; default the tagger file of the weights folder, "
+            "else OpenAI CLIP ViT-B/16 downloaded when online).\n\n"
             "The computation runs in the ChangeCLIP backend process (started automatically; see the plugin's "
             "'Set up backend…' and Diagnostics).")
 
@@ -209,11 +231,57 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.CHANGE_POLYGONS, "Change polygons", QgsProcessing.TypeVectorPolygon, optional=True,
             createByDefault=False))
+        self._add_describe_parameters()
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_AREA_M2, "Changed area (m²)"))
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_FRACTION, "Changed fraction of the valid area"))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.SUMMARY, "Run summary (JSON)", fileFilter="JSON files (*.json)", optional=True,
             createByDefault=False))
+
+    def _add_describe_parameters(self) -> None:
+        """DESCRIBE, QUERY, QUERY_THRESHOLD, KEEP_MATCHING (advanced: VOCABULARY, DESCRIBE_WEIGHTS) and outputs."""
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.DESCRIBE, "Describe changes in words (CLIP; needs change polygons)", defaultValue=False))
+        self.addParameter(QgsProcessingParameterString(
+            self.QUERY, "Find changes (e.g. 'building' or 'farmland to building'; needs Describe)",
+            defaultValue="", optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.KEEP_MATCHING, "Also write the matching changes only (needs Find)", defaultValue=False))
+        advanced = [
+            QgsProcessingParameterNumber(self.QUERY_THRESHOLD, "Query threshold (query_score at which a change "
+                                         "matches)", QgsProcessingParameterNumber.Double,
+                                         protocol.DEFAULT_QUERY_THRESHOLD, minValue=0.001, maxValue=0.999),
+            QgsProcessingParameterFile(self.VOCABULARY, "Vocabulary file (class names, one per line)",
+                                       optional=True, fileFilter="Text files (*.txt);;All files (*.*)"),
+            QgsProcessingParameterFile(self.DESCRIBE_WEIGHTS, "CLIP weights for describing", optional=True,
+                                       fileFilter="Weights (*.pt *.bin *.safetensors *.pth);;All files (*.*)"),
+        ]
+        for param in advanced:
+            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            self.addParameter(param)
+        self.addOutput(QgsProcessingOutputVectorLayer(self.MATCHING_POLYGONS, "Matching changes",
+                                                      QgsProcessing.TypeVectorPolygon))
+        self.addOutput(QgsProcessingOutputNumber(self.MATCHING_COUNT, "Number of matching changes"))
+        self.addOutput(QgsProcessingOutputNumber(self.MATCHING_AREA_M2, "Area of the matching changes (m²)"))
+
+    def _describe_options(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                          weights_dir: str, polygons: bool) -> dict[str, Any]:
+        """The describe keyword arguments of :func:`build_params`; refuses DESCRIBE without polygons."""
+        describe = self.parameterAsBoolean(parameters, self.DESCRIBE, context)
+        query = (self.parameterAsString(parameters, self.QUERY, context) or "").strip()
+        if describe and not polygons:
+            raise QgsProcessingException(f"{self.DESCRIBE} describes the change polygons: set the "
+                                         f"{self.CHANGE_POLYGONS} output (a .gpkg file or a temporary layer)")
+        if query and not describe:
+            raise QgsProcessingException(f"{self.QUERY} is scored on the polygons' descriptions: turn "
+                                         f"{self.DESCRIBE} on, or leave {self.QUERY} empty")
+        return {"describe": describe, "query": query,
+                "query_threshold": self.parameterAsDouble(parameters, self.QUERY_THRESHOLD, context),
+                "keep_matching": self.parameterAsBoolean(parameters, self.KEEP_MATCHING, context),
+                "vocabulary": self.parameterAsFile(parameters, self.VOCABULARY, context) or "",
+                "describe_weights": resolve_describe_weights(
+                    self.parameterAsFile(parameters, self.DESCRIBE_WEIGHTS, context) or "", weights_dir)
+                if describe else None}
 
     # -- running -------------------------------------------------------------------
 
@@ -305,7 +373,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 polygons=bool(polygons_path), grid=grid, target_crs=target_crs, resolution=resolution,
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                 mask_path=mask_path, probability_path=probability_path, polygons_path=polygons_path,
-                overwrite=True)
+                overwrite=True, **self._describe_options(parameters, context, config.weights_dir, bool(polygons_path)))
         except ChangeClipPluginError as exc:
             raise QgsProcessingException(str(exc)) from None
 
@@ -337,11 +405,31 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             if path:
                 write_sidecar_style(path, kind)  # the files open styled wherever they are opened later
             if path and context.willLoadLayerOnCompletion(path):
-                context.layerToLoadOnCompletionDetails(path).setPostProcessor(_StyleOutput.create(kind))
+                context.layerToLoadOnCompletionDetails(path).setPostProcessor(_StyleOutput.create(kind, summary))
+        matching = self._matching_outputs(summary, context, feedback)
         return {self.CHANGE_MASK: mask_path, self.CHANGE_PROBABILITY: probability_path,
                 self.CHANGE_POLYGONS: polygons_path, self.CHANGED_AREA_M2: area,
                 self.CHANGED_FRACTION: fraction,
-                self.SUMMARY: _copy_summary(os.path.join(work_dir, protocol.SUMMARY_NAME), summary_path)}
+                self.SUMMARY: _copy_summary(os.path.join(work_dir, protocol.SUMMARY_NAME), summary_path),
+                **matching}
+
+    def _matching_outputs(self, summary: dict[str, Any], context: QgsProcessingContext,
+                          feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        """MATCHING_COUNT, MATCHING_AREA_M2 and MATCHING_POLYGONS (loaded, styled) of a run with a query."""
+        line = matching_line(summary)
+        if line is None:
+            return {self.MATCHING_POLYGONS: None, self.MATCHING_COUNT: None, self.MATCHING_AREA_M2: None}
+        feedback.pushInfo(f"ChangeCLIP: {line}")
+        query = summary["describe"]["query"]
+        path = (summary.get("outputs") or {}).get("polygons_matching")
+        if path:
+            write_sidecar_style(path, "polygons")
+            context.addLayerToLoadOnCompletion(path, QgsProcessingContext.LayerDetails(
+                f"matching changes ({query.get('text', '')})", context.project(), self.MATCHING_POLYGONS))
+            context.layerToLoadOnCompletionDetails(path).setPostProcessor(_StyleOutput.create("polygons", summary))
+        area = query.get("matching_area_m2")
+        return {self.MATCHING_POLYGONS: path, self.MATCHING_COUNT: int(query.get("matching", 0)),
+                self.MATCHING_AREA_M2: float(area) if area is not None else None}
 
 
 def _short_crs(text: str | None) -> str:

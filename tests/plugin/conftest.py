@@ -68,10 +68,23 @@ def project(qgis_app: object) -> Iterator[object]:
     proj.clear()
 
 
+@pytest.fixture(scope="session")
+def backend_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An interpreter that runs *this checkout's* backend: this venv's Python with ``backend/`` first on
+    its path (a two-line wrapper). The plugin starts the backend with an environment cleaned of
+    PYTHONPATH, so without it a venv whose editable install points at another checkout (a git
+    worktree) would serve the tests another backend."""
+    wrapper = tmp_path_factory.mktemp("backend_python") / "python"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO_ROOT / "backend"}" exec "{sys.executable}" "$@"\n',
+                       encoding="utf-8")
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
 @pytest.fixture()
-def backend_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point the plugin at this venv's interpreter (which has the backend installed)."""
-    monkeypatch.setenv("CHANGECLIP_BACKEND_PYTHON", sys.executable)
+def backend_env(monkeypatch: pytest.MonkeyPatch, backend_python: str) -> None:
+    """Point the plugin at this venv's interpreter (which has the backend installed), running this checkout."""
+    monkeypatch.setenv("CHANGECLIP_BACKEND_PYTHON", backend_python)
     monkeypatch.delenv("CHANGECLIP_BACKEND_URL", raising=False)
     monkeypatch.delenv("CHANGECLIP_TOKEN_FILE", raising=False)
 

@@ -31,7 +31,6 @@ from changeclip.model.tagger import (
     _hub_unreachable,
     _offline,
     build_clip_from_state_dict,
-    clip_preprocess,
     read_clip_state_dict,
 )
 
@@ -179,15 +178,31 @@ class OpenClipEncoder:
             out.append(F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, 0)
 
+    def _resized(self, crop: np.ndarray) -> np.ndarray:
+        """A crop as CLIP's own preprocessing makes it: 8-bit, shortest side to S (PIL bicubic), centre
+        crop; (S, S, 3) uint8. PIL on 8-bit images is what OpenAI's pipeline runs (and fast)."""
+        from PIL import Image
+
+        rgb = np.ascontiguousarray(np.clip(np.rint(crop), 0, 255).astype(np.uint8).transpose(1, 2, 0))
+        img = Image.fromarray(rgb)
+        w, h = img.size
+        s = self.image_size
+        scale = s / min(w, h)
+        size = (max(s, int(round(w * scale))), max(s, int(round(h * scale))))
+        if size != (w, h):
+            img = img.resize(size, Image.Resampling.BICUBIC)
+        left, top = (size[0] - s) // 2, (size[1] - s) // 2
+        return np.asarray(img.crop((left, top, left + s, top + s)))
+
     @torch.inference_mode()
     def encode_images(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
         """L2-normalised image embeddings ``(N, D)`` on the CPU, float32, of RGB 0..255 crops."""
         out = []
         for i in range(0, len(crops), self.batch_size):
-            batch = torch.cat([clip_preprocess(torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32))[None]
-                                               .to(self.device), self.image_size, self._mean, self._std)
-                               for c in crops[i:i + self.batch_size]])
-            out.append(F.normalize(self.model.encode_image(batch).float(), dim=-1).cpu())
+            batch = np.stack([self._resized(c) for c in crops[i:i + self.batch_size]])
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float()
+            x = (x / 255.0 - self._mean) / self._std
+            out.append(F.normalize(self.model.encode_image(x).float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, 0)
 
     def describe(self) -> dict[str, Any]:

@@ -218,7 +218,7 @@ def test_offline_without_clip_weights_names_the_options(scene: tuple[str, str], 
 
 
 @pytest.mark.parametrize(("args", "match"), [
-    (["--describe"], "--describe: describing needs change polygons"),
+    (["--describe"], "--describe: describing needs change polygons: turn polygons on (--polygons"),
     (["--polygons", "--query", "building"], "--query: a query is scored"),
     (["--polygons", "--describe", "--keep-matching"], "--keep-matching: keeping the matching polygons needs a query"),
     (["--polygons", "--describe", "--query", "x", "--query-threshold", "1.5"], "--query-threshold"),

@@ -119,6 +119,27 @@ def open_polygon_layer(path: str, role: str, option: str, grid: align.Grid, laye
     transform = None if dst is None or srs.IsSame(dst) else osr.CoordinateTransformation(srs, dst)
     mem = ogr.GetDriverByName("Memory").CreateDataSource(f"{role}_on_grid")
     out = mem.CreateLayer(role, srs=dst, geom_type=ogr.wkbMultiPolygon)
+    try:
+        count, other = _copy_polygons(layer, out, transform)
+    except RuntimeError as exc:
+        what = f"with --where {where!r} " if where else ""
+        raise InputError(f"{role} layer {layer.GetName()!r} of {path!r} cannot be read {what}({str(exc).strip()})"
+                         + ("; --where is not a valid filter: use OGR SQL, e.g. \"class = 'building'\"" if where
+                            else "")) from None
+    if other:
+        kinds = ", ".join(f"{n} {k}" for k, n in other.items())
+        raise InputError(f"{role} layer {layer.GetName()!r} of {path!r} holds non-polygon geometries ({kinds}); "
+                         "training labels need polygons only: remove or buffer them, or select polygons with --where")
+    if count == 0:
+        filt = f" matching --where {where!r}" if where else ""
+        raise InputError(f"{role} layer {layer.GetName()!r} of {path!r} holds no polygon{filt}; draw the changed "
+                         "areas first" + (" or change the filter" if where else ""))
+    return PolygonLayer(path, layer.GetName(), srs.ExportToWkt(), count, mem, out)
+
+
+def _copy_polygons(layer: ogr.Layer, out: ogr.Layer, transform: osr.CoordinateTransformation | None
+                   ) -> tuple[int, dict[str, int]]:
+    """Copy the polygons of ``layer`` into ``out`` (reprojected); returns (count, non-polygon counts by type)."""
     defn = out.GetLayerDefn()
     count = 0
     other: dict[str, int] = {}
@@ -137,15 +158,7 @@ def open_polygon_layer(path: str, role: str, option: str, grid: align.Grid, laye
         f.SetGeometry(geom)
         out.CreateFeature(f)
         count += 1
-    if other:
-        kinds = ", ".join(f"{n} {k}" for k, n in other.items())
-        raise InputError(f"{role} layer {layer.GetName()!r} of {path!r} holds non-polygon geometries ({kinds}); "
-                         "training labels need polygons only: remove or buffer them, or select polygons with --where")
-    if count == 0:
-        filt = f" matching --where {where!r}" if where else ""
-        raise InputError(f"{role} layer {layer.GetName()!r} of {path!r} holds no polygon{filt}; draw the changed "
-                         "areas first" + (" or change the filter" if where else ""))
-    return PolygonLayer(path, layer.GetName(), srs.ExportToWkt(), count, mem, out)
+    return count, other
 
 
 def rectangle(xmin: float, ymin: float, xmax: float, ymax: float) -> ogr.Geometry:

@@ -47,7 +47,8 @@ def check_output(final: Path, overwrite: bool) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write the output folder {final}: {existing} is not writable; choose another -o")
+        raise InputError(f"cannot write the output folder {final}: {existing} is not a writable folder; choose "
+                         "another -o")
 
 
 class StagedFolder:

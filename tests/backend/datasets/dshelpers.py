@@ -78,3 +78,12 @@ def tile_offset(path: Path, origin: tuple[float, float] = NAIP_ORIGIN, pixel: fl
 def read(path: Path) -> np.ndarray:
     """All bands of a raster."""
     return gdal.Open(str(path)).ReadAsArray()
+
+
+def write_image(path: Path, arr: np.ndarray) -> Path:
+    """Write a uint8 ``(H, W)`` or ``(C, H, W)`` array as PNG/GeoTIFF by extension (folders created)."""
+    from changeclip.datasets.writing import write_tile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_tile(path, np.asarray(arr, np.uint8))
+    return path

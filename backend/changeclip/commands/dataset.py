@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
+from changeclip.commands.detect import add_pair_arguments
 from changeclip.errors import InputError
-from changeclip.protocol import GRIDS, ParamError, parse_bands, parse_value_range
+from changeclip.protocol import ParamError, parse_bands, parse_value_range
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,15 +44,7 @@ def _register_from_vectors(verbs: argparse._SubParsersAction) -> None:
                    help="polygons of the labelled area: outside them pixels are ignored (255); default: the "
                         "whole overlap of both rasters is labelled")
     p.add_argument("--aoi-layer", metavar="NAME", help="layer of AOI_VECTOR to read (needed when it holds several)")
-    p.add_argument("--bands", default="1,2,3", metavar="R,G,B", help="1-based bands used as R,G,B (default %(default)s)")
-    p.add_argument("--value-range", metavar="MIN:MAX[,MIN:MAX...]",
-                   help="fixed value range mapped to 0..255 for both dates; default as detect: 0:255 for 8-bit, "
-                        "else the 2nd-98th percentile of both dates")
-    p.add_argument("--grid", choices=GRIDS, default=None,
-                   help="tile grid: the before raster's (default), the after raster's, or custom "
-                        "(--target-crs and --resolution)")
-    p.add_argument("--target-crs", metavar="CRS", help="CRS of a custom grid, e.g. EPSG:32633 (implies --grid custom)")
-    p.add_argument("--resolution", type=float, metavar="UNITS", help="pixel size of a custom grid in CRS units")
+    add_pair_arguments(p, "1-based bands used as R,G,B", "tile grid")
     p.add_argument("--tile", type=int, default=256, metavar="PX", help="tile size in px (default %(default)s)")
     p.add_argument("--stride", type=int, default=192, metavar="PX",
                    help="step between tiles in px; below --tile tiles overlap (default %(default)s)")

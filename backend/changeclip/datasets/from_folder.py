@@ -16,7 +16,6 @@ are moved to val by a seeded shuffle.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import logging
 import math
@@ -28,14 +27,15 @@ from typing import Any
 import numpy as np
 from osgeo import gdal
 
-from changeclip import __version__
 from changeclip.datasets.manifest import IGNORE, SPLITS, Manifest, SplitInfo, write_manifest
 from changeclip.datasets.writing import (
     StagedFolder,
     add_histogram,
     check_output,
+    check_tiling,
     file_sha256,
     label_histogram,
+    maker_stamp,
     write_tile,
 )
 from changeclip.errors import InputError
@@ -68,12 +68,7 @@ class FolderDatasetOptions:
 
     def validate(self) -> None:
         """Raises InputError naming a bad option."""
-        if not 32 <= self.tile <= 4096:
-            raise InputError(f"--tile must be between 32 and 4096 px, got {self.tile}")
-        if not 1 <= self.stride <= self.tile:
-            raise InputError(f"--stride must be between 1 and --tile ({self.tile}) px, got {self.stride}")
-        if not 0 < self.val_fraction < 1:
-            raise InputError(f"--val-fraction must be above 0 and below 1, got {self.val_fraction}")
+        check_tiling(self.tile, self.stride, self.val_fraction)
         if self.label_encoding not in LABEL_ENCODINGS:
             raise InputError(f"--label-encoding must be one of {', '.join(LABEL_ENCODINGS)}")
         if self.gsd is not None and not self.gsd > 0:
@@ -281,8 +276,7 @@ def make_dataset(opts: FolderDatasetOptions, progress: ProgressFn | None = None)
             sources=[{"role": "folder", "path": str(root.resolve()), "sha256": _folder_digest(sources, root),
                       "files": 3 * len(sources)}],
             crs_wkt=crs_wkt, gsd_m=opts.gsd, train_dataset=opts.train_dataset, bands=[1, 2, 3], value_range=None,
-            options=options, created_by=f"changeclip {__version__} dataset from-folder",
-            created_at=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            options=options, **maker_stamp("from-folder"))
         write_manifest(manifest)
         stage.commit()
     manifest.root = final

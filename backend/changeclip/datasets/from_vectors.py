@@ -18,7 +18,6 @@ Steps:
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import math
 import os
@@ -29,15 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from changeclip import __version__
 from changeclip.datasets import splits, vectors
+from changeclip.datasets.info import crs_name
 from changeclip.datasets.manifest import IGNORE, Manifest, SplitInfo, write_manifest
 from changeclip.datasets.writing import (
     StagedFolder,
     add_histogram,
     check_output,
+    check_tiling,
     file_sha256,
     label_histogram,
+    maker_stamp,
     write_tile,
 )
 from changeclip.errors import InputError
@@ -94,12 +95,7 @@ class VectorDatasetOptions:
             raise InputError(f"--grid must be one of {', '.join(GRIDS)}, got {self.grid!r}")
         if self.grid == "custom" and (not self.target_crs or not self.resolution or self.resolution <= 0):
             raise InputError("--grid custom needs --target-crs and a positive --resolution")
-        if not 32 <= self.tile <= 4096:
-            raise InputError(f"--tile must be between 32 and 4096 px, got {self.tile}")
-        if not 1 <= self.stride <= self.tile:
-            raise InputError(f"--stride must be between 1 and --tile ({self.tile}) px, got {self.stride}")
-        if not 0 < self.val_fraction < 1:
-            raise InputError(f"--val-fraction must be above 0 and below 1, got {self.val_fraction}")
+        check_tiling(self.tile, self.stride, self.val_fraction)
         if self.val_block_size is not None and not self.val_block_size > 0:
             raise InputError(f"--val-block-size must be a positive number of metres, got {self.val_block_size}")
         if not 0 <= self.keep_empty <= 1:
@@ -171,13 +167,13 @@ def _plan(opts: VectorDatasetOptions) -> _Plan:
     wy = sorted((y0 + win.yoff * dy, y0 + (win.yoff + win.height) * dy))
     overlap = vectors.rectangle(wx[0], wy[0], wx[1], wy[1])
     inside = changes.count_intersecting(overlap)
-    crs_name = _crs_name(grid.wkt)
+    grid_crs = crs_name(grid.wkt)
     if inside == 0:
         cx = changes.bounds()
         raise InputError(
             f"none of the {changes.count} change polygons of {opts.changes!r} lies inside the overlap of the two "
             f"rasters (overlap {wx[0]:.1f}, {wy[0]:.1f} – {wx[1]:.1f}, {wy[1]:.1f}; polygons {cx[0]:.1f}, "
-            f"{cx[1]:.1f} – {cx[2]:.1f}, {cx[3]:.1f}, both in {crs_name}); check that the layer's CRS is right "
+            f"{cx[1]:.1f} – {cx[2]:.1f}, {cx[3]:.1f}, both in {grid_crs}); check that the layer's CRS is right "
             "and that it belongs to these rasters")
     warnings = list(pair.warnings)
     if inside < changes.count:
@@ -197,7 +193,7 @@ def _plan(opts: VectorDatasetOptions) -> _Plan:
         area = _aoi_window(grid, win, aoi.bounds(), opts.tile)
     gsd = ground_pixel_size_m(grid, area.xoff + area.width / 2, area.yoff + area.height / 2)
     if gsd is None:
-        raise InputError(f"the ground pixel size of the grid ({crs_name}) cannot be computed; check its CRS")
+        raise InputError(f"the ground pixel size of the grid ({grid_crs}) cannot be computed; check its CRS")
     block_m = opts.val_block_size if opts.val_block_size is not None else DEFAULT_BLOCK_TILES * opts.tile * gsd
     block_px = int(round(block_m / gsd))
     if block_px < opts.tile:
@@ -331,22 +327,13 @@ def _assign_splits(opts: VectorDatasetOptions, plan: _Plan, records: list[_TileR
     return split_of
 
 
-def _crs_name(wkt: str) -> str:
-    srs = align.srs_from_wkt(wkt)
-    if srs is None:
-        return "no CRS"
-    if srs.GetAuthorityName(None) == "EPSG":
-        return f"EPSG:{srs.GetAuthorityCode(None)}"
-    return srs.GetName() or "a custom CRS"
-
-
 def _raster_source(role: str, path: str) -> dict[str, Any]:
     from osgeo import gdal
 
     ds = gdal.Open(path)
     grid = align.grid_of(ds)
     return {"role": role, "path": os.path.abspath(path), "sha256": file_sha256(path),
-            "crs": _crs_name(grid.wkt), "size": [grid.width, grid.height],
+            "crs": crs_name(grid.wkt), "size": [grid.width, grid.height],
             "gsd_m": ground_pixel_size_m(grid, grid.width / 2, grid.height / 2)}
 
 
@@ -356,7 +343,7 @@ def _vector_source(role: str, layer: vectors.PolygonLayer, where: str | None) ->
     files = gdal.OpenEx(layer.path, gdal.OF_VECTOR).GetFileList() or [layer.path]
     entry: dict[str, Any] = {"role": role, "path": os.path.abspath(layer.path), "sha256": file_sha256(layer.path)
                              if os.path.isfile(layer.path) else None,
-                             "crs": _crs_name(layer.crs_wkt), "layer": layer.layer_name, "polygons": layer.count}
+                             "crs": crs_name(layer.crs_wkt), "layer": layer.layer_name, "polygons": layer.count}
     others = {os.path.basename(f): file_sha256(f) for f in files
               if os.path.isfile(f) and os.path.abspath(f) != os.path.abspath(layer.path)}
     if others:
@@ -397,5 +384,4 @@ def _manifest(opts: VectorDatasetOptions, plan: _Plan, scaler: scaling.BandScali
         root=root, kind="from-vectors", tile_size=opts.tile, image_format="tif", splits=split_infos,
         sources=sources, crs_wkt=plan.pair.grid.wkt, gsd_m=plan.gsd_m, train_dataset=opts.train_dataset,
         bands=list(opts.bands), value_range=value_range, options=options,
-        created_by=f"changeclip {__version__} dataset from-vectors",
-        created_at=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        **maker_stamp("from-vectors"))

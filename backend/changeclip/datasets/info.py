@@ -8,14 +8,23 @@ from changeclip.datasets.manifest import IGNORE, Manifest
 from changeclip.raster.align import srs_from_wkt
 
 
+def crs_name(wkt: str | None) -> str:
+    """``EPSG:XXXX``, else the CRS's name, or ``no CRS``."""
+    srs = srs_from_wkt(wkt or "")
+    if srs is None:
+        return "no CRS"
+    if srs.GetAuthorityName(None) == "EPSG":
+        return f"EPSG:{srs.GetAuthorityCode(None)}"
+    return srs.GetName() or "a custom CRS"
+
+
 def crs_label(wkt: str | None) -> str:
-    """``EPSG:XXXX``, the CRS's name, or ``none``."""
+    """``EPSG:XXXX (name)``, the CRS's name, or ``none``."""
     srs = srs_from_wkt(wkt or "")
     if srs is None:
         return "none (tiles are not georeferenced)"
-    if srs.GetAuthorityName(None) == "EPSG":
-        return f"EPSG:{srs.GetAuthorityCode(None)} ({srs.GetName()})"
-    return srs.GetName() or "custom CRS"
+    name = crs_name(wkt)
+    return f"{name} ({srs.GetName()})" if name.startswith("EPSG:") else name
 
 
 def split_rows(manifest: Manifest) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ never leaves a half-made dataset under the final name (the staging folder is rem
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import os
 import shutil
@@ -16,6 +17,7 @@ from types import TracebackType
 import numpy as np
 from osgeo import gdal
 
+from changeclip import __version__
 from changeclip.datasets.manifest import IGNORE, MANIFEST_NAME, SUBFOLDERS
 from changeclip.errors import InputError
 
@@ -151,3 +153,23 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_tiling(tile: int, stride: int, val_fraction: float) -> None:
+    """The options every maker shares: ``--tile``, ``--stride``, ``--val-fraction``.
+
+    Raises:
+        InputError: naming the option, the value received and the accepted range.
+    """
+    if not 32 <= tile <= 4096:
+        raise InputError(f"--tile must be between 32 and 4096 px, got {tile}")
+    if not 1 <= stride <= tile:
+        raise InputError(f"--stride must be between 1 and --tile ({tile}) px, got {stride}")
+    if not 0 < val_fraction < 1:
+        raise InputError(f"--val-fraction must be above 0 and below 1, got {val_fraction}")
+
+
+def maker_stamp(kind: str) -> dict[str, str]:
+    """``created_by`` and ``created_at`` (UTC) of a manifest made by ``dataset <kind>``."""
+    return {"created_by": f"changeclip {__version__} dataset {kind}",
+            "created_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from osgeo import gdal
 
 from changeclip.datasets import splits, vectors
 from changeclip.datasets.info import crs_name
@@ -327,27 +328,30 @@ def _assign_splits(opts: VectorDatasetOptions, plan: _Plan, records: list[_TileR
     return split_of
 
 
-def _raster_source(role: str, path: str) -> dict[str, Any]:
-    from osgeo import gdal
+def _file_entry(role: str, path: str, files: Sequence[str] | None) -> dict[str, Any]:
+    """``role``, ``path`` and ``sha256`` of a source, plus ``sidecars`` (the SHA-256 of the other files GDAL
+    reads with it: ``.dbf``/``.shx``/``.prj``, ``.hdr``, ``.aux.xml`` …); the hash is None for /vsi… paths."""
+    if not os.path.isfile(path):
+        return {"role": role, "path": path, "sha256": None}
+    entry: dict[str, Any] = {"role": role, "path": os.path.abspath(path), "sha256": file_sha256(path)}
+    others = {os.path.basename(f): file_sha256(f) for f in files or []
+              if os.path.isfile(f) and os.path.abspath(f) != os.path.abspath(path)}
+    if others:
+        entry["sidecars"] = others
+    return entry
 
+
+def _raster_source(role: str, path: str) -> dict[str, Any]:
     ds = gdal.Open(path)
     grid = align.grid_of(ds)
-    return {"role": role, "path": os.path.abspath(path), "sha256": file_sha256(path),
-            "crs": crs_name(grid.wkt), "size": [grid.width, grid.height],
+    return {**_file_entry(role, path, ds.GetFileList()), "crs": crs_name(grid.wkt), "size": [grid.width, grid.height],
             "gsd_m": ground_pixel_size_m(grid, grid.width / 2, grid.height / 2)}
 
 
 def _vector_source(role: str, layer: vectors.PolygonLayer, where: str | None) -> dict[str, Any]:
-    from osgeo import gdal
-
-    files = gdal.OpenEx(layer.path, gdal.OF_VECTOR).GetFileList() or [layer.path]
-    entry: dict[str, Any] = {"role": role, "path": os.path.abspath(layer.path), "sha256": file_sha256(layer.path)
-                             if os.path.isfile(layer.path) else None,
-                             "crs": crs_name(layer.crs_wkt), "layer": layer.layer_name, "polygons": layer.count}
-    others = {os.path.basename(f): file_sha256(f) for f in files
-              if os.path.isfile(f) and os.path.abspath(f) != os.path.abspath(layer.path)}
-    if others:
-        entry["sidecars"] = others
+    files = gdal.OpenEx(layer.path, gdal.OF_VECTOR).GetFileList()
+    entry = {**_file_entry(role, layer.path, files), "crs": crs_name(layer.crs_wkt), "layer": layer.layer_name,
+             "polygons": layer.count}
     if where:
         entry["where"] = where
     return entry

@@ -211,7 +211,8 @@ def test_aoi_and_nodata_are_ignored(tmp_path: Path, changes_gpkg: Path) -> None:
     ignore[100:140, 200:300] = True
     assert _check_against_reference(tmp_path / "ds", ref, ignore=ignore) > 0
     m = read_manifest(tmp_path / "ds")
-    assert any(s["role"] == "aoi" for s in m.sources)
+    aoi_source = next(s for s in m.sources if s["role"] == "aoi")
+    assert {"aoi.dbf", "aoi.shx", "aoi.prj"} <= set(aoi_source["sidecars"]), "a shapefile's other files are hashed"
     assert sum(info.pixels["255"] for info in m.splits.values()) > 0
     # the labelled window is the AOI's bounding box, not the whole overlap
     win = m.options["labelled_window"]

@@ -319,3 +319,24 @@ def test_cli_from_vectors_and_info(tmp_path: Path, changes_gpkg: Path, capsys: p
     rc = main(["dataset", "from-vectors", str(NAIP_BEFORE), str(NAIP_AFTER), str(tmp_path / "missing.gpkg"),
                "-o", str(out)])
     assert rc == 2 and "changes layer not found" in capsys.readouterr().err and not out.exists()
+
+
+def test_band_mapping_and_value_range_as_detect(tmp_path: Path, changes_gpkg: Path) -> None:
+    """16-bit input: --bands 3,2,1 and --value-range map exactly as detect's scaling; the default is recorded."""
+    src = read(NAIP_BEFORE).astype(np.uint16)
+    gt = gdal.Open(str(NAIP_BEFORE)).GetGeoTransform()
+    before = write_raster(tmp_path / "b16.tif", src * 10, gt=gt, epsg=26914)
+    after = write_raster(tmp_path / "a16.tif", src * 10, gt=gt, epsg=26914)
+    make_dataset(_opts(tmp_path, changes_gpkg, before=before, after=after, bands=[3, 2, 1],
+                       value_range=[[0.0, 2550.0]]))
+    m = read_manifest(tmp_path / "ds")
+    assert m.bands == [3, 2, 1] and m.value_range == [[0.0, 2550.0]] * 3
+    for t in m.splits["train"].tiles[:4]:
+        p = m.tile_paths("train", t)[0]
+        col, row = tile_offset(p)
+        np.testing.assert_array_equal(read(p), src[::-1, row:row + 64, col:col + 64])
+    make_dataset(_opts(tmp_path, changes_gpkg, before=before, after=after, overwrite=True))
+    m = read_manifest(tmp_path / "ds")
+    assert m.options["scaling"]["source"] == "percentile" and len(m.value_range) == 3
+    lo, hi = np.percentile(src[0].astype(np.float64) * 10, [2, 98])
+    assert m.value_range[0] == pytest.approx([lo, hi])

@@ -165,3 +165,5 @@ def test_cli_from_folder_prints_histogram(tmp_path: Path, capsys: pytest.Capture
     assert "already exists" in capsys.readouterr().err
     assert main(["dataset", "from-folder", str(src), "-o", str(out), "--overwrite", "--tile", "256"]) == 0
     assert read_manifest(out).options["stride"] == 192
+    assert main(["dataset", "info", str(src)]) == 2
+    assert "is not a ChangeCLIP dataset folder" in capsys.readouterr().err

@@ -59,6 +59,27 @@ def local_raster_path(layer: QgsMapLayer) -> str | None:
     return path
 
 
+def same_raster_problem(before: QgsMapLayer | None, after: QgsMapLayer | None) -> str | None:
+    """The message the dock and Processing both show when Before and After are one raster, else None.
+
+    One raster means the same layer, the same local file (also when loaded twice, as two layers,
+    or through a symbolic link) or, for non-file layers, the same provider and data source.
+    """
+    if before is None or after is None:
+        return None
+    same = before.id() == after.id()
+    if not same:
+        paths = local_raster_path(before), local_raster_path(after)
+        if paths[0] is not None and paths[1] is not None:
+            same = os.path.realpath(paths[0]) == os.path.realpath(paths[1])
+        elif paths[0] is None and paths[1] is None:
+            same = (before.providerType(), before.source()) == (after.providerType(), after.source())
+    if not same:
+        return None
+    return (f"Before and After are the same raster ('{before.name()}'): the result would be 'no change' "
+            "everywhere; pick the raster of the other date")
+
+
 @dataclass
 class ExportRequest:
     """Everything needed to write a layer to GeoTIFF off the main thread.

@@ -42,7 +42,7 @@ from qgis.PyQt.QtWidgets import (
 
 from ..core import protocol
 from ..core.errors import ChangeClipPluginError
-from ..core.layers import ExportRequest, local_raster_path, prepare_input
+from ..core.layers import ExportRequest, local_raster_path, prepare_input, same_raster_problem
 from ..core.log import log
 from ..core.params import (
     build_params,
@@ -412,8 +412,9 @@ class ChangeClipDock(QgsDockWidget):
         before, after = self.before_combo.currentLayer(), self.after_combo.currentLayer()
         if before is None or after is None:
             raise ChangeClipPluginError("Pick a before and an after raster (load them into the project first)")
-        if before.id() == after.id():
-            raise ChangeClipPluginError("Before and after are the same layer; pick two different dates")
+        same = same_raster_problem(before, after)  # the message Processing shows too
+        if same is not None:
+            raise ChangeClipPluginError(same)
         grid, target_crs, resolution = self._grid_choice()
         grid_choice(grid, target_crs, resolution)  # a bad grid choice is refused before any export
         inputs = {"before": self._input(before, after, target_crs, resolution),

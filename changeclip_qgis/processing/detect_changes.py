@@ -46,6 +46,7 @@ from ..core.layers import (
     local_raster_path,
     prepare_input,
     run_export,
+    same_raster_problem,
     write_sidecar_style,
 )
 from ..core.params import build_params, grid_choice
@@ -161,6 +162,16 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     def canExecute(self) -> tuple[bool, str]:  # noqa: D102
         problem = configuration_problem()
         return (problem is None, problem or "")
+
+    def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS API
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        """QGIS's checks, then: Before and After must be two rasters (the dock refuses it too)."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        problem = same_raster_problem(self.parameterAsRasterLayer(parameters, self.BEFORE, context),
+                                      self.parameterAsRasterLayer(parameters, self.AFTER, context))
+        return (False, problem) if problem else (True, message)
 
     # -- parameters ----------------------------------------------------------------
 

@@ -180,7 +180,7 @@ def test_dock_refuses_bad_choices(dock, project, pump, backend_env: None, raster
     dock.before_combo.setLayer(before)
     dock.after_combo.setLayer(before)
     assert dock.start_run() is None
-    assert "same layer" in dock.stage_label.text()
+    assert "same raster" in dock.stage_label.text()
     dock.after_combo.setLayer(_after)
     dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
     dock.tile_spin.setValue(100)

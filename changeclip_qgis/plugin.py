@@ -83,8 +83,9 @@ class ChangeClipPlugin:
             from .gui.diagnostics_dialog import DiagnosticsDialog as Dialog
         dialog = Dialog(parent)
         self._dialogs[which] = dialog
-        if self.dock is not None and which != "diagnostics":  # the weights folder may have changed
+        if self.dock is not None and which != "diagnostics":  # the weights folder or the backend may have changed
             dialog.finished.connect(self.dock.refresh_weights_info)
+            (dialog.accepted if which == "settings" else dialog.finished).connect(self.dock.refresh_backend_line)
         dialog.show()
 
     def unload(self) -> None:

@@ -133,11 +133,11 @@ class SetupTask(QgsTask):
             run_steps(self.steps, self.lineReady.emit, self.isCanceled, on_step)
         except ChangeClipPluginError as exc:
             self.error = str(exc)
-            return False
+            return self.isCanceled()  # a cancel is not a failure (False would make QGIS say "Task failed")
         return True
 
     def finished(self, result: bool) -> None:  # noqa: D102
-        self.done.emit(result, self.error)
+        self.done.emit(result and not self.error, self.error)
 
 
 class SetupDialog(QDialog):

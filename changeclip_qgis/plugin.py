@@ -7,8 +7,8 @@ from typing import Any
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
 
+from .compat import QAction
 from .core.backend_launcher import LAUNCHER
 from .core.paths import icon_path
 

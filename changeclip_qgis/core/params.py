@@ -119,12 +119,9 @@ def crs_text(crs: Any) -> str | None:
     authid = str(crs.authid())
     if authid and not authid.upper().startswith(("USER:", "INTERNAL:")):  # QGIS-only ids GDAL cannot read
         return authid
-    from qgis.core import Qgis, QgsCoordinateReferenceSystem
+    from ..compat import CRS_WKT_PREFERRED  # Qgis.CrsWktVariant since QGIS 3.36
 
-    variant = getattr(getattr(Qgis, "CrsWktVariant", None), "Preferred", None)  # QGIS >= 3.36
-    if variant is None:
-        variant = QgsCoordinateReferenceSystem.WKT_PREFERRED  # QGIS 3.22 ... 3.34
-    return str(crs.toWkt(variant)) or None
+    return str(crs.toWkt(CRS_WKT_PREFERRED)) or None
 
 
 def grid_choice(grid: str = "before", target_crs: Any = None,

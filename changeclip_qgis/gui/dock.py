@@ -12,7 +12,6 @@ from typing import Any
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
     QgsUnitTypes,
@@ -40,6 +39,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..compat import RASTER_LAYER_FILTER
 from ..core import protocol
 from ..core.errors import ChangeClipPluginError
 from ..core.layers import ExportRequest, local_raster_path, prepare_input, same_raster_problem
@@ -98,9 +98,9 @@ class ChangeClipDock(QgsDockWidget):
         outer = QVBoxLayout(body)
         form = QFormLayout()
         self.before_combo = QgsMapLayerComboBox(body)
-        self.before_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.before_combo.setFilters(RASTER_LAYER_FILTER)
         self.after_combo = QgsMapLayerComboBox(body)
-        self.after_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.after_combo.setFilters(RASTER_LAYER_FILTER)
         if self.after_combo.count() > 1:
             self.after_combo.setLayer(self.after_combo.layer(1))
         form.addRow("Before", self.before_combo)
@@ -370,8 +370,8 @@ class ChangeClipDock(QgsDockWidget):
             return
         from qgis.core import Qgis
 
-        qlevel = {"info": Qgis.Info, "success": Qgis.Success, "warning": Qgis.Warning,
-                  "critical": Qgis.Critical}[level]
+        qlevel = {"info": Qgis.MessageLevel.Info, "success": Qgis.MessageLevel.Success,
+                  "warning": Qgis.MessageLevel.Warning, "critical": Qgis.MessageLevel.Critical}[level]
         bar = self.iface.messageBar()
         if not diagnostics:
             bar.pushMessage("ChangeCLIP", text, qlevel, 8)

@@ -29,7 +29,6 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,7 @@ from changeclip.inference.cache import ModelCache
 from changeclip.prefetch import BatchReader, TileSource
 from changeclip.preflight import confirm_writable, preflight
 from changeclip.protocol import DetectParams, ParamError
-from changeclip.raster import align, io, scaling
+from changeclip.raster import align, scaling
 from changeclip.raster.area import ground_pixel_size_m, row_pixel_areas
 from changeclip.raster.outputs import (
     ChangeRasterWriter,
@@ -52,6 +51,8 @@ from changeclip.raster.outputs import (
     to_cog,
     write_json,
 )
+from changeclip.raster.pair import AlignedPair as Inputs
+from changeclip.raster.pair import open_pair
 from changeclip.raster.tiling import BlendAccumulator, tile_starts
 from changeclip.writeback import Writeback
 
@@ -68,21 +69,6 @@ WRITE_THREAD = True
 (:mod:`changeclip.writeback`); False does it on the main thread. An internal switch (tests compare
 both); outputs are identical either way."""
 _GDAL_CACHE_BYTES = 256 * 1024 * 1024
-
-
-@dataclass
-class Inputs:
-    """Both rasters opened, checked and on the reference grid."""
-
-    grid: align.Grid
-    window: align.Window
-    before: io.GridReader
-    after: io.GridReader
-    warped: dict[str, bool]
-    eight_bit: bool
-    warnings: list[str] = field(default_factory=list)
-    reopen: Callable[[], tuple[io.GridReader, io.GridReader]] | None = None
-    """Opens another ``(before, after)`` reader pair with its own datasets (for reader threads)."""
 
 
 def run_detection(params: DetectParams, progress: ProgressFn | None = None,
@@ -141,7 +127,7 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         t = time.perf_counter()
         report("scaling", 0, 1)
         sample_b, sample_a, _ = scaling.collect_sample(inputs.before, inputs.after, inputs.window)
-        scaler = _scaling(params, inputs, sample_b, sample_a)
+        scaler = scaling.choose_scaling(params.value_range, inputs.eight_bit, sample_b, sample_a)
         log.info("radiometric scaling (%s): low %s high %s", scaler.source, scaler.low.round(3).tolist(),
                  scaler.high.round(3).tolist())
         timings["scaling"] = time.perf_counter() - t
@@ -254,39 +240,7 @@ def _check_cancel(cancelled: CancelFn) -> None:
 
 def _prepare_inputs(params: DetectParams) -> Inputs:
     """Open, check and align both rasters; no pixel is read except for validation."""
-    ds_b = io.open_raster(params.before, "before")
-    ds_a = io.open_raster(params.after, "after")
-    io.check_bands(ds_b, params.bands, "before")
-    io.check_bands(ds_a, params.bands, "after")
-    align.check_georeferenced(ds_b, params.before, "before")
-    align.check_georeferenced(ds_a, params.after, "after")
-    g_b, g_a = align.grid_of(ds_b), align.grid_of(ds_a)
-    align.check_crs(g_b, g_a, params.before, params.after)
-    warnings: list[str] = []
-    if not g_b.wkt:
-        if params.grid == "custom" or not align.same_grid(g_b, g_a):
-            raise InputError("neither raster has a CRS and their grids differ, so they cannot be aligned; "
-                             "assign the right CRS to both (gdal_edit.py -a_srs EPSG:XXXX FILE)")
-        warnings.append("the rasters have no CRS: outputs are in pixel coordinates and areas are unknown")
-    grid = align.reference_grid(params.grid, g_b, g_a, params.target_crs, params.resolution)
-    if params.resolution is not None and params.grid != "custom":
-        warnings.append(f"resolution {params.resolution} is ignored with grid '{params.grid}' "
-                        "(it only applies to a custom grid)")
-    warnings += align.resolution_warnings(grid, {"before": g_b, "after": g_a})
-    window = align.processed_window(grid, [g_b, g_a])
-    readers, warped = _grid_readers(params, grid, ds_b, ds_a)
-    for role in ("before", "after"):
-        if warped[role]:
-            log.info("%s raster warped onto the reference grid (bilinear, streaming VRT)", role)
-    srs = grid.srs()
-    if srs is not None and srs.IsGeographic():
-        warnings.append("the reference grid is in a geographic CRS (degrees); areas are computed on the "
-                        "ellipsoid, but pixels are not square on the ground")
-    for w in warnings:
-        log.warning("%s", w)
-    return Inputs(grid, window, readers["before"], readers["after"], warped,
-                  io.is_8bit(ds_b, params.bands) and io.is_8bit(ds_a, params.bands), warnings,
-                  reopen=lambda: _reopen_readers(params, grid))
+    return open_pair(params.before, params.after, params.bands, params.grid, params.target_crs, params.resolution)
 
 
 def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:
@@ -302,38 +256,6 @@ def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:
     epsg = inputs.grid.to_dict()["epsg"]
     return scale_warning(gsd, engine.training_data, align.pixel_size_in(inputs.grid, inputs.grid.wkt),
                          crs=f"EPSG:{epsg}" if epsg else None)
-
-
-def _grid_readers(params: DetectParams, grid: align.Grid, ds_b: gdal.Dataset, ds_a: gdal.Dataset
-                  ) -> tuple[dict[str, io.GridReader], dict[str, bool]]:
-    """Readers of both rasters on ``grid`` (a streaming warped VRT where a raster is off the grid)."""
-    readers: dict[str, io.GridReader] = {}
-    warped: dict[str, bool] = {}
-    for role, ds in (("before", ds_b), ("after", ds_a)):
-        if align.same_grid(align.grid_of(ds), grid):
-            readers[role] = io.GridReader(ds, params.bands)
-            warped[role] = False
-        else:
-            vrt, alpha = align.warp_to_grid(ds, grid)
-            readers[role] = io.GridReader(vrt, params.bands, alpha_band=alpha, keep=[ds])
-            warped[role] = True
-    return readers, warped
-
-
-def _reopen_readers(params: DetectParams, grid: align.Grid) -> tuple[io.GridReader, io.GridReader]:
-    """A new reader pair with datasets of its own (GDAL datasets must not be shared by threads)."""
-    readers, _ = _grid_readers(params, grid, io.open_raster(params.before, "before"),
-                               io.open_raster(params.after, "after"))
-    return readers["before"], readers["after"]
-
-
-def _scaling(params: DetectParams, inputs: Inputs, sample_b: np.ndarray, sample_a: np.ndarray
-             ) -> scaling.BandScaling:
-    if params.value_range is not None:
-        return scaling.user_scaling(params.value_range, len(params.bands))
-    if inputs.eight_bit:
-        return scaling.eight_bit_scaling(len(params.bands))
-    return scaling.percentile_scaling(sample_b, sample_a)
 
 
 def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scaler: scaling.BandScaling,

@@ -37,6 +37,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import Qt
 
+from ..compat import RASTER_SIZE_CAPABILITY, RASTER_WRITE_CANCELED, RASTER_WRITE_OK
 from . import protocol
 from .errors import JobCancelledError, LayerNotSupported
 from .log import log
@@ -58,6 +59,27 @@ def local_raster_path(layer: QgsMapLayer) -> str | None:
     if parts.get("layerName") or not path or not os.path.isfile(path):
         return None
     return path
+
+
+def same_raster_problem(before: QgsMapLayer | None, after: QgsMapLayer | None) -> str | None:
+    """The message the dock and Processing both show when Before and After are one raster, else None.
+
+    One raster means the same layer, the same local file (also when loaded twice, as two layers,
+    or through a symbolic link) or, for non-file layers, the same provider and data source.
+    """
+    if before is None or after is None:
+        return None
+    same = before.id() == after.id()
+    if not same:
+        paths = local_raster_path(before), local_raster_path(after)
+        if paths[0] is not None and paths[1] is not None:
+            same = os.path.realpath(paths[0]) == os.path.realpath(paths[1])
+        elif paths[0] is None and paths[1] is None:
+            same = (before.providerType(), before.source()) == (after.providerType(), after.source())
+    if not same:
+        return None
+    return (f"Before and After are the same raster ('{before.name()}'): the result would be 'no change' "
+            "everywhere; pick the raster of the other date")
 
 
 @dataclass
@@ -115,7 +137,7 @@ def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
     crs = extent_crs if extent_crs is not None and extent_crs.isValid() else layer.crs()
     if extent is None or extent.isEmpty():
         provider = layer.dataProvider()
-        if not (provider.capabilities() & QgsRasterDataProvider.Size) or provider.xSize() <= 0:
+        if not (provider.capabilities() & RASTER_SIZE_CAPABILITY) or provider.xSize() <= 0:
             raise LayerNotSupported(
                 f"layer '{layer.name()}' ({layer.providerType()}) is not a local file and has no fixed extent; "
                 "choose an extent to export (the other raster's, or zoom the map to the area) or save it "
@@ -127,7 +149,7 @@ def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
         crs = target_crs
     if pixel_size is None:
         provider = layer.dataProvider()
-        if (provider.capabilities() & QgsRasterDataProvider.Size) and provider.xSize() > 0 and crs == layer.crs():
+        if (provider.capabilities() & RASTER_SIZE_CAPABILITY) and provider.xSize() > 0 and crs == layer.crs():
             pixel_size = layer.rasterUnitsPerPixelX()
     if not pixel_size or pixel_size <= 0:
         raise LayerNotSupported(f"layer '{layer.name()}' has no native resolution; choose a pixel size to "
@@ -207,10 +229,10 @@ def run_export(request: ExportRequest, out_dir: str | None = None, feedback: Any
         feedback.canceled.connect(block_feedback.cancel, Qt.ConnectionType.DirectConnection)
     error = writer.writeRaster(pipe, request.width, request.height, request.extent, request.crs,
                                request.transform_context, block_feedback)
-    if error == QgsRasterFileWriter.WriteCanceled:
+    if error == RASTER_WRITE_CANCELED:
         _remove(partial)
         raise JobCancelledError(f"the export of layer '{request.name}' was cancelled")
-    if error != QgsRasterFileWriter.NoError or not os.path.isfile(partial):
+    if error != RASTER_WRITE_OK or not os.path.isfile(partial):
         _remove(partial)
         raise LayerNotSupported(f"exporting layer '{request.name}' to GeoTIFF failed (writer error {error}); "
                                 "check that its source is reachable, or save it as a GeoTIFF first")

@@ -30,6 +30,15 @@ LABELS = {
 """What the UI calls each job parameter (used in error messages)."""
 
 
+ENGINE_NAMES = {"changeclip": "ChangeCLIP", "irmad": "IR-MAD"}
+"""What the UI calls each engine (the dock's combo, messages); the job and Processing use the keys."""
+
+
+def engine_name(engine: str) -> str:
+    """The user-facing name of an engine, e.g. ``IR-MAD`` for ``irmad`` (unknown ones as they are)."""
+    return ENGINE_NAMES.get(engine, engine)
+
+
 def resolve_weights(weights: str, weights_dir: str, engine: str) -> str | None:
     """The weights file for a run.
 
@@ -56,8 +65,9 @@ def resolve_weights(weights: str, weights_dir: str, engine: str) -> str | None:
                               "(or put it in the weights folder set in the ChangeCLIP settings)")
         return str(path.resolve())
     if not weights_dir:
-        raise ConfigError("The changeclip engine needs a weights file: pick one, set a weights folder "
-                          "in the ChangeCLIP settings (or CHANGECLIP_WEIGHTS_DIR), or use the irmad engine")
+        raise ConfigError(f"The {engine_name('changeclip')} engine needs a weights file: pick one, set a weights "
+                          "folder in the ChangeCLIP settings (or CHANGECLIP_WEIGHTS_DIR), or use the "
+                          f"{engine_name('irmad')} engine, which needs none")
     folder = Path(weights_dir).expanduser()
     found = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
     if len(found) != 1:
@@ -112,12 +122,9 @@ def crs_text(crs: Any) -> str | None:
     authid = str(crs.authid())
     if authid and not authid.upper().startswith(("USER:", "INTERNAL:")):  # QGIS-only ids GDAL cannot read
         return authid
-    from qgis.core import Qgis, QgsCoordinateReferenceSystem
+    from ..compat import CRS_WKT_PREFERRED  # Qgis.CrsWktVariant since QGIS 3.36
 
-    variant = getattr(getattr(Qgis, "CrsWktVariant", None), "Preferred", None)  # QGIS >= 3.36
-    if variant is None:
-        variant = QgsCoordinateReferenceSystem.WKT_PREFERRED  # QGIS 3.22 ... 3.34
-    return str(crs.toWkt(variant)) or None
+    return str(crs.toWkt(CRS_WKT_PREFERRED)) or None
 
 
 def grid_choice(grid: str = "before", target_crs: Any = None,
@@ -235,7 +242,7 @@ def run_name(before_name: str, after_name: str, prompt: str = "", engine: str = 
     if prompt.strip():
         name += f" [{prompt.strip()[:40]}]"
     elif engine == "irmad":
-        name += " [IR-MAD]"
+        name += f" [{engine_name(engine)}]"
     return name
 
 

@@ -12,7 +12,6 @@ from typing import Any
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
     QgsUnitTypes,
@@ -40,23 +39,25 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..compat import RASTER_LAYER_FILTER
 from ..core import protocol
 from ..core.describe import QUERY_HELP, matching_line, prompt_help, resolve_describe_weights
 from ..core.errors import ChangeClipPluginError
-from ..core.layers import ExportRequest, local_raster_path, prepare_input
+from ..core.layers import ExportRequest, local_raster_path, prepare_input, same_raster_problem
 from ..core.log import log
 from ..core.params import (
     build_params,
     crs_text,
     default_output_base,
     default_output_dir,
+    engine_name,
     grid_choice,
     resolve_weights,
     run_name,
 )
 from ..core.runner import device_line, result_line
 from ..core.settings import KEY_DOCK_CHOICES, KEY_OUTPUT_BASE, BackendConfig, get, set_value
-from ..core.weights_info import summarize_weights
+from ..core.weights_info import summarize_weights, unreadable_reason
 from ..tasks.detect_task import BackendCheckTask, DetectTask
 
 PROMPT_MODE_LABELS = (("auto", "Auto tags (+ my words)"), ("none", "None"), ("words", "My words only"))
@@ -99,9 +100,9 @@ class ChangeClipDock(QgsDockWidget):
         outer = QVBoxLayout(body)
         form = QFormLayout()
         self.before_combo = QgsMapLayerComboBox(body)
-        self.before_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.before_combo.setFilters(RASTER_LAYER_FILTER)
         self.after_combo = QgsMapLayerComboBox(body)
-        self.after_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.after_combo.setFilters(RASTER_LAYER_FILTER)
         if self.after_combo.count() > 1:
             self.after_combo.setLayer(self.after_combo.layer(1))
         form.addRow("Before", self.before_combo)
@@ -131,8 +132,8 @@ class ChangeClipDock(QgsDockWidget):
         query_row.addWidget(self.keep_matching_check)
         form.addRow("Find", query_row)
         self.engine_combo = QComboBox(body)
-        self.engine_combo.addItem("ChangeCLIP (deep learning)", "changeclip")
-        self.engine_combo.addItem("IR-MAD (unsupervised, no weights)", "irmad")
+        self.engine_combo.addItem(f"{engine_name('changeclip')} (deep learning)", "changeclip")
+        self.engine_combo.addItem(f"{engine_name('irmad')} (unsupervised, no weights)", "irmad")
         self.engine_combo.currentIndexChanged.connect(self._update_engine)
         form.addRow("Engine", self.engine_combo)
         self.weights_widget = QgsFileWidget(body)
@@ -342,6 +343,8 @@ class ChangeClipDock(QgsDockWidget):
         self.prompt_edit.setEnabled(needs_weights)
         self.prompt_mode_combo.setEnabled(needs_weights)
         self._update_prompt_help()
+        if self.task is None and self.stage_label.text().startswith("Error: "):
+            self.stage_label.setText("Ready")  # e.g. "needs a weights file" is stale once the engine changed
         self.refresh_weights_info()
 
     def _update_prompt_help(self, *_args: object) -> None:
@@ -402,8 +405,8 @@ class ChangeClipDock(QgsDockWidget):
             return
         from qgis.core import Qgis
 
-        qlevel = {"info": Qgis.Info, "success": Qgis.Success, "warning": Qgis.Warning,
-                  "critical": Qgis.Critical}[level]
+        qlevel = {"info": Qgis.MessageLevel.Info, "success": Qgis.MessageLevel.Success,
+                  "warning": Qgis.MessageLevel.Warning, "critical": Qgis.MessageLevel.Critical}[level]
         bar = self.iface.messageBar()
         if not diagnostics:
             bar.pushMessage("ChangeCLIP", text, qlevel, 8)
@@ -447,8 +450,9 @@ class ChangeClipDock(QgsDockWidget):
         before, after = self.before_combo.currentLayer(), self.after_combo.currentLayer()
         if before is None or after is None:
             raise ChangeClipPluginError("Pick a before and an after raster (load them into the project first)")
-        if before.id() == after.id():
-            raise ChangeClipPluginError("Before and after are the same layer; pick two different dates")
+        same = same_raster_problem(before, after)  # the message Processing shows too
+        if same is not None:
+            raise ChangeClipPluginError(same)
         grid, target_crs, resolution = self._grid_choice()
         grid_choice(grid, target_crs, resolution)  # a bad grid choice is refused before any export
         inputs = {"before": self._input(before, after, target_crs, resolution),
@@ -471,6 +475,10 @@ class ChangeClipDock(QgsDockWidget):
             device=self.device_combo.currentText(), precision=self.precision_combo.currentText(),
             polygons=self.polygons_check.isChecked(), grid=grid, target_crs=target_crs, resolution=resolution,
             min_area_m2=self.min_area_spin.value(), **self._describe_options())
+        unreadable = unreadable_reason(params.weights) if params.weights else None
+        if unreadable:  # refused here, in words, before a backend is started or a run folder made
+            raise ChangeClipPluginError(f"Weights file {params.weights} is not ChangeCLIP weights: {unreadable}; "
+                                        "pick a ChangeCLIP .safetensors file or an official .pth checkpoint")
         return params, exports, name
 
     def _describe_options(self) -> dict[str, object]:
@@ -523,7 +531,8 @@ class ChangeClipDock(QgsDockWidget):
         self.last_summary = summary
         self.progress_bar.setValue(100)
         warnings = [str(w) for w in summary.get("warnings") or []]
-        text = f"{result_line(summary)}\nEngine {summary.get('engine', '?')} on {summary.get('device', '?')}"
+        text = f"{result_line(summary)}\nEngine {engine_name(str(summary.get('engine', '?')))} on " \
+            f"{summary.get('device', '?')}"
         matches = matching_line(summary)
         if matches:
             text += f"\n{matches}"
@@ -541,6 +550,8 @@ class ChangeClipDock(QgsDockWidget):
     def _fail(self, message: str) -> None:
         cancelled = self.task is not None and self.task.cancelled_by_user
         unavailable = self.task is not None and self.task.backend_unavailable
+        if self.task is not None:
+            self.task.remove_run_folder()  # a failed or cancelled run leaves no empty folder behind
         self.task = None
         self._set_running(False)
         if unavailable:  # point at the report that says why
@@ -550,6 +561,12 @@ class ChangeClipDock(QgsDockWidget):
         self.stage_label.setText(("Cancelled: " if cancelled else "Error: ") + message)
         self._message(message, "info" if cancelled else "critical", diagnostics=unavailable)
         self.runFailed.emit(message)
+
+    def refresh_backend_line(self, *_args: object) -> None:
+        """Show where the backend is configured now (after Settings or set-up changed it), not connected yet."""
+        if self.check_task is None:
+            self.backend_label.setText(f"Backend: {BackendConfig.load().describe()} (not connected)")
+            self.diagnostics_button.setStyleSheet("")
 
     def check_backend(self) -> BackendCheckTask:
         """Start/reach the backend in the background and show its device line."""

@@ -14,7 +14,6 @@ from typing import Any
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -24,7 +23,6 @@ from qgis.core import (
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterCrs,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
@@ -39,6 +37,14 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
+from ..compat import (
+    ALGORITHM_CAN_CANCEL,
+    ALGORITHM_SUPPORTS_BATCH,
+    NUMBER_DOUBLE,
+    NUMBER_INTEGER,
+    PARAMETER_ADVANCED,
+    SOURCE_VECTOR_POLYGON,
+)
 from ..core import protocol
 from ..core.backend_launcher import LAUNCHER, configuration_problem
 from ..core.describe import matching_line, resolve_describe_weights, style_described_polygons
@@ -49,6 +55,7 @@ from ..core.layers import (
     local_raster_path,
     prepare_input,
     run_export,
+    same_raster_problem,
     write_sidecar_style,
 )
 from ..core.params import build_params, grid_choice
@@ -177,12 +184,22 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self) -> DetectChangesAlgorithm:  # noqa: D102
         return type(self)()
 
-    def flags(self) -> QgsProcessingAlgorithm.Flags:  # noqa: D102
-        return super().flags() | QgsProcessingAlgorithm.FlagCanCancel | QgsProcessingAlgorithm.FlagSupportsBatch
+    def flags(self) -> Any:  # noqa: D102 - the flags type is QGIS-version specific (see compat)
+        return super().flags() | ALGORITHM_CAN_CANCEL | ALGORITHM_SUPPORTS_BATCH
 
     def canExecute(self) -> tuple[bool, str]:  # noqa: D102
         problem = configuration_problem()
         return (problem is None, problem or "")
+
+    def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS API
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        """QGIS's checks, then: Before and After must be two rasters (the dock refuses it too)."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if not ok:
+            return ok, message
+        problem = same_raster_problem(self.parameterAsRasterLayer(parameters, self.BEFORE, context),
+                                      self.parameterAsRasterLayer(parameters, self.AFTER, context))
+        return (False, problem) if problem else (True, message)
 
     # -- parameters ----------------------------------------------------------------
 
@@ -203,33 +220,33 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         advanced = [
             QgsProcessingParameterString(self.BANDS, "Bands (R,G,B, 1-based)", defaultValue="1,2,3"),
             QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (px, multiple of 32)",
-                                         QgsProcessingParameterNumber.Integer, 256, minValue=64, maxValue=4096),
-            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", QgsProcessingParameterNumber.Integer,
+                                         NUMBER_INTEGER, 256, minValue=64, maxValue=4096),
+            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", NUMBER_INTEGER,
                                          64, minValue=0, maxValue=2047),
             QgsProcessingParameterNumber(self.THRESHOLD, "Change threshold (0-1, empty = engine default)",
-                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         NUMBER_DOUBLE, None, optional=True,
                                          minValue=0.0, maxValue=1.0),
             QgsProcessingParameterString(self.DEVICE, f"Device ({protocol.DEVICES_HELP})", defaultValue="auto"),
             QgsProcessingParameterEnum(self.PRECISION, "Precision (auto: fp32 on CPU, bf16/fp16 on GPU)",
                                        options=list(protocol.PRECISIONS), defaultValue="auto",
                                        usesStaticStrings=True),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
-                                         QgsProcessingParameterNumber.Double, 0.0, minValue=0.0),
+                                         NUMBER_DOUBLE, 0.0, minValue=0.0),
             QgsProcessingParameterEnum(self.OUTPUT_GRID, "Output grid", options=list(protocol.GRIDS),
                                        defaultValue="before", usesStaticStrings=True),
             QgsProcessingParameterCrs(self.TARGET_CRS, "Target CRS (custom grid)", optional=True),
             QgsProcessingParameterNumber(self.RESOLUTION, "Resolution (custom grid, CRS units)",
-                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         NUMBER_DOUBLE, None, optional=True,
                                          minValue=MIN_RESOLUTION),
             QgsProcessingParameterExtent(self.EXTENT, "Extent to export non-file layers (WMS/XYZ…)", optional=True),
         ]
         for param in advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            param.setFlags(param.flags() | PARAMETER_ADVANCED)
             self.addParameter(param)
         self.addParameter(QgsProcessingParameterRasterDestination(self.CHANGE_MASK, "Change mask"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.CHANGE_PROBABILITY, "Change probability"))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.CHANGE_POLYGONS, "Change polygons", QgsProcessing.TypeVectorPolygon, optional=True,
+            self.CHANGE_POLYGONS, "Change polygons", SOURCE_VECTOR_POLYGON, optional=True,
             createByDefault=False))
         self._add_describe_parameters()
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_AREA_M2, "Changed area (m²)"))
@@ -249,7 +266,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             self.KEEP_MATCHING, "Also write the matching changes only (needs Find)", defaultValue=False))
         advanced = [
             QgsProcessingParameterNumber(self.QUERY_THRESHOLD, "Query threshold (query_score at which a change "
-                                         "matches)", QgsProcessingParameterNumber.Double,
+                                         "matches)", NUMBER_DOUBLE,
                                          protocol.DEFAULT_QUERY_THRESHOLD, minValue=0.001, maxValue=0.999),
             QgsProcessingParameterFile(self.VOCABULARY, "Vocabulary file (class names, one per line)",
                                        optional=True, fileFilter="Text files (*.txt);;All files (*.*)"),
@@ -257,10 +274,10 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                                        fileFilter="Weights (*.pt *.bin *.safetensors *.pth);;All files (*.*)"),
         ]
         for param in advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            param.setFlags(param.flags() | PARAMETER_ADVANCED)
             self.addParameter(param)
         self.addOutput(QgsProcessingOutputVectorLayer(self.MATCHING_POLYGONS, "Matching changes",
-                                                      QgsProcessing.TypeVectorPolygon))
+                                                      SOURCE_VECTOR_POLYGON))
         self.addOutput(QgsProcessingOutputNumber(self.MATCHING_COUNT, "Number of matching changes"))
         self.addOutput(QgsProcessingOutputNumber(self.MATCHING_AREA_M2, "Area of the matching changes (m²)"))
 

@@ -63,16 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tagger-weights", metavar="FILE", help="OpenAI CLIP ViT-B/16 weights for prompt mode auto")
     p.add_argument("--official-test-prompts", action="store_true",
                    help="reproduce the official test-time prompts (date B uses date A's tags)")
-    p.add_argument("--bands", default="1,2,3", metavar="B,G,R...",
-                   help="1-based bands used as R,G,B (changeclip) or all bands used (irmad); default %(default)s")
-    p.add_argument("--value-range", metavar="MIN:MAX[,MIN:MAX...]",
-                   help="fixed value range mapped to 0..255 for both dates (one for all bands or one per band); "
-                        "default: 0:255 for 8-bit, else the 2nd-98th percentile of both dates")
-    p.add_argument("--grid", choices=GRIDS, default=None,
-                   help="output grid: the before raster's (default), the after raster's, or custom "
-                        "(--target-crs and --resolution)")
-    p.add_argument("--target-crs", metavar="CRS", help="CRS of a custom grid, e.g. EPSG:32633 (implies --grid custom)")
-    p.add_argument("--resolution", type=float, metavar="UNITS", help="pixel size of a custom grid in CRS units")
+    add_pair_arguments(p, "1-based bands used as R,G,B (changeclip) or all bands used (irmad)", "output grid")
     p.add_argument("--tile", type=int, default=256, metavar="PX", help="tile size, multiple of 32 (default %(default)s)")
     p.add_argument("--overlap", type=int, default=64, metavar="PX",
                    help="overlap of neighbouring tiles, blended (default %(default)s)")
@@ -102,6 +93,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CLIP weights: OpenAI ViT-B-16 (default, as --tagger-weights) or a remote-sensing CLIP")
     d.add_argument("--describe-model", metavar="NAME",
                    help="open_clip architecture of --describe-weights, e.g. ViT-B-32 for RemoteCLIP/GeoRSCLIP")
+
+
+def add_pair_arguments(p: argparse.ArgumentParser, bands_help: str, grid_what: str) -> None:
+    """Add how the two rasters are read and aligned: --bands, --value-range, --grid, --target-crs, --resolution.
+
+    Shared with ``changeclip dataset from-vectors``, which cuts training tiles on the grid detect would use.
+    """
+    p.add_argument("--bands", default="1,2,3", metavar="B,G,R...", help=f"{bands_help}; default %(default)s")
+    p.add_argument("--value-range", metavar="MIN:MAX[,MIN:MAX...]",
+                   help="fixed value range mapped to 0..255 for both dates (one for all bands or one per band); "
+                        "default: 0:255 for 8-bit, else the 2nd-98th percentile of both dates")
+    p.add_argument("--grid", choices=GRIDS, default=None,
+                   help=f"{grid_what}: the before raster's (default), the after raster's, or custom "
+                        "(--target-crs and --resolution)")
+    p.add_argument("--target-crs", metavar="CRS", help="CRS of a custom grid, e.g. EPSG:32633 (implies --grid custom)")
+    p.add_argument("--resolution", type=float, metavar="UNITS", help="pixel size of a custom grid in CRS units")
 
 
 def params_from_args(args: argparse.Namespace) -> DetectParams:

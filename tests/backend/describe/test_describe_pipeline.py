@@ -231,3 +231,25 @@ def test_cli_refuses_inconsistent_describe_options(scene: tuple[str, str], tmp_p
     assert proc.returncode == 2, proc.stderr
     assert match in proc.stderr
     _no_outputs(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_named_open_clip_architecture_loads_as_its_publishers_build_it(tmp_path: Path) -> None:
+    """A remote-sensing CLIP checkpoint is an open_clip state dict of a named architecture (RemoteCLIP,
+    GeoRSCLIP: ViT-B-32, ...): built by name and loaded strictly; the wrong name is refused in words.
+    ViT-S-32 stands in for them here (same format, smaller)."""
+    import open_clip
+
+    from changeclip.describe.encoder import OpenClipEncoder
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-S-32", pretrained=None)
+    path = tmp_path / "rs_clip.pt"
+    torch.save(model.state_dict(), path)
+    encoder = OpenClipEncoder(path, "ViT-S-32")
+    emb = encoder.encode_images([np.full((3, 40, 50), 128.0, np.float32)])
+    text = encoder.encode_texts(["a satellite image of building."])
+    assert emb.shape == (1, text.shape[1]) and torch.allclose(emb.norm(dim=-1), torch.ones(1))
+    assert encoder.describe()["model"] == "ViT-S-32" and "open_clip ViT-S-32" in encoder.describe()["source"]
+    with pytest.raises(ModelError, match="does not fit open_clip ViT-S-16"):
+        OpenClipEncoder(path, "ViT-S-16")

@@ -127,7 +127,13 @@ def _lock(folder: str) -> int:
         except OSError as exc:
             raise InputError(f"cannot lock the output folder {folder!r}: creating {LOCK_NAME} failed "
                              f"({exc.strerror}); choose a folder you can write to") from None
-        if not _try_lock(fd):
+        try:
+            locked = _try_lock(fd)
+        except OSError as exc:  # e.g. a network file system without locks: say so, never write unlocked
+            os.close(fd)
+            raise InputError(f"cannot lock the output folder {folder!r} ({exc.strerror or exc}); choose a folder "
+                             "on a local disk") from None
+        if not locked:
             holder = _read_holder(fd)
             os.close(fd)
             raise FolderBusy(f"the output folder {folder!r} is in use by another ChangeCLIP run{holder}; wait "

@@ -126,6 +126,8 @@ def check_outputs(outputs: Sequence[Output], inputs: Mapping[str, str | None], o
     seen: dict[str, Output] = {}
     seen_ids: dict[tuple[int, int], Output] = {}
     for out in outputs:
+        if "\x00" in out.path:
+            raise OutputPathError(out.field, out.path, "contains a NUL character")
         real = resolved(out.path)
         _check_not_system(out, real)
         other = seen.get(real)
@@ -137,8 +139,9 @@ def check_outputs(outputs: Sequence[Output], inputs: Mapping[str, str | None], o
             st = os.lstat(out.path)
         except (FileNotFoundError, NotADirectoryError):  # nothing there (a bad folder is the caller's to report)
             continue
-        except OSError as exc:
-            raise OutputPathError(out.field, out.path, f"cannot be accessed: {exc.strerror}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL character or an unencodable name
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise OutputPathError(out.field, out.path, f"cannot be accessed: {reason}") from None
         _check_kind(out, st)
         ident = (st.st_dev, st.st_ino)
         for name, (in_real, in_ident) in input_ids.items():

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import output_safety, protocol
 from .errors import ConfigError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -23,6 +23,7 @@ LABELS = {
     "bands": "Bands", "tile": "Tile size", "overlap": "Overlap", "device": "Device",
     "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area",
     "grid": "Output grid", "target_crs": "Target CRS", "resolution": "Resolution",
+    "mask_path": "Change mask", "probability_path": "Change probability", "polygons_path": "Change polygons",
 }
 """What the UI calls each job parameter (used in error messages)."""
 
@@ -200,7 +201,10 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
         overwrite: replace existing outputs.
 
     Raises:
-        ConfigError: a value is invalid; the message names the field as the UI labels it.
+        ConfigError: a value is invalid, or an output path may not be written (a device, FIFO,
+            folder, link, an input of the job, a system folder, two outputs on one file: see
+            :mod:`output_safety`, the backend's own rule); the message names the field as the UI
+            labels it.
     """
     def absolute(path: str | None) -> str | None:  # the backend runs in another working directory
         return os.path.abspath(os.path.expanduser(path)) if path and path.strip() else None
@@ -221,8 +225,11 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             probability_path=absolute(probability_path), polygons_path=absolute(polygons_path),
             overwrite=overwrite)
         params.validate()
+        output_safety.check_job(params)
     except protocol.ParamError as exc:
         raise ConfigError(f"{LABELS.get(exc.field, exc.field)}: {exc.message}") from None
+    except output_safety.OutputPathError as exc:
+        raise ConfigError(f"{LABELS.get(exc.field, exc.field)}: {exc.path}: {exc.message}") from None
     return params
 
 

@@ -8,14 +8,18 @@ run. Steps (reported through ``progress(stage, done, total)`` with the stages of
    file checks as the job server's: missing inputs, an existing output without ``overwrite``
    or an unwritable folder stop here, before any work), open both rasters, check bands and
    CRSs, pick the reference grid, warp the other raster onto it (a streaming VRT) and compute
-   the processed window (the intersection).
+   the processed window (the intersection). What an output may replace is
+   :mod:`changeclip.output_safety`'s rule. Then the output folders are created and locked
+   (:mod:`changeclip.folder_lock`: a second run on the same folder stops here) and stale
+   temporary files of an interrupted earlier run are removed.
 2. *loading_model*: build the engine (changeclip loads weights through the model cache); warn
    when the grid's ground pixel size is 2x or more from the weights' training GSD.
 3. *scaling*: one fixed per-band range for both dates from a nodata-free sample.
 4. *fitting*: the engine's global fit (IR-MAD's canonical correlation; no-op for changeclip).
 5. *tiles*: stream tiles in row order, batched; blend overlapping probabilities; write finished
    output rows straight to temporary GeoTIFFs. ``is_cancelled()`` is polled before every batch.
-6. *polygons* (optional), *finalising* (COGs, summary.json, atomic renames), *done*.
+6. *polygons* (optional), *finalising* (COGs, summary.json, renames to the final names all or
+   nothing: :meth:`~changeclip.raster.outputs.TempFiles.publish`), *done*.
 
 Any failure or cancellation removes every temporary file; nothing appears under a final name
 before all outputs are complete.
@@ -34,9 +38,10 @@ from typing import Any
 import numpy as np
 from osgeo import gdal
 
-from changeclip import __version__, prefetch
+from changeclip import __version__, output_safety, prefetch
 from changeclip.engines import ChangeEngine, build_engine
 from changeclip.errors import InputError, JobCancelled
+from changeclip.folder_lock import FolderLocks
 from changeclip.inference.cache import ModelCache
 from changeclip.prefetch import BatchReader, TileSource
 from changeclip.preflight import confirm_writable, preflight
@@ -45,6 +50,7 @@ from changeclip.raster import align, scaling
 from changeclip.raster.area import ground_pixel_size_m, row_pixel_areas
 from changeclip.raster.outputs import (
     ChangeRasterWriter,
+    PublishError,
     TempFiles,
     polygonize,
     remove_empty_dirs,
@@ -110,7 +116,12 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
     timings["preparing"] = time.perf_counter() - started
 
     temp = TempFiles()
+    locks = FolderLocks(os.path.dirname(os.path.abspath(p)) for p in paths.values() if p)
     try:
+        for d in created_dirs:  # made now so that they can be locked; removed again if the run fails
+            os.makedirs(d, exist_ok=True)
+        locks.acquire()
+        locks.remove_stale()
         t = time.perf_counter()
         report("loading_model", 0, 1)
         if engine is None:
@@ -139,8 +150,6 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         timings["fitting"] = time.perf_counter() - t
         _check_cancel(cancelled)
 
-        for d in created_dirs:
-            os.makedirs(d, exist_ok=True)
         threshold = params.threshold if params.threshold is not None else engine.default_threshold
         t = time.perf_counter()
         tmp_mask = temp.new(paths["mask"], "part")
@@ -190,35 +199,42 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         write_json(tmp_summary, summary)
         if cancelled():
             raise JobCancelled("the run was cancelled; no outputs were written")
-        temp.commit(final_mask, paths["mask"])
-        temp.commit(final_prob, paths["probability"])
+        finals = [(final_mask, paths["mask"]), (final_prob, paths["probability"])]
         if paths["polygons"]:
-            temp.commit(tmp_gpkg, paths["polygons"])
-        for key, tmp in matching_tmp.items():
-            temp.commit(tmp, paths[key])
-        temp.commit(tmp_summary, paths["summary"])
+            finals.append((tmp_gpkg, paths["polygons"]))
+        finals += [(tmp, paths[key]) for key, tmp in matching_tmp.items()]
+        temp.publish([*finals, (tmp_summary, paths["summary"])])
         temp.cleanup()
+        locks.release()
         report("done", 1, 1)
         log.info("engine %s: %.4f %% of the valid area changed (%.1f m²); outputs in %s", engine.name,
                  100 * (summary["changed_fraction"] or 0), summary["changed_area_m2"] or 0, params.output_dir)
         return summary
+    except PublishError as exc:
+        _abandon(temp, locks, created_dirs)
+        raise InputError(f"writing the outputs failed: {exc.strerror}; check the folder, or choose another "
+                         "output folder") from None
     except OSError as exc:
-        temp.cleanup()
-        remove_empty_dirs(created_dirs)
+        _abandon(temp, locks, created_dirs)
         hint = "the disk is full: free some space" if exc.errno == errno.ENOSPC else "check the folder"
         raise InputError(f"writing the outputs failed ({exc.strerror or exc}); {hint}, or choose another "
                          "output folder; no output was written") from None
     except RuntimeError as exc:
-        temp.cleanup()
-        remove_empty_dirs(created_dirs)
+        _abandon(temp, locks, created_dirs)
         if not _raised_by_gdal(exc):  # e.g. torch (CUDA out of memory): not a problem of the input files
             raise
         raise InputError(f"reading the rasters failed: {str(exc).strip()}; check that both files are "
                          "complete and readable") from None
     except BaseException:
-        temp.cleanup()
-        remove_empty_dirs(created_dirs)
+        _abandon(temp, locks, created_dirs)
         raise
+
+
+def _abandon(temp: TempFiles, locks: FolderLocks, created_dirs: list[str]) -> None:
+    """After a failure or a cancellation: remove the temporary files, unlock, remove new empty folders."""
+    temp.cleanup()
+    locks.release()
+    remove_empty_dirs(created_dirs)
 
 
 def _raised_by_gdal(exc: BaseException) -> bool:
@@ -240,7 +256,16 @@ def _check_cancel(cancelled: CancelFn) -> None:
 
 def _prepare_inputs(params: DetectParams) -> Inputs:
     """Open, check and align both rasters; no pixel is read except for validation."""
-    return open_pair(params.before, params.after, params.bands, params.grid, params.target_crs, params.resolution)
+    outputs = output_safety.outputs_of(params)
+
+    def not_outputs(role: str, files: list[str]) -> None:  # its .aux.xml, .ovr, a VRT's sources ...
+        try:
+            output_safety.check_not_input_files(outputs, files, role)
+        except output_safety.OutputPathError as exc:
+            raise InputError(str(exc)) from None
+
+    return open_pair(params.before, params.after, params.bands, params.grid, params.target_crs, params.resolution,
+                     check_files=not_outputs)
 
 
 def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:

@@ -15,6 +15,8 @@ import math
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +50,44 @@ MAX_EXPORT_SIDE_PX = 20000
 
 STYLE_FOR_OUTPUT = {"mask": "change_mask", "probability": "change_probability", "polygons": "change_polygons",
                     "polygons_matching": "change_polygons", "mask_matching": "change_mask"}
+
+
+@contextmanager
+def no_sidecars_beside_inputs() -> Iterator[None]:
+    """While active, rasters that QGIS opens in this thread write no GDAL ``.aux.xml`` beside them.
+
+    Loading a raster layer makes QGIS compute band statistics, which GDAL keeps in its PAM
+    (Persistent Auxiliary Metadata) and writes to ``<raster>.aux.xml`` next to the file when the
+    dataset closes: a file written into the user's input folder. Processing loads the BEFORE and
+    AFTER layers from their paths (``qgis_process``, the toolbox with a file path): with GDAL's
+    ``GDAL_PAM_ENABLED`` set to ``NO`` for this thread while they are opened, those datasets
+    keep statistics in memory only. Layers already open in the project are not reopened, so
+    they are unaffected (and were not opened by us).
+    """
+    previous = suspend_input_sidecars()
+    try:
+        yield
+    finally:
+        restore_input_sidecars(previous)
+
+
+def suspend_input_sidecars() -> str | None:
+    """Turn GDAL's PAM sidecars off for rasters opened in this thread; return the earlier setting.
+
+    See :func:`no_sidecars_beside_inputs`; pair every call with :func:`restore_input_sidecars`.
+    """
+    from osgeo import gdal
+
+    previous = gdal.GetThreadLocalConfigOption("GDAL_PAM_ENABLED", None)
+    gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", "NO")
+    return previous
+
+
+def restore_input_sidecars(previous: str | None) -> None:
+    """Undo :func:`suspend_input_sidecars` (``previous`` is what it returned)."""
+    from osgeo import gdal
+
+    gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", previous)
 
 
 def local_raster_path(layer: QgsMapLayer) -> str | None:

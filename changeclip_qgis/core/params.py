@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import output_safety, protocol
 from .errors import ConfigError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -23,6 +23,7 @@ LABELS = {
     "bands": "Bands", "tile": "Tile size", "overlap": "Overlap", "device": "Device",
     "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area",
     "grid": "Output grid", "target_crs": "Target CRS", "resolution": "Resolution",
+    "mask_path": "Change mask", "probability_path": "Change probability", "polygons_path": "Change polygons",
     "describe": "Describe changes", "query": "Find", "query_threshold": "Query threshold",
     "keep_matching": "Keep matching", "vocabulary": "Vocabulary file", "describe_weights": "Describe weights",
     "describe_model": "Describe model",
@@ -208,7 +209,10 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             ``describe_weights`` already resolved, None = the backend's default).
 
     Raises:
-        ConfigError: a value is invalid; the message names the field as the UI labels it.
+        ConfigError: a value is invalid, or an output path may not be written (a device, FIFO,
+            folder, link, an input of the job, a system folder, two outputs on one file: see
+            :mod:`output_safety`, the backend's own rule); the message names the field as the UI
+            labels it.
     """
     def absolute(path: str | None) -> str | None:  # the backend runs in another working directory
         return os.path.abspath(os.path.expanduser(path)) if path and path.strip() else None
@@ -231,8 +235,11 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             query_threshold=float(query_threshold), keep_matching=bool(keep_matching),
             vocabulary=absolute(vocabulary), describe_weights=absolute(describe_weights))
         params.validate()
+        output_safety.check_job(params)
     except protocol.ParamError as exc:
         raise ConfigError(f"{LABELS.get(exc.field, exc.field)}: {exc.message}") from None
+    except output_safety.OutputPathError as exc:
+        raise ConfigError(f"{LABELS.get(exc.field, exc.field)}: {exc.path}: {exc.message}") from None
     return params
 
 

@@ -45,7 +45,7 @@ from ..compat import (
     PARAMETER_ADVANCED,
     SOURCE_VECTOR_POLYGON,
 )
-from ..core import protocol
+from ..core import output_safety, protocol
 from ..core.backend_launcher import LAUNCHER, configuration_problem
 from ..core.describe import matching_line, resolve_describe_weights, style_described_polygons
 from ..core.errors import ChangeClipPluginError, JobCancelledError
@@ -53,9 +53,12 @@ from ..core.layers import (
     ExportRequest,
     apply_style,
     local_raster_path,
+    no_sidecars_beside_inputs,
     prepare_input,
+    restore_input_sidecars,
     run_export,
     same_raster_problem,
+    suspend_input_sidecars,
     write_sidecar_style,
 )
 from ..core.params import build_params, grid_choice
@@ -65,6 +68,9 @@ from ..core.settings import BackendConfig
 
 MIN_RESOLUTION = 1e-9
 """Smallest RESOLUTION Processing accepts (it must be > 0; 1e-9 is below any real pixel size)."""
+
+_QGIS_PROCESS_SIDECARS: list[str | None] = []
+"""Under qgis_process: the GDAL_PAM_ENABLED setting to restore once the run ends (see createInstance)."""
 
 _POST_PROCESSORS: list[QgsProcessingLayerPostProcessorInterface] = []
 """Keeps the style post-processors alive until QGIS has called them (QGIS does not own them)."""
@@ -193,12 +199,14 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
 
     def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS API
                              context: QgsProcessingContext) -> tuple[bool, str]:
-        """QGIS's checks, then: Before and After must be two rasters (the dock refuses it too)."""
-        ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        problem = same_raster_problem(self.parameterAsRasterLayer(parameters, self.BEFORE, context),
-                                      self.parameterAsRasterLayer(parameters, self.AFTER, context))
+        """QGIS's checks, then: Before and After must be two rasters (the dock refuses it too). The
+        input layers loaded for these checks write no sidecar files beside the inputs."""
+        with no_sidecars_beside_inputs():
+            ok, message = super().checkParameterValues(parameters, context)
+            if not ok:
+                return ok, message
+            problem = same_raster_problem(self.parameterAsRasterLayer(parameters, self.BEFORE, context),
+                                          self.parameterAsRasterLayer(parameters, self.AFTER, context))
         return (False, problem) if problem else (True, message)
 
     # -- parameters ----------------------------------------------------------------
@@ -312,7 +320,8 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         grid; with the custom output grid (``target_crs``, ``resolution``) it is written straight
         onto that grid instead, so it is not resampled twice.
         """
-        layer = self.parameterAsRasterLayer(parameters, key, context)
+        with no_sidecars_beside_inputs():  # opening the file must not write <input>.aux.xml
+            layer = self.parameterAsRasterLayer(parameters, key, context)
         if layer is None:
             raise QgsProcessingException(self.invalidRasterError(parameters, key))
         extent = crs = pixel = None
@@ -321,7 +330,8 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             if parameters.get(self.EXTENT):
                 extent = self.parameterAsExtent(parameters, self.EXTENT, context)
                 crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-            other = self.parameterAsRasterLayer(parameters, other_key, context)
+            with no_sidecars_beside_inputs():
+                other = self.parameterAsRasterLayer(parameters, other_key, context)
             if isinstance(other, QgsRasterLayer) and local_raster_path(other) is not None:
                 if extent is None:
                     extent, crs = other.extent(), other.crs()
@@ -391,8 +401,14 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                 mask_path=mask_path, probability_path=probability_path, polygons_path=polygons_path,
                 overwrite=True, **self._describe_options(parameters, context, config.weights_dir, bool(polygons_path)))
+            if summary_path:  # the copy this algorithm writes obeys the same rule as the backend's outputs
+                output_safety.check_outputs([*output_safety.outputs_of(params),
+                                             output_safety.Output(self.SUMMARY, "json", summary_path)],
+                                            output_safety.inputs_of(params), overwrite=True)
         except ChangeClipPluginError as exc:
             raise QgsProcessingException(str(exc)) from None
+        except output_safety.OutputPathError as exc:
+            raise QgsProcessingException(f"{exc.field}: {exc.path}: {exc.message}") from None
 
         def on_progress(progress: protocol.JobProgress) -> None:
             feedback.setProgress(progress_percent(progress))
@@ -412,6 +428,8 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             if QgsApplication.platform() == "qgis_process":
                 # qgis_process exits without running Python's atexit hooks: stop the backend we started.
                 LAUNCHER.stop()
+                while _QGIS_PROCESS_SIDECARS:
+                    restore_input_sidecars(_QGIS_PROCESS_SIDECARS.pop())
         for warning in summary.get("warnings") or []:
             feedback.pushWarning(f"ChangeCLIP: {warning}")
         feedback.pushInfo(f"{result_line(summary)}; device {summary.get('device', '?')}")
@@ -447,6 +465,27 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         area = query.get("matching_area_m2")
         return {self.MATCHING_POLYGONS: path, self.MATCHING_COUNT: int(query.get("matching", 0)),
                 self.MATCHING_AREA_M2: float(area) if area is not None else None}
+
+
+def protect_inputs_under_qgis_process() -> bool:
+    """Under ``qgis_process run changeclip:detectchanges``: no ``.aux.xml`` beside the inputs.
+
+    qgis_process opens the BEFORE and AFTER files itself while it reads its arguments, before
+    any method of this algorithm runs, and QGIS's statistics of those layers would be written by
+    GDAL to ``<input>.aux.xml`` at exit. The provider calls this when it loads, which qgis_process
+    does before reading its arguments: when the command runs this algorithm (and only then),
+    GDAL's PAM sidecars are turned off for the main thread until :meth:`processAlgorithm` ends.
+
+    Returns:
+        True when they were turned off.
+    """
+    if QgsApplication.platform() != "qgis_process" or _QGIS_PROCESS_SIDECARS:
+        return False
+    args = [str(a) for a in QgsApplication.arguments()]
+    if "run" not in args or args[args.index("run") + 1:args.index("run") + 2] != ["changeclip:detectchanges"]:
+        return False
+    _QGIS_PROCESS_SIDECARS.append(suspend_input_sidecars())
+    return True
 
 
 def _short_crs(text: str | None) -> str:

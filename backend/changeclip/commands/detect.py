@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from changeclip.errors import ChangeClipError, InputError
+from changeclip.errors import ChangeClipError, InputError, JobCancelled
+from changeclip.interrupts import Interrupts
 from changeclip.protocol import (
     DEFAULT_QUERY_THRESHOLD,
     DEVICES_HELP,
@@ -181,9 +182,15 @@ def run(args: argparse.Namespace) -> int:
     from changeclip.pipeline import run_detection
 
     printer = ProgressPrinter(args.json)
+    interrupts = Interrupts()
     try:
         params = params_from_args(args)
-        summary = run_detection(params, progress=printer)
+        with interrupts:
+            try:
+                summary = run_detection(params, progress=printer, is_cancelled=interrupts.is_set)
+            except JobCancelled:
+                raise JobCancelled(f"interrupted by {interrupts.received or 'a signal'}; partial outputs were "
+                                   "removed and no output was written") from None
     except ChangeClipError as exc:
         if args.json:
             printer.emit({"event": "error", "error": type(exc).__name__, "message": str(exc),

@@ -99,7 +99,7 @@ def test_taizhou_irmad_accuracy_is_reported(geotiff_dir: Path, tmp_path: Path, c
     tp, fn = int((mask[changed] == 1).sum()), int((mask[changed] == 0).sum())
     tn, fp = int((mask[unchanged] == 0).sum()), int((mask[unchanged] == 1).sum())
     oa = (tp + tn) / (tp + tn + fp + fn)
-    line = (f"Taizhou IR-MAD (6 bands, chi2 0.99): overall accuracy {oa:.4f}, recall {tp / (tp + fn):.4f}, "
+    line = (f"Taizhou IR-MAD (6 bands, chi2 at 1 %): overall accuracy {oa:.4f}, recall {tp / (tp + fn):.4f}, "
             f"false-alarm rate {fp / (fp + tn):.4f} on {tp + fn} changed / {tn + fp} unchanged reference pixels")
     with capsys.disabled():
         print(f"\n[detect] {line}")

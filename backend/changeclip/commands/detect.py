@@ -77,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default %(default)s")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per batch (default %(default)s)")
     p.add_argument("--threshold", type=float, metavar="P",
-                   help="probability above which a pixel is change (default: changeclip 0.5, irmad 0.99)")
+                   help="probability above which a pixel is change (default 0.5; irmad: its calibrated change "
+                        "score, 0.5 = significant at 1 %%)")
     p.add_argument("--probability-dtype", choices=PROBABILITY_DTYPES, default="uint8",
                    help="uint8: percent 0-100 (255 nodata); float32: 0-1 (-1 nodata); default %(default)s")
     p.add_argument("--polygons", action="store_true", help="also write change_polygons.gpkg with area_m2")

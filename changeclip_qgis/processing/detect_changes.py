@@ -42,13 +42,13 @@ from ..core.backend_launcher import LAUNCHER, configuration_problem
 from ..core.errors import ChangeClipPluginError, JobCancelledError
 from ..core.layers import (
     ExportRequest,
-    apply_style,
     local_raster_path,
+    place_output,
     prepare_input,
     run_export,
     write_sidecar_style,
 )
-from ..core.params import build_params, grid_choice
+from ..core.params import build_params, grid_choice, run_name
 from ..core.paths import icon_path
 from ..core.runner import progress_percent, progress_text, result_line, run_detection
 from ..core.settings import BackendConfig
@@ -57,22 +57,25 @@ MIN_RESOLUTION = 1e-9
 """Smallest RESOLUTION Processing accepts (it must be > 0; 1e-9 is below any real pixel size)."""
 
 _POST_PROCESSORS: list[QgsProcessingLayerPostProcessorInterface] = []
-"""Keeps the style post-processors alive until QGIS has called them (QGIS does not own them)."""
+"""Keeps the layer post-processors alive until QGIS has called them (QGIS does not own them)."""
 
 
-class _StyleOutput(QgsProcessingLayerPostProcessorInterface):
-    """Applies the bundled QML style to an output layer that Processing loads."""
+class _PlaceOutput(QgsProcessingLayerPostProcessorInterface):
+    """Styles, names and groups an output layer that Processing loads, by the dock's rule
+    (:func:`core.layers.place_output`): one group per run, probability present but hidden."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, run_name: str, run_key: str) -> None:
         super().__init__()
         self.kind = kind
+        self.run_name = run_name
+        self.run_key = run_key
 
     def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: ANN001, N802, D102
-        apply_style(layer, self.kind)
+        place_output(layer, self.kind, self.run_name, self.run_key, context.project())
 
     @classmethod
-    def create(cls, kind: str) -> _StyleOutput:
-        processor = cls(kind)
+    def create(cls, kind: str, run_name: str, run_key: str) -> _PlaceOutput:
+        processor = cls(kind, run_name, run_key)
         _POST_PROCESSORS.append(processor)
         del _POST_PROCESSORS[:-1000]  # bounded; a batch loads its rows at the end
         return processor
@@ -94,6 +97,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     PRECISION = "PRECISION"
     MIN_AREA = "MIN_AREA"
+    MIN_PIXELS = "MIN_PIXELS"
     OUTPUT_GRID = "OUTPUT_GRID"
     TARGET_CRS = "TARGET_CRS"
     RESOLUTION = "RESOLUTION"
@@ -145,7 +149,8 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             "DEVICE auto uses the first GPU, else the CPU. PRECISION auto is fp32 on the CPU and bf16 (or fp16) "
             "on a GPU; bf16 on a CPU with AMX or AVX-512 BF16 is 2-3x faster than fp32.\n\n"
             "Outputs: CHANGE_MASK (1 = change, 0 = no change, 255 = nodata), CHANGE_PROBABILITY (percent), "
-            "optional CHANGE_POLYGONS (GeoPackage, polygons smaller than MIN_AREA m² dropped), and the numbers "
+            "CHANGE_POLYGONS (GeoPackage; polygons of fewer than MIN_PIXELS output pixels, default "
+            f"{protocol.DEFAULT_MIN_POLYGON_PIXELS}, or smaller than MIN_AREA m² are dropped), and the numbers "
             "CHANGED_AREA_M2 (empty when the rasters have no CRS) and CHANGED_FRACTION (of the valid area) for "
             "models; SUMMARY optionally saves the run's summary.json. Warnings of the run (no CRS, resampled "
             "inputs, …) appear in the log.\n\n"
@@ -193,6 +198,9 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                                        usesStaticStrings=True),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
                                          QgsProcessingParameterNumber.Double, 0.0, minValue=0.0),
+            QgsProcessingParameterNumber(self.MIN_PIXELS, "Minimum polygon size (output pixels)",
+                                         QgsProcessingParameterNumber.Integer,
+                                         protocol.DEFAULT_MIN_POLYGON_PIXELS, minValue=0),
             QgsProcessingParameterEnum(self.OUTPUT_GRID, "Output grid", options=list(protocol.GRIDS),
                                        defaultValue="before", usesStaticStrings=True),
             QgsProcessingParameterCrs(self.TARGET_CRS, "Target CRS (custom grid)", optional=True),
@@ -208,7 +216,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(QgsProcessingParameterRasterDestination(self.CHANGE_PROBABILITY, "Change probability"))
         self.addParameter(QgsProcessingParameterVectorDestination(
             self.CHANGE_POLYGONS, "Change polygons", QgsProcessing.TypeVectorPolygon, optional=True,
-            createByDefault=False))
+            createByDefault=True))  # the dialog makes polygons unless skipped, as the dock does
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_AREA_M2, "Changed area (m²)"))
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_FRACTION, "Changed fraction of the valid area"))
         self.addParameter(QgsProcessingParameterFileDestination(
@@ -261,6 +269,15 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         except ChangeClipPluginError as exc:
             raise QgsProcessingException(f"{key}: {exc}") from None
 
+    def _run_name(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """The run's name for its layer group, as the dock names it: ``"<before> → <after> [prompt]"``."""
+        names = []
+        for key in (self.BEFORE, self.AFTER):
+            layer = self.parameterAsRasterLayer(parameters, key, context)
+            names.append(layer.name() if layer is not None else key.lower())
+        return run_name(names[0], names[1], self.parameterAsString(parameters, self.PROMPT, context) or "",
+                        self.parameterAsEnumString(parameters, self.ENGINE, context))
+
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:  # noqa: D102
         grid = self.parameterAsEnumString(parameters, self.OUTPUT_GRID, context) or "before"
@@ -304,6 +321,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 precision=self.parameterAsEnumString(parameters, self.PRECISION, context) or "auto",
                 polygons=bool(polygons_path), grid=grid, target_crs=target_crs, resolution=resolution,
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+                min_pixels=self.parameterAsInt(parameters, self.MIN_PIXELS, context),
                 mask_path=mask_path, probability_path=probability_path, polygons_path=polygons_path,
                 overwrite=True)
         except ChangeClipPluginError as exc:
@@ -333,11 +351,12 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         area = summary.get("changed_area_m2")  # None where the rasters have no CRS: unknown, not 0
         area = float(area) if area is not None else None
         fraction = float(summary.get("changed_fraction") or 0.0)
+        name, key = self._run_name(parameters, context), uuid.uuid4().hex
         for path, kind in ((mask_path, "mask"), (probability_path, "probability"), (polygons_path, "polygons")):
             if path:
                 write_sidecar_style(path, kind)  # the files open styled wherever they are opened later
             if path and context.willLoadLayerOnCompletion(path):
-                context.layerToLoadOnCompletionDetails(path).setPostProcessor(_StyleOutput.create(kind))
+                context.layerToLoadOnCompletionDetails(path).setPostProcessor(_PlaceOutput.create(kind, name, key))
         return {self.CHANGE_MASK: mask_path, self.CHANGE_PROBABILITY: probability_path,
                 self.CHANGE_POLYGONS: polygons_path, self.CHANGED_AREA_M2: area,
                 self.CHANGED_FRACTION: fraction,

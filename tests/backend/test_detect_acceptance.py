@@ -48,7 +48,8 @@ def run(request: pytest.FixtureRequest, geotiff_dir: Path, tiny_weights: Any,
     extra: dict[str, Any] = {}
     if engine == "changeclip":
         extra = {"weights": str(tiny_weights("tiny-rn50")), "prompt_mode": "none", "device": "cpu"}
-    params = DetectParams(before, after, str(out), engine=engine, polygons=True, **extra)
+    params = DetectParams(before, after, str(out), engine=engine, polygons=True, min_pixels=0,
+                          **extra)  # min_pixels 0: every change pixel is in a polygon (checked below)
     return {"pair": pair, "engine": engine, "before": before, "after": after, "out": out,
             "summary": run_detection(params)}
 

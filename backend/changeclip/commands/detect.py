@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from changeclip.errors import ChangeClipError, InputError
 from changeclip.protocol import (
+    DEFAULT_MIN_POLYGON_PIXELS,
     DEVICES_HELP,
     ENGINES,
     GRIDS,
@@ -84,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--polygons", action="store_true", help="also write change_polygons.gpkg with area_m2")
     p.add_argument("--min-area", type=float, default=0.0, metavar="M2",
                    help="drop change polygons smaller than this many m² (default %(default)s)")
+    p.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_POLYGON_PIXELS, metavar="N",
+                   help="drop change polygons of fewer than N output pixels (default %(default)s; 0 keeps "
+                        "single pixels); applies together with --min-area")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
@@ -107,7 +111,7 @@ def params_from_args(args: argparse.Namespace) -> DetectParams:
             grid=grid, target_crs=args.target_crs, resolution=args.resolution, tile=args.tile,
             overlap=args.overlap, device=args.device, precision=args.precision, batch_size=args.batch_size,
             threshold=args.threshold, probability_dtype=args.probability_dtype, polygons=args.polygons,
-            min_area=args.min_area, overwrite=args.overwrite)
+            min_area=args.min_area, min_pixels=args.min_pixels, overwrite=args.overwrite)
         params.validate()
     except ParamError as exc:
         option = "--" + exc.field.replace("_", "-")

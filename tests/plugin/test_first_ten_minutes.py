@@ -151,6 +151,22 @@ def test_styles_let_the_imagery_show_through(qgis_app: object, raster_pair: tupl
     assert stroke.color().alpha() == 0, "no fill: the imagery stays visible inside"
 
 
+def test_processing_dialog_makes_polygons_by_default(provider) -> None:  # noqa: ANN001
+    """The toolbox dialog opens with CHANGE_POLYGONS set to a temporary layer, not skipped (the dock
+    makes polygons by default too)."""
+    from processing.gui.AlgorithmDialog import AlgorithmDialog
+    from qgis.core import QgsApplication, QgsProcessing
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById("changeclip:detectchanges")
+    dialog = AlgorithmDialog(alg)
+    try:
+        value = dialog.mainWidget().wrappers["CHANGE_POLYGONS"].parameterValue()
+        assert value is not None, "polygons are skipped by default"
+        assert value.sink.staticValue() == QgsProcessing.TEMPORARY_OUTPUT
+    finally:
+        dialog.deleteLater()
+
+
 def _tree(group) -> list[tuple[str, bool]]:  # noqa: ANN001
     return [(node.layer().name(), node.isVisible()) for node in group.findLayers()]
 

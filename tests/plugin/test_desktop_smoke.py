@@ -146,7 +146,8 @@ def test_real_qgis_desktop_first_run(qgis_app: object, display: str, backend_pyt
     assert (report["before"], report["after"]) == ("naip_2015", "naip_2020"), context
     # the backend line names the configured interpreter, then where the backend computes
     assert backend_python in report["backend_line_initial"] and "not connected" in report["backend_line_initial"]
-    assert report["backend_line"].startswith("Backend ") and "CPU" in report["backend_line"], context
+    line = report["backend_line"]
+    assert line.startswith("Backend ") and ("CPU" in line or "cuda" in line), context
 
     # the IR-MAD run through the dock, and the loading rule
     assert report["stage"].startswith("Done"), context

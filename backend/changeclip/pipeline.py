@@ -169,7 +169,8 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
             polygons_info = polygonize(tmp_mask, tmp_gpkg, inputs.grid, params.min_area,
                                        lambda f: report("polygons", int(100 * f), 100), cancelled,
                                        attributes=_polygon_attributes(params, engine, threshold),
-                                       probability_path=tmp_prob)
+                                       probability_path=tmp_prob, min_pixels=params.min_pixels)
+            polygons_info.update(min_pixels=params.min_pixels, min_area_m2=params.min_area)
             timings["polygons"] = time.perf_counter() - t
 
         describe_info = None

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # --- choices -----------------------------------------------------------------------
 
@@ -43,6 +43,11 @@ GRIDS = ("before", "after", "custom")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """``auto``: fp32 on CPU, bf16 autocast on CUDA where supported (else fp16)."""
+
+DEFAULT_MIN_POLYGON_PIXELS = 4
+"""Change polygons smaller than this many output pixels are dropped by default (a 2x2 block:
+single-pixel specks are noise; on the NAIP sample at 5 m this keeps 479 of 1,451 polygons and
+96 % of the changed area). The dock, Processing and the CLI share this default; 0 keeps all."""
 
 PROBABILITY_DTYPES = ("uint8", "float32")
 """``uint8``: change probability in percent (0-100, 255 = nodata); ``float32``: 0-1,
@@ -133,6 +138,7 @@ class DetectParams:
     probability_dtype: str = "uint8"
     polygons: bool = False
     min_area: float = 0.0
+    min_pixels: int = DEFAULT_MIN_POLYGON_PIXELS
     overwrite: bool = False
     mask_path: str | None = None
     probability_path: str | None = None
@@ -226,6 +232,8 @@ class DetectParams:
             raise ParamError("threshold", f"must be a number strictly between 0 and 1, got {self.threshold!r}")
         if not _is_number(self.min_area) or self.min_area < 0:
             raise ParamError("min_area", f"must be a number >= 0 (square metres), got {self.min_area!r}")
+        if not _is_int(self.min_pixels) or self.min_pixels < 0:
+            raise ParamError("min_pixels", f"must be a whole number of output pixels >= 0, got {self.min_pixels!r}")
         self._validate_describe()
 
     def _validate_describe(self) -> None:

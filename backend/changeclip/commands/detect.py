@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from changeclip.errors import ChangeClipError, InputError, JobCancelled
 from changeclip.interrupts import Interrupts
 from changeclip.protocol import (
+    DEFAULT_MIN_POLYGON_PIXELS,
     DEFAULT_QUERY_THRESHOLD,
     DEVICES_HELP,
     ENGINES,
@@ -72,12 +73,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default %(default)s")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per batch (default %(default)s)")
     p.add_argument("--threshold", type=float, metavar="P",
-                   help="probability above which a pixel is change (default: changeclip 0.5, irmad 0.99)")
+                   help="probability above which a pixel is change (default 0.5; irmad: its calibrated change "
+                        "score, 0.5 = significant at 1 %%)")
     p.add_argument("--probability-dtype", choices=PROBABILITY_DTYPES, default="uint8",
                    help="uint8: percent 0-100 (255 nodata); float32: 0-1 (-1 nodata); default %(default)s")
     p.add_argument("--polygons", action="store_true", help="also write change_polygons.gpkg with area_m2")
     p.add_argument("--min-area", type=float, default=0.0, metavar="M2",
                    help="drop change polygons smaller than this many m² (default %(default)s)")
+    p.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_POLYGON_PIXELS, metavar="N",
+                   help="drop change polygons of fewer than N output pixels (default %(default)s; 0 keeps "
+                        "single pixels); applies together with --min-area")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     d = p.add_argument_group("describing changes in words (CLIP; needs --polygons)")
     d.add_argument("--describe", action="store_true",
@@ -132,7 +137,7 @@ def params_from_args(args: argparse.Namespace) -> DetectParams:
             grid=grid, target_crs=args.target_crs, resolution=args.resolution, tile=args.tile,
             overlap=args.overlap, device=args.device, precision=args.precision, batch_size=args.batch_size,
             threshold=args.threshold, probability_dtype=args.probability_dtype, polygons=args.polygons,
-            min_area=args.min_area, overwrite=args.overwrite,
+            min_area=args.min_area, min_pixels=args.min_pixels, overwrite=args.overwrite,
             describe=args.describe, query=args.query, query_threshold=args.query_threshold,
             keep_matching=args.keep_matching, vocabulary=args.vocabulary, describe_weights=args.describe_weights,
             describe_model=args.describe_model)

@@ -60,6 +60,7 @@ class DetectRequest(BaseModel):
     probability_dtype: Literal[protocol.PROBABILITY_DTYPES] = "uint8"  # type: ignore[valid-type]
     polygons: bool = False
     min_area: float = Field(default=0.0, ge=0)
+    min_pixels: Int = Field(default=protocol.DEFAULT_MIN_POLYGON_PIXELS, ge=0)
     overwrite: bool = False
     mask_path: str | None = Field(default=None, min_length=1, max_length=4096)
     probability_path: str | None = Field(default=None, min_length=1, max_length=4096)

@@ -191,6 +191,7 @@ def generate(version: str, out: Path) -> None:
             "torch_version": torch.__version__,
             "source": found[0].name,
             "keys": list(checkpoint),
+            "state_dict_keys": list(checkpoint["state_dict"]),  # "state_dict" below is sorted by json
             "state_dict": {key: {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
                                  "sha256": hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()}
                            for key, t in checkpoint["state_dict"].items()},
@@ -214,7 +215,33 @@ def generate(version: str, out: Path) -> None:
         empty._metadata = OrderedDict()  # type: ignore[attr-defined] - as nn.Module.state_dict() sets it
         template["state_dict"] = empty
         save_checkpoint(dict(template), str(out / f"template-{version}-{variant}.pth"))
+    verify_splice(version, out)
     print(f"mmengine {version}: wrote hook-{version}-best/iter.pth and templates to {out}")
+
+
+def verify_splice(version: str, out: Path) -> None:
+    """Check that the tests' splicing makes files real mmengine reads back exactly (trusted torch.load)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "tests" / "backend" / "weights"))
+    from mmengine_checkpoints import splice_state_dict
+
+    from changeclip.model.config import PRESETS
+    from changeclip.weights.seeded import seeded_state_dict
+
+    for variant, family in (("tiny-rn50", "rn50"), ("tiny-vit", "vit")):
+        state = seeded_state_dict(PRESETS[variant], seed=0)
+        with tempfile.TemporaryDirectory() as tmp:
+            spliced = splice_state_dict(out / f"template-{version}-{family}.pth", state, Path(tmp) / "spliced.pth")
+            loaded = torch.load(spliced, map_location="cpu", weights_only=False)
+        hub = loaded["message_hub"]["log_scalars"]["train/loss"]
+        if type(hub).__module__ != "mmengine.logging.history_buffer" or not isinstance(hub.mean(), float):
+            raise SystemExit(f"spliced {variant}: the message hub did not come back as real HistoryBuffers")
+        if list(loaded["state_dict"]) != list(state) or not all(
+                torch.equal(loaded["state_dict"][k], v) and loaded["state_dict"][k].dtype == v.dtype
+                for k, v in state.items()):
+            raise SystemExit(f"spliced {variant}: torch.load gives a different state dict")
+    print(f"mmengine {version}: spliced tiny checkpoints read back identically by torch.load with mmengine")
 
 
 def pickle_globals(path: Path) -> list[str]:

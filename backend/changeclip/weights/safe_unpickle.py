@@ -31,6 +31,7 @@ through ``torch.load`` with this module's unpickler as its ``pickle_module``.
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import logging
@@ -181,6 +182,7 @@ def _guard_tensor(name: str, hooks_at: int | None) -> Callable[..., torch.Tensor
         return real(storage, *args)
 
     rebuild.__name__ = rebuild.__qualname__ = name
+    rebuild.__module__ = "torch._utils"  # what refusal messages name
     return rebuild
 
 
@@ -196,6 +198,7 @@ def _guard_parameter(name: str) -> Callable[..., torch.Tensor]:
         return real(data, bool(requires_grad), collections.OrderedDict(), *state)
 
     rebuild.__name__ = rebuild.__qualname__ = name
+    rebuild.__module__ = "torch._utils"  # what refusal messages name
     return rebuild
 
 
@@ -331,7 +334,12 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python 
         module, name = self.readline(), self.readline()
         if not (module.endswith(b"\n") and name.endswith(b"\n")):
             raise pickle.UnpicklingError("pickle data was truncated inside a GLOBAL opcode")
-        self.append(self.find_class(module[:-1].decode("utf-8"), name[:-1].decode("utf-8")))
+        mod, qual = module[:-1].decode("utf-8"), name[:-1].decode("utf-8")
+        if self.proto < 3 and self.fix_imports:  # Python 2 names, as pickle.Unpickler maps them
+            if (mod, qual) in _compat_pickle.NAME_MAPPING:
+                mod, qual = _compat_pickle.NAME_MAPPING[(mod, qual)]
+            mod = _compat_pickle.IMPORT_MAPPING.get(mod, mod)
+        self.append(self.find_class(mod, qual))
 
     def _refuse_newobj_ex(self) -> None:
         raise _refuse("creates an object with keyword arguments (NEWOBJ_EX)")

@@ -168,3 +168,22 @@ def write_torch_zip(path: Path, data_pkl: bytes, records: Mapping[str, bytes] | 
         for key, raw in (records or {}).items():
             archive.writestr(_aligned_info(archive, f"archive/data/{key}"), raw)
     return path
+
+
+def quick_state_dict(variant: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every key of the ``variant`` network with deterministic values, fast enough for full-size networks.
+
+    Float tensors are ``torch.randn`` of one generator (the parity kit's per-key rule is ~5x slower at
+    full size); integer buffers get their built values as in :func:`changeclip.weights.seeded.seeded_state_dict`.
+    """
+    from changeclip.model import build_model
+    from changeclip.model.config import PRESETS
+    from changeclip.weights.seeded import _built_integer
+
+    cfg = PRESETS[variant]
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for key, ref in build_model(cfg, device="meta").state_dict().items():
+        out[key] = (torch.randn(tuple(ref.shape), generator=gen, dtype=ref.dtype) if ref.is_floating_point()
+                    else _built_integer(key, ref, cfg))
+    return out

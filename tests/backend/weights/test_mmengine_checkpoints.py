@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -320,3 +321,46 @@ def test_placeholder_getattr_gives_only_inert_placeholders(tmp_path: Path, audit
     assert value.pickled_name == "mmengine.logging.history_buffer.HistoryBuffer.mean.system"
     assert value.args == (f"touch {marker}",)
     assert audit.events == [] and not marker.exists()
+
+
+# -- full size --------------------------------------------------------------------------------------
+
+_CONVERT_IN_CHILD = r"""
+import json, sys
+def status():
+    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in open("/proc/self/status"))
+            if k in ("VmRSS", "VmHWM")}
+from changeclip.cli import main
+import changeclip.model, changeclip.weights.native, changeclip.weights.official  # imports before the baseline
+before = status()
+code = main(["weights", "convert", sys.argv[1], sys.argv[2]])
+print(json.dumps({"code": code, "before": before, "after": status()}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,family,version", [("rn50", "rn50", "0.7.4"), ("vit-b-16", "vit", "0.10.7")])
+def test_full_size_official_checkpoint_converts_bit_identically(tmp_path: Path, variant: str, family: str,
+                                                                version: str) -> None:
+    from mmengine_checkpoints import quick_state_dict
+
+    from changeclip.weights.native import load_native
+
+    state = quick_state_dict(variant)
+    source = splice_state_dict(template(version, family), state, tmp_path / "best_mIoU_iter_17000.pth")
+    target = tmp_path / f"{variant}.safetensors"
+    proc = subprocess.run([sys.executable, "-c", _CONVERT_IN_CHILD, str(source), str(target)], capture_output=True,
+                          text=True, timeout=600, check=False, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0
+    # the load is memory-mapped: the peak over the baseline stays well under twice the file's size
+    grown = (report["after"]["VmHWM"] - report["before"]["VmRSS"]) * 1024
+    assert grown < 2 * source.stat().st_size, f"converting used {grown / 2**20:.0f} MiB more than the baseline"
+
+    cfg, converted, meta = load_native(target)
+    assert cfg.name == variant and set(converted) == set(state)
+    for key, value in state.items():
+        assert converted[key].dtype == value.dtype and torch.equal(converted[key], value), key
+    assert (meta["train_dataset"], meta["train_gsd_m"]) == ("LEVIR-CD", 0.5)
+    assert meta["source_format"] == "official" and meta["mmengine_version"].startswith(version)

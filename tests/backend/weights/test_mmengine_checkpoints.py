@@ -364,3 +364,21 @@ def test_full_size_official_checkpoint_converts_bit_identically(tmp_path: Path, 
         assert converted[key].dtype == value.dtype and torch.equal(converted[key], value), key
     assert (meta["train_dataset"], meta["train_gsd_m"]) == ("LEVIR-CD", 0.5)
     assert meta["source_format"] == "official" and meta["mmengine_version"].startswith(version)
+
+
+@pytest.mark.slow
+def test_detect_reads_a_full_size_official_checkpoint_directly(tmp_path: Path) -> None:
+    from geodata import change_pair
+    from mmengine_checkpoints import quick_state_dict
+
+    from changeclip.cli import main
+    from changeclip.protocol import SUMMARY_NAME
+
+    source = splice_state_dict(template("0.7.4", "rn50"), quick_state_dict("rn50"), tmp_path / "official.pth")
+    before, after, _ = change_pair(tmp_path, h=64, w=64)
+    code = main(["detect", before, after, "-o", str(tmp_path / "out"), "--engine", "changeclip", "--weights",
+                 str(source), "--prompt-mode", "none", "--device", "cpu", "--tile", "64", "--overlap", "0"])
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / SUMMARY_NAME).read_text())
+    assert summary["model"]["weights_format"] == "official" and summary["model"]["variant"] == "rn50"
+    assert summary["model"]["weights_sha256"] and summary["model"]["random_weights"] is False

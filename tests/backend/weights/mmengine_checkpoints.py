@@ -173,8 +173,9 @@ def write_torch_zip(path: Path, data_pkl: bytes, records: Mapping[str, bytes] | 
 def quick_state_dict(variant: str, seed: int = 0) -> dict[str, torch.Tensor]:
     """Every key of the ``variant`` network with deterministic values, fast enough for full-size networks.
 
-    Float tensors are ``torch.randn`` of one generator (the parity kit's per-key rule is ~5x slower at
-    full size); integer buffers get their built values as in :func:`changeclip.weights.seeded.seeded_state_dict`.
+    Float tensors follow the scales of :func:`changeclip.weights.seeded.seeded_tensor` (so a forward
+    pass stays finite) but are drawn by one ``torch.Generator`` (the per-key numpy rule is several
+    times slower at full size); integer buffers get their built values as in ``seeded_state_dict``.
     """
     from changeclip.model import build_model
     from changeclip.model.config import PRESETS
@@ -184,6 +185,20 @@ def quick_state_dict(variant: str, seed: int = 0) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     out: dict[str, torch.Tensor] = {}
     for key, ref in build_model(cfg, device="meta").state_dict().items():
-        out[key] = (torch.randn(tuple(ref.shape), generator=gen, dtype=ref.dtype) if ref.is_floating_point()
-                    else _built_integer(key, ref, cfg))
+        shape = tuple(ref.shape)
+        if not ref.is_floating_point():
+            out[key] = _built_integer(key, ref, cfg)
+            continue
+        normal = torch.randn(shape, generator=gen)
+        if key.endswith("running_var"):
+            value = 0.5 + torch.rand(shape, generator=gen)
+        elif key.endswith("running_mean"):
+            value = 0.1 * normal
+        elif len(shape) == 1 and key.endswith("weight"):
+            value = 1.0 + 0.1 * normal
+        elif len(shape) >= 2 and key.endswith("weight"):
+            value = normal / float(torch.tensor(shape[1:]).prod()) ** 0.5
+        else:
+            value = 0.02 * normal
+        out[key] = value.to(ref.dtype)
     return out

@@ -14,6 +14,8 @@ validation loop and ``CheckpointHook(save_best="mIoU")``) and keeps what the hoo
   (AdamW moments) and parameter scheduler states;
 * ``hook-<version>-<best|iter>.json``: what a trusted ``torch.load`` of it (mmengine importable) finds: every
   state-dict tensor's dtype, shape and SHA-256, the meta fields, and the pickle globals used;
+* ``configdict-<version>.pth``: the periodic checkpoint's state dict with a real ``ConfigDict``
+  (the model config) in ``meta``;
 * ``template-<version>-<rn50|vit>.pth``: the periodic checkpoint re-saved with mmengine's own
   ``save_checkpoint``, its ``meta["cfg"]`` the ``pretty_text`` of a ChangeCLIP-like config
   (LEVIR-CD data root, the variant's backbone type) and ``state_dict`` moved last and emptied:
@@ -215,6 +217,11 @@ def generate(version: str, out: Path) -> None:
         empty._metadata = OrderedDict()  # type: ignore[attr-defined] - as nn.Module.state_dict() sets it
         template["state_dict"] = empty
         save_checkpoint(dict(template), str(out / f"template-{version}-{variant}.pth"))
+    # a ConfigDict in meta (mmengine pickles it as ConfigDict(dict)): not what CheckpointHook writes
+    # (it stores the config as text), but what a hand-saved checkpoint may hold
+    model_cfg = Config(changeclip_config_dict("rn50")).model
+    save_checkpoint({"meta": {"cfg": Config(changeclip_config_dict("rn50")).pretty_text, "model": model_cfg},
+                     "state_dict": checkpoint["state_dict"]}, str(out / f"configdict-{version}.pth"))
     verify_splice(version, out)
     print(f"mmengine {version}: wrote hook-{version}-best/iter.pth and templates to {out}")
 

@@ -103,6 +103,40 @@ def test_real_mmengine_checkpoint_loads_to_exactly_its_state_dict(name: str, aud
     assert [sorted(s) for s in loaded.get("param_schedulers", [])] == expected["param_schedulers"]
 
 
+@pytest.mark.parametrize("version", MMENGINE_VERSIONS)
+def test_real_configdict_becomes_an_inert_placeholder(version: str) -> None:
+    loaded = load_weights_container(FIXTURES / f"configdict-{version}.pth")
+    model = loaded["meta"]["model"]
+    assert isinstance(model, Placeholder) and model.pickled_name == "mmengine.config.config.ConfigDict"
+    assert _config_fields(model)["type"] == "ChangeCLIP"
+    backbone = _config_fields(model)["backbone"]
+    assert isinstance(backbone, Placeholder) and _config_fields(backbone)["type"] == "CLIPResNetWithAttention"
+    state, meta = split_checkpoint(loaded, "configdict")
+    assert "CLIPResNetWithAttention" in meta["cfg"]
+    assert state and all(isinstance(t, torch.Tensor) for t in state.values())
+
+
+def _config_fields(placeholder: Placeholder) -> dict:
+    """A ConfigDict placeholder's fields: 0.7.4 pickles them as NEWOBJ + SETITEMS, 0.10.7 as ConfigDict(dict)."""
+    if placeholder.items:
+        return placeholder.items
+    assert isinstance(placeholder.args[0], dict)
+    return placeholder.args[0]
+
+
+def load_weights_container(path: Path) -> dict:
+    """``safe_torch_load`` that also checks nothing dangerous happened and mmengine stayed unimported."""
+    _AUDIT.events.clear()
+    _AUDIT.armed = True
+    try:
+        loaded = safe_torch_load(path)
+    finally:
+        _AUDIT.armed = False
+    assert _AUDIT.events == []
+    assert not any(m == "mmengine" or m.startswith("mmengine.") for m in sys.modules), "mmengine was imported"
+    return loaded
+
+
 @pytest.fixture(scope="module")
 def tiny_states() -> dict[str, dict[str, torch.Tensor]]:
     return {v: seeded_state_dict(PRESETS[v], seed=0) for v in ("tiny-rn50", "tiny-vit")}

@@ -56,7 +56,7 @@ PLACEHOLDER_PACKAGES = ("mmengine", "mmcv", "mmseg")
 
 _STORAGE_NAMES = {"UntypedStorage", "FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage",
                   "LongStorage", "IntStorage", "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage"}
-_BUILTINS = {"set", "frozenset", "complex", "slice", "range"}
+_BUILTINS = {"complex", "slice"}
 _MAX_ATTRIBUTE_NAME = 100
 _REFUSAL_TAIL = ("Nothing from the file was executed. Do not use this file unless you trust its origin; "
                  "if you do, re-save its 'state_dict' in a trusted environment.")
@@ -124,6 +124,8 @@ def placeholder_type(module: str, name: str) -> type[Placeholder]:
 
 def _describe(obj: Any) -> str:
     """A short, safe description of an object met while unpickling (for refusal messages)."""
+    if isinstance(obj, TorchTypeToken):
+        return f"the class {obj.real.__module__}.{obj.real.__qualname__}"
     if isinstance(obj, type):
         if issubclass(obj, Placeholder):
             return f"the placeholder {obj.pickled_name}"
@@ -226,12 +228,58 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> to
     """``torch._tensor._rebuild_from_type_v2`` limited to the tensor rebuilds and Tensor/Parameter."""
     if func not in _TENSOR_REBUILDS.values():
         raise _refuse(f"rebuilds a tensor through {_describe(func)}")
-    if new_type not in (torch.Tensor, torch.nn.Parameter):
+    if not any(new_type is token for token in _TENSOR_TYPES.values()):
         raise _refuse(f"rebuilds a tensor as {_describe(new_type)}")
     if not isinstance(args, tuple):
         raise _refuse(f"rebuilds a tensor from {_describe(args)}")
     _check_state(state, "tensor")
-    return torch._tensor._rebuild_from_type_v2(func, new_type, args, state)
+    return torch._tensor._rebuild_from_type_v2(func, new_type.real, args, state)
+
+
+class TorchTypeToken:
+    """A torch class named in a pickle, standing in for it where only its identity is needed.
+
+    ``torch.Tensor``/``torch.nn.Parameter`` appear as ``_rebuild_from_type_v2``'s target type and the
+    storage classes in tensor-record ids; the classes themselves are never handed to the pickle,
+    since calling them allocates (``torch.FloatStorage(10**12)``, ``torch.Tensor(10**12)``).
+
+    Attributes:
+        real: The torch class.
+        dtype: The storage's element type (storage classes only; ``uint8`` for UntypedStorage).
+    """
+
+    def __init__(self, real: type) -> None:
+        self.real = real
+        if real is torch.UntypedStorage:
+            self.dtype = torch.uint8
+        else:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+                dtype = getattr(real, "dtype", None)
+            if isinstance(dtype, torch.dtype):
+                self.dtype = dtype
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise _refuse(f"calls {_describe(self)}")
+
+    def __repr__(self) -> str:
+        return f"<torch type {self.real.__module__}.{self.real.__qualname__}>"
+
+
+_TENSOR_TYPES = {"Tensor": TorchTypeToken(torch.Tensor), "Parameter": TorchTypeToken(torch.nn.Parameter)}
+_STORAGE_TYPES = {name: TorchTypeToken(getattr(torch, name)) for name in _STORAGE_NAMES if hasattr(torch, name)}
+
+
+def _plain_set(items: Any = ()) -> set[Any]:
+    """``set`` as protocol 2 pickles it: from a list (never from an iterator such as a huge range)."""
+    if not isinstance(items, list | tuple):
+        raise _refuse(f"builds a set from {_describe(items)}")
+    return set(items)
+
+
+def _plain_frozenset(items: Any = ()) -> frozenset[Any]:
+    """``frozenset`` from a list, as protocol 2 pickles it."""
+    return frozenset(_plain_set(items))
 
 
 def _latin1_encode(text: str, encoding: str = "latin1", errors: str = "strict") -> bytes:
@@ -272,20 +320,22 @@ def _resolve(module: str, name: str) -> Any:
         return _TENSOR_REBUILDS[name]
     if module == "torch._tensor" and name == "_rebuild_from_type_v2":
         return _rebuild_from_type_v2
-    if module == "torch" and name in _STORAGE_NAMES:
-        return getattr(torch, name)
+    if module == "torch" and name in _STORAGE_TYPES:
+        return _STORAGE_TYPES[name]
     if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
         return getattr(torch, name)
-    if (module, name) in (("torch", "Size"), ("torch", "Tensor"), ("torch", "device"),
-                          ("torch.nn.parameter", "Parameter")):
-        return {"Size": torch.Size, "Tensor": torch.Tensor, "device": torch.device,
-                "Parameter": torch.nn.Parameter}[name]
+    if (module, name) in (("torch", "Tensor"), ("torch.nn.parameter", "Parameter")):
+        return _TENSOR_TYPES[name]
+    if (module, name) in (("torch", "Size"), ("torch", "device")):
+        return getattr(torch, name)
     if (module, name) == ("collections", "OrderedDict"):
         return collections.OrderedDict
     if module in ("builtins", "__builtin__") and name in _BUILTINS:
         return getattr(__import__("builtins"), name)
     if module in ("builtins", "__builtin__") and name == "bytearray":
         return _bytearray
+    if module in ("builtins", "__builtin__") and name in ("set", "frozenset"):
+        return _plain_set if name == "set" else _plain_frozenset
     if module in ("builtins", "__builtin__") and name == "getattr":
         return placeholder_getattr
     if (module, name) == ("_codecs", "encode"):
@@ -389,12 +439,10 @@ class _ZipUnpickler(RestrictedUnpickler):
             raise ModelError(f"unexpected persistent id in checkpoint: {str(pid)[:80]}")
         _, storage_type, key, _location, numel = pid
         key = key.decode() if isinstance(key, bytes) else str(key)
-        if storage_type is torch.UntypedStorage:
-            dtype = torch.uint8
+        if isinstance(storage_type, TorchTypeToken) and hasattr(storage_type, "dtype"):
+            dtype = storage_type.dtype
         elif isinstance(storage_type, torch.dtype):
             dtype = storage_type
-        elif isinstance(storage_type, type) and issubclass(storage_type, torch.storage._LegacyStorage):
-            dtype = storage_type.dtype
         else:
             raise _refuse(f"declares a tensor record of {_describe(storage_type)}")
         if not isinstance(numel, int) or numel < 0:

@@ -31,7 +31,7 @@ from changeclip.weights.training_data import training_data
 
 HOOK_FILES = [f"{v}-{kind}" for v in MMENGINE_VERSIONS for kind in ("best", "iter")]
 _DANGEROUS_EVENTS = {"os.system", "subprocess.Popen", "os.posix_spawn", "os.exec", "os.spawn", "os.fork",
-                     "os.startfile", "exec", "ctypes.dlopen", "os.remove", "os.rename", "shutil.rmtree"}
+                     "os.startfile", "ctypes.dlopen", "os.remove", "os.rename", "shutil.rmtree"}
 
 
 class _AuditLog:
@@ -46,8 +46,16 @@ class _AuditLog:
             return
         if event in _DANGEROUS_EVENTS:
             self.events.append((event, repr(args)[:200]))
+        elif event in ("exec", "compile") and _from_a_string(event, args):
+            self.events.append((event, repr(args)[:200]))  # exec/eval of code; a module import has its file
         elif event == "open" and len(args) > 1 and isinstance(args[1], str) and set(args[1]) & set("wax+"):
             self.events.append((event, repr(args)[:200]))
+
+
+def _from_a_string(event: str, args: tuple) -> bool:
+    """Whether an exec/compile audit event is for code made from a string (``<string>``), not a module file."""
+    filename = getattr(args[0], "co_filename", "") if event == "exec" else (args[1] if len(args) > 1 else "")
+    return not isinstance(filename, str) or filename.startswith("<")
 
 
 _AUDIT = _AuditLog()
@@ -245,6 +253,22 @@ def _huge_bytearray(marker: Path) -> bytes:
     return Ops().glob("__builtin__", "bytearray").raw(b"\x8a\x06\x00\x10\xa5\xd4\xe8\x00").call(1).in_checkpoint()
 
 
+def _set_of_huge_range(marker: Path) -> bytes:
+    """``set(range(10**12))``: an iterator amplified into a terabyte set."""
+    return (Ops().glob("__builtin__", "set").glob("__builtin__", "range").raw(b"\x8a\x06\x00\x10\xa5\xd4\xe8\x00")
+            .call(1).call(1).in_checkpoint())
+
+
+def _set_of_placeholder(marker: Path) -> bytes:
+    """``set(<placeholder instance>)``: a set only comes from a list."""
+    return Ops().glob("__builtin__", "set").glob("mmengine.runner", "Runner").call(0).call(1).in_checkpoint()
+
+
+def _torch_allocation(marker: Path) -> bytes:
+    """``torch.FloatStorage(10**12)``: a 4 TB allocation by calling a storage class."""
+    return Ops().glob("torch", "FloatStorage").raw(b"\x8a\x06\x00\x10\xa5\xd4\xe8\x00").call(1).in_checkpoint()
+
+
 def _placeholder_as_callable(marker: Path) -> bytes:
     """A placeholder called with a global it would need to run: the global is refused first."""
     return (Ops().glob("mmengine.runner", "Runner").glob("os", "system").string(f"touch {marker}").call(2)
@@ -273,6 +297,9 @@ HANDMADE = {
     "getattr-with-default": (_getattr_default, "getattr with a default value"),
     "newobj-on-instance": (_newobj_on_instance, "creates an object of a builtins.set"),
     "tensor-with-backward-hook": (_tensor_with_backward_hook, "attaches backward hooks"),
+    "set-of-huge-range": (_set_of_huge_range, "global 'builtins.range'"),
+    "set-of-placeholder": (_set_of_placeholder, "builds a set from"),
+    "storage-allocation": (_torch_allocation, "calls the class torch.FloatStorage"),
 }
 
 
@@ -416,3 +443,14 @@ def test_detect_reads_a_full_size_official_checkpoint_directly(tmp_path: Path) -
     summary = json.loads((tmp_path / "out" / SUMMARY_NAME).read_text())
     assert summary["model"]["weights_format"] == "official" and summary["model"]["variant"] == "rn50"
     assert summary["model"]["weights_sha256"] and summary["model"]["random_weights"] is False
+
+
+def test_the_audit_log_sees_what_a_naive_load_does(tmp_path: Path, audit: _AuditLog) -> None:
+    """The side-effect check can fail: a plain ``torch.load`` of the eval payload shows up in it."""
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "hostile.pth"
+    torch.save({"meta": {"x": _pickled_payloads(marker)["eval"]}, "state_dict": {}}, path)
+    audit.armed = True
+    torch.load(path, weights_only=False)  # our own harmless payload: it opens a file in tmp_path for writing
+    audit.armed = False
+    assert {event for event, _ in audit.events} >= {"exec", "open"} and marker.exists()

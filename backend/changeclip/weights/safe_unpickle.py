@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
+import collections.abc
 import io
 import logging
 import mmap
@@ -419,6 +420,8 @@ class _ZipUnpickler(RestrictedUnpickler):
         self._prefix = prefix
         self._mapped = mapped
         self._storages: dict[str, torch.storage.TypedStorage] = {}
+        self.mapped_ranges: dict[int, tuple[int, int]] = {}
+        """Data pointer of each memory-mapped record -> (offset in the file, bytes)."""
 
     def _mapped_record(self, info: zipfile.ZipInfo, nbytes: int, alignment: int) -> torch.Tensor | None:
         """The record's bytes as a uint8 tensor on the copy-on-write map, or None if it cannot be mapped."""
@@ -432,7 +435,9 @@ class _ZipUnpickler(RestrictedUnpickler):
         offset = start + _LOCAL_HEADER.size + name_len + extra_len
         if offset % alignment or offset + nbytes > len(self._mapped):
             return None  # torch aligns records to 64 bytes; anything else is copied
-        return torch.frombuffer(self._mapped, dtype=torch.uint8, count=nbytes, offset=offset)
+        raw = torch.frombuffer(self._mapped, dtype=torch.uint8, count=nbytes, offset=offset)
+        self.mapped_ranges[raw.data_ptr()] = (offset, nbytes)
+        return raw
 
     def persistent_load(self, pid: Any) -> Any:
         if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
@@ -476,7 +481,34 @@ def _map_copy_on_write(path: Path) -> mmap.mmap | None:
         return None
 
 
-def _load_zip(path: Path) -> Any:
+def _own_memory(tensors: Any, mapped: mmap.mmap | None, ranges: dict[int, tuple[int, int]]) -> None:
+    """Replace the tensors of the mapping ``tensors`` by copies in memory of their own, in place.
+
+    Views of one stored record stay views of one copy. Each copied record's pages are dropped
+    from the map at once (``MADV_DONTNEED``), so the copies never sit beside a mapped duplicate.
+    """
+    if not isinstance(tensors, collections.abc.MutableMapping):
+        return
+    copies: dict[int, torch.UntypedStorage] = {}
+    release = getattr(mmap, "MADV_DONTNEED", None) if mapped is not None else None
+    for key, value in list(tensors.items()):
+        if not isinstance(value, torch.Tensor):
+            continue
+        source = value.untyped_storage()
+        ptr = source.data_ptr()
+        if ptr not in copies:
+            copies[ptr] = source.clone()
+            if release is not None and ptr in ranges:
+                offset, nbytes = ranges[ptr]
+                start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+                end = (offset + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+                if end > start:
+                    mapped.madvise(release, start, end - start)
+        tensors[key] = torch.empty(0, dtype=value.dtype).set_(copies[ptr], value.storage_offset(), value.size(),
+                                                              value.stride())
+
+
+def _load_zip(path: Path, own: Callable[[Any], Any] | None = None) -> Any:
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
@@ -491,14 +523,24 @@ def _load_zip(path: Path) -> Any:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
             warnings.filterwarnings("ignore", message=".*non-writable.*")
-            return _ZipUnpickler(archive.read(pkl[0]), archive, prefix, _map_copy_on_write(path)).load()
+            mapped = _map_copy_on_write(path)
+            unpickler = _ZipUnpickler(archive.read(pkl[0]), archive, prefix, mapped)
+            obj = unpickler.load()
+            if own is not None:
+                _own_memory(own(obj), mapped, unpickler.mapped_ranges)
+            return obj
 
 
-def safe_torch_load(path: str | Path) -> Any:
+def safe_torch_load(path: str | Path, own: Callable[[Any], Any] | None = None) -> Any:
     """Read a ``torch.save`` file without executing anything (see the module docstring).
 
     Args:
         path: Checkpoint file (zip format, or legacy pickle format).
+        own: Optional function of the loaded object giving the (mutable) mapping of tensors the
+            caller keeps, e.g. the state dict: those are copied out of the memory-mapped file
+            into memory of their own, so that nothing the caller keeps depends on the file (which
+            may then be replaced, or deleted on Windows); every other tensor stays mapped and is
+            never read unless used.
 
     Returns:
         The unpickled object; tensors on the CPU, OpenMMLab objects as :class:`Placeholder`.
@@ -514,7 +556,7 @@ def safe_torch_load(path: str | Path) -> Any:
         head = fh.read(4)
     try:
         if zipfile.is_zipfile(p):
-            return _load_zip(p)
+            return _load_zip(p, own)
         if head.startswith(b"PK"):
             raise ModelError(f"{p} looks like a truncated zip checkpoint (its central directory is missing); "
                              "download or copy it again")

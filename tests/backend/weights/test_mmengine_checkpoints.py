@@ -167,6 +167,19 @@ def test_tiny_changeclip_in_a_real_mmengine_checkpoint(tmp_path: Path, version: 
     assert loaded.meta["mmengine_version"].startswith(version)
 
 
+def test_loaded_weights_do_not_depend_on_the_file(tmp_path: Path, tiny_states: dict) -> None:
+    """Records are memory-mapped while loading, but the state dict kept is copied out of the file."""
+    path = splice_state_dict(template("0.10.7", "vit"), tiny_states["tiny-vit"], tmp_path / "official.pth")
+    loaded = load_weights(path)
+    size = path.stat().st_size
+    with path.open("r+b") as fh:  # overwrite in place (same inode): a mapped page would now read zeros
+        fh.write(bytes(size))
+    for key, value in tiny_states["tiny-vit"].items():
+        assert torch.equal(loaded.state_dict[key], value), key
+    path.unlink()  # nothing holds the file open (on Windows a mapped file could not be deleted)
+    assert sum(t.numel() for t in loaded.state_dict.values()) > 0
+
+
 def test_detect_runs_directly_on_an_official_checkpoint(tmp_path: Path, tiny_states: dict) -> None:
     from geodata import change_pair
 

@@ -307,6 +307,14 @@ def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     return core.multiarray._reconstruct(subtype, shape, dtype)
 
 
+def _numpy_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    """numpy's ``_frombuffer`` (arrays under pickle protocol 5): a copy of bytes stored in the file."""
+    if not isinstance(buffer, bytes | bytearray | pickle.PickleBuffer) or not isinstance(dtype, np.dtype) \
+            or dtype.hasobject or order not in ("C", "F") or not isinstance(shape, tuple):
+        raise _refuse(f"builds a numpy array from {_describe(buffer)}")
+    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape, order=order).copy()
+
+
 def _numpy_scalar() -> Any:
     core = getattr(np, "_core", None) or np.core
     return core.multiarray.scalar
@@ -343,6 +351,8 @@ def _resolve(module: str, name: str) -> Any:
         return _latin1_encode
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
         return _numpy_reconstruct
+    if module in ("numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
+        return _numpy_frombuffer
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
         return _numpy_scalar()
     if (module, name) in (("numpy", "ndarray"), ("numpy", "dtype")):
@@ -373,6 +383,12 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python 
         target = self.stack[-2] if len(self.stack) >= 2 else None
         if not isinstance(target, _BUILD_TARGETS):
             raise _refuse(f"sets the state or attributes of {_describe(target)}")
+        if isinstance(target, collections.OrderedDict):  # attributes (its _metadata): plain names only
+            parts = self.stack[-1] if isinstance(self.stack[-1], tuple) else (self.stack[-1],)
+            for part in parts:
+                if part is not None and (not isinstance(part, dict) or any(
+                        not isinstance(k, str) or k.startswith("__") for k in part)):
+                    raise _refuse(f"sets the attributes {str(part)[:80]} of an OrderedDict")
         pickle._Unpickler.load_build(self)
 
     def _checked_newobj(self) -> None:

@@ -282,6 +282,12 @@ def _torch_allocation(marker: Path) -> bytes:
     return Ops().glob("torch", "FloatStorage").raw(b"\x8a\x06\x00\x10\xa5\xd4\xe8\x00").call(1).in_checkpoint()
 
 
+def _dunder_attribute_on_ordereddict(marker: Path) -> bytes:
+    """BUILD giving an OrderedDict an instance ``__setstate__`` (a later BUILD would call it)."""
+    return (Ops().glob("collections", "OrderedDict").call(0).raw(b"}").string("__setstate__")
+            .glob("__builtin__", "complex").raw(b"sb").in_checkpoint())
+
+
 def _placeholder_as_callable(marker: Path) -> bytes:
     """A placeholder called with a global it would need to run: the global is refused first."""
     return (Ops().glob("mmengine.runner", "Runner").glob("os", "system").string(f"touch {marker}").call(2)
@@ -313,6 +319,7 @@ HANDMADE = {
     "set-of-huge-range": (_set_of_huge_range, "global 'builtins.range'"),
     "set-of-placeholder": (_set_of_placeholder, "builds a set from"),
     "storage-allocation": (_torch_allocation, "calls the class torch.FloatStorage"),
+    "ordereddict-dunder-attribute": (_dunder_attribute_on_ordereddict, "of an OrderedDict"),
 }
 
 
@@ -467,3 +474,41 @@ def test_the_audit_log_sees_what_a_naive_load_does(tmp_path: Path, audit: _Audit
     torch.load(path, weights_only=False)  # our own harmless payload: it opens a file in tmp_path for writing
     audit.armed = False
     assert {event for event, _ in audit.events} >= {"exec", "open"} and marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_mmengine_like_objects_load_under_any_pickle_protocol(tmp_path: Path, protocol: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class-level function kept in an instance (HistoryBuffer's statistics methods) under protocols 2, 4, 5.
+
+    Protocol 2 stores it as ``getattr(HistoryBuffer, "min")``, 4 and 5 as the global ``HistoryBuffer.min``.
+    """
+    import types
+
+    module = types.ModuleType("mmengine.logging.history_buffer")
+
+    class HistoryBuffer:
+        def __init__(self) -> None:
+            self._log_history = np.arange(3.0)
+            self._statistics_methods = {"min": HistoryBuffer.min}
+
+        def min(self) -> float:
+            return float(self._log_history.min())
+
+    HistoryBuffer.__module__ = module.__name__
+    HistoryBuffer.__qualname__ = "HistoryBuffer"
+    HistoryBuffer.min.__qualname__ = "HistoryBuffer.min"
+    HistoryBuffer.min.__module__ = module.__name__
+    module.HistoryBuffer = HistoryBuffer
+    for name in ("mmengine", "mmengine.logging"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    path = tmp_path / "ck.pth"
+    torch.save({"meta": {}, "state_dict": {"w": torch.arange(4.0)}, "message_hub": {"loss": HistoryBuffer()}}, path,
+               pickle_protocol=protocol)
+    for name in ("mmengine.logging.history_buffer", "mmengine.logging", "mmengine"):
+        monkeypatch.delitem(sys.modules, name)
+    loaded = safe_torch_load(path)
+    buffer = loaded["message_hub"]["loss"]
+    assert buffer.state["_statistics_methods"]["min"].pickled_name == "mmengine.logging.history_buffer.HistoryBuffer.min"
+    assert torch.equal(loaded["state_dict"]["w"], torch.arange(4.0))

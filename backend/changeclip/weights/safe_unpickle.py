@@ -125,7 +125,7 @@ def placeholder_type(module: str, name: str) -> type[Placeholder]:
 
 def _describe(obj: Any) -> str:
     """A short, safe description of an object met while unpickling (for refusal messages)."""
-    if isinstance(obj, TorchTypeToken):
+    if isinstance(obj, TypeToken):
         return f"the class {obj.real.__module__}.{obj.real.__qualname__}"
     if isinstance(obj, type):
         if issubclass(obj, Placeholder):
@@ -237,15 +237,16 @@ def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> to
     return torch._tensor._rebuild_from_type_v2(func, new_type.real, args, state)
 
 
-class TorchTypeToken:
-    """A torch class named in a pickle, standing in for it where only its identity is needed.
+class TypeToken:
+    """A torch or numpy class named in a pickle, standing in for it where only its identity is needed.
 
-    ``torch.Tensor``/``torch.nn.Parameter`` appear as ``_rebuild_from_type_v2``'s target type and the
-    storage classes in tensor-record ids; the classes themselves are never handed to the pickle,
-    since calling them allocates (``torch.FloatStorage(10**12)``, ``torch.Tensor(10**12)``).
+    ``torch.Tensor``/``torch.nn.Parameter`` appear as ``_rebuild_from_type_v2``'s target type, the
+    storage classes in tensor-record ids and ``numpy.ndarray`` as ``_reconstruct``'s subtype; the
+    classes themselves are never handed to the pickle, since calling them allocates
+    (``torch.FloatStorage(10**12)``, ``numpy.ndarray((10**12,))``).
 
     Attributes:
-        real: The torch class.
+        real: The class.
         dtype: The storage's element type (storage classes only; ``uint8`` for UntypedStorage).
     """
 
@@ -264,11 +265,12 @@ class TorchTypeToken:
         raise _refuse(f"calls {_describe(self)}")
 
     def __repr__(self) -> str:
-        return f"<torch type {self.real.__module__}.{self.real.__qualname__}>"
+        return f"<type token {self.real.__module__}.{self.real.__qualname__}>"
 
 
-_TENSOR_TYPES = {"Tensor": TorchTypeToken(torch.Tensor), "Parameter": TorchTypeToken(torch.nn.Parameter)}
-_STORAGE_TYPES = {name: TorchTypeToken(getattr(torch, name)) for name in _STORAGE_NAMES if hasattr(torch, name)}
+_TENSOR_TYPES = {"Tensor": TypeToken(torch.Tensor), "Parameter": TypeToken(torch.nn.Parameter)}
+_STORAGE_TYPES = {name: TypeToken(getattr(torch, name)) for name in _STORAGE_NAMES if hasattr(torch, name)}
+_NDARRAY = TypeToken(np.ndarray)
 
 
 def _plain_set(items: Any = ()) -> set[Any]:
@@ -301,10 +303,10 @@ def _bytearray(data: Any = b"", *encoding: Any) -> bytearray:
 
 def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
     """numpy's ``_reconstruct`` as ``ndarray.__reduce__`` uses it: an empty plain ndarray, filled by BUILD."""
-    if subtype is not np.ndarray or not isinstance(shape, tuple) or shape != (0,):
+    if subtype is not _NDARRAY or not isinstance(shape, tuple) or shape != (0,):
         raise _refuse(f"reconstructs a numpy array of {_describe(subtype)} with shape {str(shape)[:40]}")
     core = getattr(np, "_core", None) or np.core  # numpy 2 renamed core -> _core
-    return core.multiarray._reconstruct(subtype, shape, dtype)
+    return core.multiarray._reconstruct(np.ndarray, shape, dtype)
 
 
 def _numpy_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
@@ -355,8 +357,10 @@ def _resolve(module: str, name: str) -> Any:
         return _numpy_frombuffer
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
         return _numpy_scalar()
-    if (module, name) in (("numpy", "ndarray"), ("numpy", "dtype")):
-        return getattr(np, name)
+    if (module, name) == ("numpy", "ndarray"):
+        return _NDARRAY
+    if (module, name) == ("numpy", "dtype"):
+        return np.dtype
     if module == "numpy.dtypes" and name.endswith("DType") and hasattr(np, "dtypes"):
         dtype_cls = getattr(np.dtypes, name, None)
         if isinstance(dtype_cls, type):
@@ -460,7 +464,7 @@ class _ZipUnpickler(RestrictedUnpickler):
             raise ModelError(f"unexpected persistent id in checkpoint: {str(pid)[:80]}")
         _, storage_type, key, _location, numel = pid
         key = key.decode() if isinstance(key, bytes) else str(key)
-        if isinstance(storage_type, TorchTypeToken) and hasattr(storage_type, "dtype"):
+        if isinstance(storage_type, TypeToken) and hasattr(storage_type, "dtype"):
             dtype = storage_type.dtype
         elif isinstance(storage_type, torch.dtype):
             dtype = storage_type

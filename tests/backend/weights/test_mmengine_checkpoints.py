@@ -320,6 +320,8 @@ HANDMADE = {
     "set-of-placeholder": (_set_of_placeholder, "builds a set from"),
     "storage-allocation": (_torch_allocation, "calls the class torch.FloatStorage"),
     "ordereddict-dunder-attribute": (_dunder_attribute_on_ordereddict, "of an OrderedDict"),
+    "ndarray-allocation": (lambda marker: Ops().glob("numpy", "ndarray").raw(b"\x8a\x06\x00\x10\xa5\xd4\xe8\x00")
+                           .raw(b"\x85").call(1).in_checkpoint(), "calls the class numpy.ndarray"),
 }
 
 

@@ -126,6 +126,9 @@ def _checked_path(field_name: str, path: str, server: bool) -> str:
     """``path`` as checked: NUL-free, absolute where the server requires it, else made absolute."""
     if "\x00" in path:
         raise PreflightError(field_name, path, "contains a NUL character")
+    if not _is_utf8(path):
+        raise PreflightError(field_name, path, "contains bytes that are not valid UTF-8 (shown as \\udcXX "
+                             "escapes), which GDAL cannot open; rename the file or folder to a UTF-8 name")
     if os.path.isabs(path):
         return path
     if server:
@@ -158,8 +161,45 @@ def _readable_file(field_name: str, path: str, server: bool, raster: bool) -> No
         raise PreflightError(field_name, path, "does not exist")
     if stat.S_ISDIR(st.st_mode):
         raise PreflightError(field_name, path, "is a folder; give the path of a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise PreflightError(field_name, path, f"is not a regular file but {file_kind(st.st_mode)}, which could "
+                             "block the run forever; give the path of a raster file (a VRT file is fine)")
     if not os.access(checked, os.R_OK):
         raise PreflightError(field_name, path, "is not readable by the backend's user")
+
+
+def regular_file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as a regular file (``"does not exist"``, ``"is not a regular
+    file but a character device"`` ...), or ``None`` when it can be. Follows symbolic links."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except (OSError, ValueError) as exc:
+        return f"cannot be accessed: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is not a regular file but {file_kind(st.st_mode)}"
+    return None
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (``a FIFO (named pipe)``, ``a character device`` ...)."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "another kind of special file"
+
+
+def _is_utf8(path: str) -> bool:
+    """Whether ``path`` is valid Unicode (command-line bytes that are not UTF-8 arrive as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _writable_folder(field_name: str, path: str, folder: str) -> None:

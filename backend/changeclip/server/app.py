@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -30,6 +31,7 @@ from changeclip import __version__, protocol
 from changeclip.errors import ChangeClipError
 from changeclip.server.auth import token_matches
 from changeclip.server.jobs import JobConflict, JobManager, Runner, UnknownJob
+from changeclip.server.journal import JobJournal
 from changeclip.server.middleware import GuardMiddleware
 from changeclip.server.preflight import PreflightError, preflight
 from changeclip.server.schemas import (
@@ -65,6 +67,9 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
             :class:`changeclip.inference.cache.ModelCache` bounded by the settings.
         system: device and model information for ``/v1/status`` (default: the real one).
 
+    Raises:
+        InputError: ``settings.state_dir`` cannot hold the job journal.
+
     Returns:
         The FastAPI app. ``app.state.manager`` is its :class:`JobManager`;
         ``app.state.request_shutdown`` is set by the process that serves it.
@@ -73,13 +78,19 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
     if runner is None:
         cache = cache if cache is not None else system.new_cache(settings)
         runner = _pipeline_runner(cache, system, settings.max_model_memory_gb)
-    manager = JobManager(runner, system.resolve_device, max_finished=settings.max_finished_jobs)
+    journal = JobJournal(settings.state_dir, uuid.uuid4().hex) if settings.state_dir is not None else None
+    manager = JobManager(runner, system.resolve_device, max_finished=settings.max_finished_jobs, journal=journal,
+                         stuck_grace_s=settings.stuck_job_grace_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        log.info("stopping: cancelling jobs")
-        await asyncio.to_thread(manager.shutdown, settings.shutdown_timeout_s)
+        try:
+            yield
+            log.info("stopping: cancelling jobs")
+            await asyncio.to_thread(manager.shutdown, settings.shutdown_timeout_s)
+        finally:
+            if journal is not None:
+                journal.close()
 
     app = FastAPI(title="ChangeCLIP backend", version=__version__, lifespan=lifespan,
                   openapi_url=None, docs_url=None, redoc_url=None,

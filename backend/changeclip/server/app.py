@@ -30,6 +30,7 @@ from starlette.routing import Match
 from changeclip import __version__, protocol
 from changeclip.errors import ChangeClipError
 from changeclip.server.auth import token_matches
+from changeclip.server.input_probe import probe_inputs
 from changeclip.server.jobs import JobConflict, JobManager, Runner, UnknownJob
 from changeclip.server.journal import JobJournal
 from changeclip.server.middleware import GuardMiddleware
@@ -286,13 +287,16 @@ def _param_error(field_name: str, message: str) -> HTTPException:
 
 
 def _pipeline_runner(cache: ModelCacheLike, system: SystemInfo, max_model_memory_gb: float | None) -> Runner:
-    """The real runner: :func:`changeclip.pipeline.run_detection` with ``cache``, then the
-    GPU memory bound on the cached models."""
+    """The real runner: :func:`input_probe.probe_inputs` (cancellable), then
+    :func:`changeclip.pipeline.run_detection` with ``cache``, then the GPU memory bound on the
+    cached models."""
 
     def run(params: protocol.DetectParams, progress: Callable[[str, int, int], None],
             is_cancelled: Callable[[], bool]) -> dict[str, Any]:
         from changeclip.pipeline import run_detection
 
+        progress("preparing", 0, 1)
+        probe_inputs(params, is_cancelled)  # a read that would block GDAL for good blocks only a child
         try:
             return run_detection(params, progress=progress, is_cancelled=is_cancelled, cache=cache)
         finally:

@@ -159,8 +159,8 @@ def run_submit(args: argparse.Namespace) -> int:
     if not args.wait:
         _print(info)
         return 0
-    log.info("job %s queued on %s", info.job_id, info.device)
     try:
+        log.info("job %s queued on %s", info.job_id, info.device)
         final = client.wait(info.job_id, poll_s=1.0, timeout_s=args.timeout,
                             on_progress=_json_progress if args.json else _show_progress)
     except WaitTimeout:

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 _SCRIPT = """
 import json, sys
+if sys.platform.startswith("linux"):  # die with the server, even on kill -9 (PR_SET_PDEATHSIG, SIGKILL)
+    import ctypes
+    ctypes.CDLL(None).prctl(1, 9)
 from osgeo import gdal
 gdal.UseExceptions()
 for path, bands in json.loads(sys.argv[1]):

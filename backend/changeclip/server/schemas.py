@@ -33,8 +33,8 @@ ABSOLUTE_PATH = r"^(/|[A-Za-z]:[\\/]|\\\\)"
 AbsolutePath = Annotated[str, Field(min_length=1, max_length=4096, pattern=ABSOLUTE_PATH)]
 """A path on the server's machine, absolute."""
 
-Band = Annotated[Int, Field(ge=1, le=65535)]
-"""A 1-based band number."""
+Band = Annotated[int, Field(ge=1, le=65535), BeforeValidator(_integral)]
+"""A 1-based band number (the bounds before the validator, so the JSON schema states them)."""
 
 
 class DetectRequest(BaseModel):

@@ -48,6 +48,22 @@ def _fifo_vrt(folder: Path, raster: str) -> tuple[Path, Path]:
     return vrt, fifo
 
 
+def _blocked_opening_a_fifo(pid: int) -> bool:
+    """Whether a thread of process ``pid`` or of one of its children waits in the kernel for
+    the other end of a FIFO (Linux: its wait channel is ``wait_for_partner``)."""
+    family = {str(pid)}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if stat_file.read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                family.add(stat_file.parent.name)
+    for member in family:
+        for wchan in Path(f"/proc/{member}/task").glob("*/wchan"):
+            with contextlib.suppress(OSError):
+                if wchan.read_text().strip() == "wait_for_partner":
+                    return True
+    return False
+
+
 def _unblock(fifo: Path) -> None:
     """Let whoever is blocked opening ``fifo`` go on (it reads end-of-file)."""
     with contextlib.suppress(OSError):
@@ -173,28 +189,27 @@ def test_a_blocking_input_neither_hangs_the_queue_nor_cancel_nor_shutdown(tmp_pa
     job stayed 'running' forever, cancel never took effect, the next job never ran and
     shutdown waited 60 s. Its inputs are now first read by a child process that cancel kills."""
     vrt, fifo = _fifo_vrt(tmp_path, pair[0])
-    server = start_server_process(tmp_path, "--state-dir", str(tmp_path / "state"))
+    server = start_server_process(tmp_path)
     client = server.client
-    env = {"CHANGECLIP_BACKEND_URL": server.url, "CHANGECLIP_TOKEN_FILE": server.handshake["token_file"]}
     try:
         stuck = client.submit({"before": str(vrt), "after": pair[1], "output_dir": str(tmp_path / "stuck"),
                                "engine": "irmad", "device": "cpu"})
         behind = client.submit({"before": pair[0], "after": pair[1], "output_dir": str(tmp_path / "behind"),
                                 "engine": "irmad", "device": "cpu"})
-        wait_for(lambda: client.job(stuck.job_id).state == "running", 60, "the stuck job to start")
-        proc = _cli("cancel", stuck.job_id, "--wait", "--timeout", "60", env=env)
-        assert proc.returncode == 0, proc.stderr.decode()
-        cancelled = json.loads(proc.stdout)
-        assert cancelled["state"] == "cancelled" and "while its inputs were being opened" in cancelled["error"]
+        assert server.proc is not None
+        wait_for(lambda: _blocked_opening_a_fifo(server.proc.pid), 60, "the job to block on the FIFO")
+        client.cancel(stuck.job_id)
+        cancelled = client.wait(stuck.job_id, poll_s=0.2, timeout_s=60)
+        assert cancelled.state == "cancelled" and "while its inputs were being opened" in str(cancelled.error)
         assert not (tmp_path / "stuck").exists()
         done = client.wait(behind.job_id, poll_s=0.2, timeout_s=120)
         assert done.state == "succeeded", done.error
         # stuck again, then shut down: the server exits (it waited 60 s for such a job before)
-        again = client.submit({"before": str(vrt), "after": pair[1], "output_dir": str(tmp_path / "again"),
-                               "engine": "irmad", "device": "cpu"})
-        wait_for(lambda: client.job(again.job_id).state == "running", 60, "the second stuck job to start")
+        client.submit({"before": str(vrt), "after": pair[1], "output_dir": str(tmp_path / "again"),
+                       "engine": "irmad", "device": "cpu"})
+        wait_for(lambda: _blocked_opening_a_fifo(server.proc.pid), 60, "the second job to block on the FIFO")
         client.shutdown()
-        assert server.proc is not None and server.proc.wait(timeout=30) == 0
+        assert server.proc.wait(timeout=30) == 0
     finally:
         _unblock(fifo)
         stop_server_process(server)

@@ -76,21 +76,22 @@ class JobJournal:
         self.server_id = server_id
         self._lock = threading.Lock()
         self._alive: IO[bytes] | None = None
+        self._db: sqlite3.Connection | None = None
         self.recovered: list[JobInfo] = []
         """Jobs of earlier servers that this one found unfinished and marked ``lost``."""
         try:
             (self.state_dir / "servers").mkdir(parents=True, exist_ok=True, mode=0o700)
             self._alive = _hold_lock(self._lock_path(server_id))
-            self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
-                                       isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, server_id TEXT NOT NULL, "
+            db = self._db = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
+                                            isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, server_id TEXT NOT NULL, "
                              "server_pid INTEGER NOT NULL, state TEXT NOT NULL, info TEXT NOT NULL, "
                              "result TEXT, updated REAL NOT NULL)")
-            self._db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, server_id)")
-            self.recovered = self._mark_lost_of_gone_servers()
-            self._prune()
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, server_id)")
+            self.recovered = self._mark_lost_of_gone_servers(db)
+            _prune(db)
         except (OSError, sqlite3.Error) as exc:
             self.close()
             raise InputError(f"cannot use the job journal {self.path}: {exc}; give a writable folder with "
@@ -108,6 +109,9 @@ class JobJournal:
         blob = json.dumps(result, allow_nan=False, default=str) if result is not None else None
         try:
             with self._lock:
+                if self._db is None:  # closed: the server is stopping; a straggling thread has nothing to add
+                    log.warning("job %s: the journal is closed; state %s not recorded", info.job_id, info.state)
+                    return
                 self._db.execute("INSERT INTO jobs (job_id, server_id, server_pid, state, info, result, updated) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
                                  "state=excluded.state, info=excluded.info, result=excluded.result, "
@@ -122,6 +126,8 @@ class JobJournal:
     def get(self, job_id: str) -> tuple[JobInfo, dict[str, Any] | None] | None:
         """The last recorded state of ``job_id`` and its result, or ``None`` if never recorded."""
         with self._lock:
+            if self._db is None:
+                return None
             row = self._db.execute("SELECT info, result FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             return None
@@ -132,11 +138,11 @@ class JobJournal:
 
     def close(self) -> None:
         """Close the database and release (and remove) this server's lock."""
-        db = getattr(self, "_db", None)
-        if db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                db.close()
-            self._db = None  # type: ignore[assignment]
+        with self._lock:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.close()
+                self._db = None
         if self._alive is not None:
             with contextlib.suppress(OSError):
                 self._lock_path(self.server_id).unlink()
@@ -146,18 +152,18 @@ class JobJournal:
     def _lock_path(self, server_id: str) -> Path:
         return self.state_dir / "servers" / f"{server_id}.lock"
 
-    def _mark_lost_of_gone_servers(self) -> list[JobInfo]:
+    def _mark_lost_of_gone_servers(self, db: sqlite3.Connection) -> list[JobInfo]:
         """Mark ``lost`` every queued or running job of a server that no longer runs."""
         marks = ",".join("?" * len(_LIVE_STATES))
-        owners = self._db.execute(f"SELECT DISTINCT server_id FROM jobs WHERE state IN ({marks}) "  # nosec B608
-                                  "AND server_id != ?", (*_LIVE_STATES, self.server_id)).fetchall()
+        owners = db.execute(f"SELECT DISTINCT server_id FROM jobs WHERE state IN ({marks}) "  # nosec B608
+                            "AND server_id != ?", (*_LIVE_STATES, self.server_id)).fetchall()
         lost: list[JobInfo] = []
         for (owner,) in owners:
             probe = _try_lock(self._lock_path(owner))
             if probe is None:  # that server still runs: its jobs are its own business
                 continue
-            rows = self._db.execute(f"SELECT info, server_pid FROM jobs WHERE server_id = ? "  # nosec B608
-                                    f"AND state IN ({marks})", (owner, *_LIVE_STATES)).fetchall()
+            rows = db.execute(f"SELECT info, server_pid FROM jobs WHERE server_id = ? "  # nosec B608
+                              f"AND state IN ({marks})", (owner, *_LIVE_STATES)).fetchall()
             for raw, pid in rows:
                 info = JobInfo.from_dict(json.loads(raw))
                 info = _as_lost(info, pid)
@@ -169,9 +175,11 @@ class JobJournal:
                 self._lock_path(owner).unlink()
         return lost
 
-    def _prune(self) -> None:
-        self._db.execute("DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs ORDER BY updated DESC "
-                         "LIMIT -1 OFFSET ?)", (MAX_ROWS,))
+
+def _prune(db: sqlite3.Connection) -> None:
+    """Keep the :data:`MAX_ROWS` most recently updated jobs."""
+    db.execute("DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs ORDER BY updated DESC LIMIT -1 OFFSET ?)",
+               (MAX_ROWS,))
 
 
 def lost_reason(state: str, stage: str, pid: int | None, what: str) -> str:

@@ -479,3 +479,27 @@ def test_openapi_schema_states_and_the_server_enforces_the_constraints(inprocess
                        ({"weights": "w.safetensors"}, ["body", "weights"])):
         status, answer = _raw(server, "POST", protocol.PATH_JOBS, {**base, **patch})
         assert status == 422 and answer["detail"][0]["loc"] == loc, (patch, answer)
+
+
+def test_a_job_that_outlives_the_shutdown_is_journaled_lost(tmp_path: Path) -> None:
+    from changeclip.server.jobs import JobManager
+    from changeclip.server.journal import JobJournal
+
+    runner = DeafRunner()
+    journal = JobJournal(tmp_path, "stopping")
+    manager = JobManager(runner, lambda device: "cpu", journal=journal, stuck_grace_s=120)
+    try:
+        job = manager.submit(DetectParams(before="/b.tif", after="/a.tif", output_dir=str(tmp_path / "o"),
+                                          engine="irmad"))
+        assert runner.running.wait(60)
+        assert manager.shutdown(timeout_s=0.2) is False
+        info = manager.get(job.job_id)
+        assert info.state == "lost" and "shut down and the job did not stop in time" in str(info.error)
+        assert "(stage preparing)" in str(info.error)
+    finally:
+        runner.release.set()
+        journal.close()
+    reopened = JobJournal(tmp_path, "next")
+    assert reopened.get(job.job_id)[0].state == "lost"  # type: ignore[index]
+    assert reopened.recovered == []  # already final: nothing left to mark
+    reopened.close()

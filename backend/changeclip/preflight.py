@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from xml.etree import ElementTree  # nosec B405 - see _check_vrt_sources
 
 from changeclip.errors import InputError
 from changeclip.protocol import DetectParams
@@ -166,6 +167,50 @@ def _readable_file(field_name: str, path: str, server: bool, raster: bool) -> No
                              "block the run forever; give the path of a raster file (a VRT file is fine)")
     if not os.access(checked, os.R_OK):
         raise PreflightError(field_name, path, "is not readable by the backend's user")
+    if raster:
+        _check_vrt_sources(field_name, path, checked, depth=0)
+
+
+_VRT_MAX_BYTES = 16 << 20
+"""VRT files larger than this (16 MiB) are left to GDAL unchecked."""
+_VRT_MAX_DEPTH = 8
+"""How deep VRTs nested in VRTs are followed."""
+
+
+def _check_vrt_sources(field_name: str, path: str, vrt: str, depth: int) -> None:
+    """The local sources of a VRT (and of VRTs in it) must not be FIFOs, devices or sockets either:
+    a VRT opens without touching them, and its first read would then block the run for good.
+
+    Sources GDAL resolves itself (``/vsi…`` paths, subdataset names, missing files) are left to it.
+    """
+    try:
+        with open(vrt, "rb") as handle:
+            text = handle.read(_VRT_MAX_BYTES + 1)
+    except OSError:
+        return
+    if len(text) > _VRT_MAX_BYTES or not text.lstrip().startswith(b"<VRTDataset"):
+        return
+    try:
+        # Justification: a local file the user named, size-bounded; expat refuses entity expansion bombs.
+        root = ElementTree.fromstring(text)  # nosec B314
+    except ElementTree.ParseError:
+        return  # GDAL says what is wrong with it
+    folder = os.path.dirname(vrt)
+    for element in (*root.iter("SourceFilename"), *root.iter("SourceDataset")):
+        name = (element.text or "").strip()
+        if not name or name.startswith("/vsi"):
+            continue
+        source = os.path.join(folder, name) if element.get("relativeToVRT") == "1" else name
+        try:
+            st = os.stat(source)
+        except (OSError, ValueError):
+            continue
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            raise PreflightError(field_name, path, f"is a VRT whose source {source!r} is not a regular file but "
+                                 f"{file_kind(st.st_mode)}, which would block the run forever at its first "
+                                 "read; point the VRT at raster files")
+        if stat.S_ISREG(st.st_mode) and source.lower().endswith(".vrt") and depth < _VRT_MAX_DEPTH:
+            _check_vrt_sources(field_name, path, source, depth + 1)
 
 
 def regular_file_problem(path: str | os.PathLike[str]) -> str | None:

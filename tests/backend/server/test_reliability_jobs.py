@@ -33,8 +33,11 @@ CLI = [sys.executable, "-m", "changeclip"]
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _fifo_vrt(folder: Path, raster: str) -> tuple[Path, Path]:
-    """A VRT of ``raster`` whose sources are a FIFO: it opens fine, and its first read blocks."""
+def _fifo_vrt(folder: Path, raster: str, hidden: bool = True) -> tuple[Path, Path]:
+    """A VRT of ``raster`` whose sources are a FIFO: it opens fine, and its first read blocks.
+
+    ``hidden``: the FIFO is reached through GDAL's ``/vsisubfile/`` (which no file check can
+    see through, like a hung network share), else named plainly (refused up front)."""
     from osgeo import gdal
 
     gdal.UseExceptions()
@@ -42,8 +45,9 @@ def _fifo_vrt(folder: Path, raster: str) -> tuple[Path, Path]:
     os.mkfifo(fifo)
     vrt = folder / "blocking.vrt"
     gdal.Translate(str(vrt), raster, format="VRT")
+    source = f"/vsisubfile/0_100000000,{fifo}" if hidden else str(fifo)
     text = re.sub(r'<SourceFilename relativeToVRT="\d">[^<]*</SourceFilename>',
-                  f'<SourceFilename relativeToVRT="0">{fifo}</SourceFilename>', vrt.read_text())
+                  f'<SourceFilename relativeToVRT="0">{source}</SourceFilename>', vrt.read_text())
     vrt.write_text(text)
     return vrt, fifo
 
@@ -167,6 +171,23 @@ def test_detect_refuses_a_fifo_and_other_special_files_up_front(tmp_path: Path, 
     assert not (tmp_path / "o").exists()
 
 
+def test_a_vrt_over_a_fifo_is_refused_up_front_too(tmp_path: Path, pair: tuple[str, str], inprocess_server: Any
+                                                   ) -> None:
+    """A VRT opens without touching its sources: a FIFO behind one hung `detect` at its first read
+    (SIGINT could not stop it)."""
+    vrt, fifo = _fifo_vrt(tmp_path, pair[0], hidden=False)
+    try:
+        proc = _cli("detect", str(vrt), pair[1], "-o", str(tmp_path / "o"), "--engine", "irmad", timeout=120)
+        status, answer = _raw(inprocess_server[0], "POST", protocol.PATH_JOBS,
+                              {"before": str(vrt), "after": pair[1], "output_dir": str(tmp_path / "o"),
+                               "engine": "irmad"})
+    finally:
+        _unblock(fifo)
+    assert proc.returncode == 2, proc.stderr.decode()
+    assert f"is a VRT whose source '{fifo}' is not a regular file but a FIFO" in proc.stderr.decode()
+    assert status == 400 and "is a VRT whose source" in answer["detail"]
+
+
 def test_server_refuses_special_files_as_inputs_and_weights(inprocess_server: Any, tmp_path: Path,
                                                             pair: tuple[str, str]) -> None:
     server, _ = inprocess_server
@@ -185,9 +206,10 @@ def test_server_refuses_special_files_as_inputs_and_weights(inprocess_server: An
 
 def test_a_blocking_input_neither_hangs_the_queue_nor_cancel_nor_shutdown(tmp_path: Path,
                                                                          pair: tuple[str, str]) -> None:
-    """A VRT whose source is a FIFO opens fine and blocks on its first read: before the fix the
-    job stayed 'running' forever, cancel never took effect, the next job never ran and
-    shutdown waited 60 s. Its inputs are now first read by a child process that cancel kills."""
+    """A VRT whose source is a FIFO (behind /vsisubfile/, so no check sees it) opens fine and
+    blocks on its first read, holding GDAL's global lock: before the fix the job stayed 'running'
+    forever, cancel never took effect, the next job never ran and shutdown waited 60 s. Its
+    inputs are now first read by a child process that cancel kills."""
     vrt, fifo = _fifo_vrt(tmp_path, pair[0])
     server = start_server_process(tmp_path)
     client = server.client

@@ -6,10 +6,11 @@ and a cancellation flag the pipeline polls between batches. Whatever a job raise
 fails that job only; the manager and its workers keep running.
 
 Each job runs in a thread of its own, watched by its device's worker: a job that does not
-stop within ``stuck_grace_s`` of being cancelled (blocked in a read that never returns, e.g.
-a VRT whose source is a FIFO) is given up as ``cancelled``, so the queue and shutting down
-go on; the abandoned thread stops at its next cancellation check, if it ever returns, and
-publishes nothing. With a :class:`~changeclip.server.journal.JobJournal` every state change is
+stop within ``stuck_grace_s`` of being cancelled (blocked in a call that never returns) is
+given up as ``cancelled``, so the queue and shutting down go on; the abandoned thread stops
+at its next cancellation check, if it ever returns, and publishes nothing. (A read blocked
+inside GDAL would hold GDAL's global lock and stall the next job anyway: the server's runner
+first probes the inputs in a child process, see :mod:`changeclip.server.input_probe`.) With a :class:`~changeclip.server.journal.JobJournal` every state change is
 recorded, and jobs of earlier server runs are answered from it.
 """
 
@@ -341,7 +342,7 @@ class JobManager:
                 stage = job.progress.stage
                 self._finish(job, "cancelled", error=(
                     f"cancelled, but the job did not stop within {self._stuck_grace_s:g} s (stuck in stage "
-                    f"{stage}, e.g. reading an input that never answers, such as a FIFO behind a VRT); it was "
+                    f"{stage}, e.g. in a call that never returns); it was "
                     "given up so that the queue goes on, and publishes no outputs if it ever resumes"))
                 self._forget_old()
             log.error("job %s did not stop within %.0f s of being cancelled (stage %s); given up",

@@ -525,3 +525,25 @@ def test_a_job_that_outlives_the_shutdown_is_journaled_lost(tmp_path: Path) -> N
     assert reopened.get(job.job_id)[0].state == "lost"  # type: ignore[index]
     assert reopened.recovered == []  # already final: nothing left to mark
     reopened.close()
+
+
+def test_a_cancelled_job_that_will_not_stop_is_given_up_and_the_queue_goes_on(tmp_path: Path) -> None:
+    from changeclip.server.jobs import JobManager
+
+    runner = DeafRunner()
+    manager = JobManager(runner, lambda device: "cpu", stuck_grace_s=0.3)
+    try:
+        deaf = manager.submit(DetectParams(before="/b.tif", after="/a.tif", output_dir=str(tmp_path / "deaf"),
+                                           engine="irmad"))
+        quick = manager.submit(DetectParams(before="/b.tif", after="/a.tif", output_dir=str(tmp_path / "quick"),
+                                            engine="irmad"))
+        assert runner.running.wait(60)
+        manager.cancel(deaf.job_id)
+        wait_for(lambda: manager.get(quick.job_id).state == "succeeded", 60, "the job queued behind it")
+        given_up = manager.get(deaf.job_id)
+        assert given_up.state == "cancelled" and "did not stop within 0.3 s" in str(given_up.error)
+        assert not runner.release.is_set()  # its thread is still stuck: the queue did not wait for it
+    finally:
+        runner.release.set()
+        assert manager.shutdown(timeout_s=30)
+    assert manager.get(deaf.job_id).state == "cancelled"  # the late end of the abandoned thread changes nothing

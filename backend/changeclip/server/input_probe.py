@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess  # nosec B404 - runs this interpreter on a fixed script, no shell
 import sys
 import time
@@ -25,10 +26,12 @@ from changeclip.protocol import DetectParams
 log = logging.getLogger(__name__)
 
 _SCRIPT = """
-import json, sys
+import json, os, sys
 if sys.platform.startswith("linux"):  # die with the server, even on kill -9 (PR_SET_PDEATHSIG, SIGKILL)
     import ctypes
     ctypes.CDLL(None).prctl(1, 9)
+if os.getppid() != int(sys.argv[2]):  # the server died before the line above took effect
+    sys.exit(1)
 from osgeo import gdal
 gdal.UseExceptions()
 for path, bands in json.loads(sys.argv[1]):
@@ -56,7 +59,7 @@ def probe_inputs(params: DetectParams, is_cancelled: Callable[[], bool], poll_s:
     """
     jobs = json.dumps([[params.before, params.bands], [params.after, params.bands]])
     # Justification: this interpreter, a constant script, the paths as one JSON argument; no shell.
-    child = subprocess.Popen([sys.executable, "-c", _SCRIPT, jobs],  # nosec B603
+    child = subprocess.Popen([sys.executable, "-c", _SCRIPT, jobs, str(os.getpid())],  # nosec B603
                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = time.monotonic()
     try:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,15 +53,28 @@ def _fifo_vrt(folder: Path, raster: str, hidden: bool = True) -> tuple[Path, Pat
     return vrt, fifo
 
 
-def _blocked_opening_a_fifo(pid: int) -> bool:
-    """Whether a thread of process ``pid`` or of one of its children waits in the kernel for
-    the other end of a FIFO (Linux: its wait channel is ``wait_for_partner``)."""
-    family = {str(pid)}
+def _children(pid: int) -> set[int]:
+    """The process ids whose parent is ``pid``."""
+    found = set()
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError):
             if stat_file.read_text().rsplit(")", 1)[1].split()[1] == str(pid):
-                family.add(stat_file.parent.name)
-    for member in family:
+                found.add(int(stat_file.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _blocked_opening_a_fifo(pid: int) -> bool:
+    """Whether a thread of process ``pid`` or of one of its children waits in the kernel for
+    the other end of a FIFO (Linux: its wait channel is ``wait_for_partner``)."""
+    for member in {pid, *_children(pid)}:
         for wchan in Path(f"/proc/{member}/task").glob("*/wchan"):
             with contextlib.suppress(OSError):
                 if wchan.read_text().strip() == "wait_for_partner":
@@ -69,9 +83,13 @@ def _blocked_opening_a_fifo(pid: int) -> bool:
 
 
 def _unblock(fifo: Path) -> None:
-    """Let whoever is blocked opening ``fifo`` go on (it reads end-of-file)."""
-    with contextlib.suppress(OSError):
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    """Let whoever is blocked opening ``fifo`` go on (it reads end-of-file; GDAL may open it again)."""
+    for _ in range(50):
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # ENXIO: nobody has it open for reading any more
+            return
+        time.sleep(0.05)
 
 
 def _cli(*args: str | bytes, timeout: float = 180, env: dict[str, str] | None = None
@@ -323,10 +341,14 @@ def test_after_kill_9_and_restart_every_job_answers_and_unfinished_ones_read_los
                             "engine": "irmad", "device": "cpu"})
         queued = c.submit({"before": pair[0], "after": pair[1], "output_dir": str(tmp_path / "queued"),
                            "engine": "irmad", "device": "cpu"})
-        wait_for(lambda: c.job(running.job_id).state == "running", 60, "the blocked job to start")
         assert first.proc is not None
+        wait_for(lambda: _blocked_opening_a_fifo(first.proc.pid), 60, "the job to block on the FIFO")
+        probes = _children(first.proc.pid)
+        assert probes, "the blocked read should be in the server's input probe, a child process"
         first.proc.kill()
         first.proc.wait(30)
+        # the probe dies with the server (Linux: PR_SET_PDEATHSIG), it is not left blocked forever
+        wait_for(lambda: not any(_alive(p) for p in probes), 30, "the orphaned probe to die")
 
         second = start_server_process(tmp_path, "--state-dir", str(state))
         c2 = second.client

@@ -18,6 +18,7 @@ COMMANDS = (
     "detect",
     "eval",
     "weights",
+    "train",
     "serve",
     "jobs",
     "bench",

@@ -63,6 +63,10 @@ def test_cli_bench_miniature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert all(r["mpix_per_s"] > 0 for r in rep["end_to_end"])
     ceiling = rep["end_to_end"][-1]
     assert ceiling["tiles"] == 4 and ceiling["tile_stage_pairs_per_s"] >= ceiling["pairs_per_s"] > 0
+    (train,) = rep["training"]  # one optimizer step of the tiny network, with its own peak RSS
+    assert (train["variant"], train["batch"], train["precision"], train["size"]) == ("tiny-rn50", 2, "fp32", 64)
+    assert train["pairs_per_s"] > 0 and train["peak_rss_mib"] > 0 and train["gpu_peak_mib"] is None
+    assert "Training throughput" in printed.out
     assert rep["memory"]["peak_host_rss_mib"] > 0
     assert rep["environment"]["torch"] and rep["environment"]["device"] == "cpu"
     assert printed.out.rstrip().splitlines()[-1].startswith("peak host RSS")

@@ -199,7 +199,8 @@ def write_curves(path: Path, rows: list[dict[str, Any]]) -> Path:
     vals = [r for r in rows if r.get("kind") == "val"]
     fig = Figure(figsize=(9, 3.6), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot([r["iteration"] for r in steps], [r["loss"] for r in steps], lw=1)
+    ax1.plot([r["iteration"] for r in steps], [r["loss"] for r in steps], lw=1,
+             marker="." if len(steps) < 50 else None)
     ax1.set_xlabel("iteration")
     ax1.set_ylabel("training loss")
     ax1.grid(alpha=0.3)

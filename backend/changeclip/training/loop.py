@@ -307,6 +307,9 @@ class Trainer:
         self.channels_last = net.cfg.backbone == "rn50"
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
+            for name, p in net.named_parameters():  # only convolution weights keep the channels-last layout:
+                if p.ndim == 4 and not name.endswith(".weight"):  # their gradients come back in it (DDP buckets)
+                    p.data = p.data.contiguous()
         self.net = net
         set_train_mode(net, cfg.freeze)
         self.model = dd.wrap(StepModule(net), ctx, self.device)

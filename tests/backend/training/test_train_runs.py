@@ -144,7 +144,7 @@ def test_auto_prompts_tag_each_tile_once_and_validate_with_the_cache(make_datase
     save_file(random_clip_state_dict(seed=1), str(clip))  # a tiny random CLIP: tags are arbitrary but real
     ds = make_dataset(train=2, val=2)
     run = tmp_path / "run"
-    result = train(_cfg(ds, run, iters=1, batch_size=2, accumulate=1, val_every=1, prompt_mode="auto",
+    result = train(_cfg(ds, run, iters=1, warmup=0, batch_size=2, accumulate=1, val_every=1, prompt_mode="auto",
                         prompt="roofs", tagger_weights=str(clip)))
     assert result.status == "finished" and result.last_val is not None
     tags = json.loads((run / "tags.json").read_text())
@@ -170,7 +170,7 @@ def test_out_of_memory_at_the_first_step_halves_the_batch(make_dataset, tmp_path
     monkeypatch.setattr(Trainer, "_micro", micro)
     ds = make_dataset(train=4, val=2)
     events: list[dict] = []
-    result = train(_cfg(ds, tmp_path / "run", iters=1, batch_size=2, accumulate=1, val_every=1),
+    result = train(_cfg(ds, tmp_path / "run", iters=1, warmup=0, batch_size=2, accumulate=1, val_every=1, crop=64),
                    progress_cb=events.append)
     assert result.status == "finished"
     assert result.notes == ["out of memory at the first step: retrying with batch 1 and accumulate 2 (same "

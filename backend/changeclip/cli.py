@@ -17,6 +17,7 @@ from changeclip.errors import ChangeClipError
 COMMANDS = (
     "detect",
     "eval",
+    "dataset",
     "weights",
     "train",
     "serve",

@@ -8,14 +8,18 @@ run. Steps (reported through ``progress(stage, done, total)`` with the stages of
    file checks as the job server's: missing inputs, an existing output without ``overwrite``
    or an unwritable folder stop here, before any work), open both rasters, check bands and
    CRSs, pick the reference grid, warp the other raster onto it (a streaming VRT) and compute
-   the processed window (the intersection).
+   the processed window (the intersection). What an output may replace is
+   :mod:`changeclip.output_safety`'s rule. Then the output folders are created and locked
+   (:mod:`changeclip.folder_lock`: a second run on the same folder stops here) and stale
+   temporary files of an interrupted earlier run are removed.
 2. *loading_model*: build the engine (changeclip loads weights through the model cache); warn
    when the grid's ground pixel size is 2x or more from the weights' training GSD.
 3. *scaling*: one fixed per-band range for both dates from a nodata-free sample.
 4. *fitting*: the engine's global fit (IR-MAD's canonical correlation; no-op for changeclip).
 5. *tiles*: stream tiles in row order, batched; blend overlapping probabilities; write finished
    output rows straight to temporary GeoTIFFs. ``is_cancelled()`` is polled before every batch.
-6. *polygons* (optional), *finalising* (COGs, summary.json, atomic renames), *done*.
+6. *polygons* (optional), *finalising* (COGs, summary.json, renames to the final names all or
+   nothing: :meth:`~changeclip.raster.outputs.TempFiles.publish`), *done*.
 
 Any failure or cancellation removes every temporary file; nothing appears under a final name
 before all outputs are complete.
@@ -29,29 +33,32 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from osgeo import gdal
 
-from changeclip import __version__, prefetch
+from changeclip import __version__, output_safety, prefetch
 from changeclip.engines import ChangeEngine, build_engine
 from changeclip.errors import InputError, JobCancelled
+from changeclip.folder_lock import FolderLocks
 from changeclip.inference.cache import ModelCache
 from changeclip.prefetch import BatchReader, TileSource
 from changeclip.preflight import confirm_writable, preflight
 from changeclip.protocol import DetectParams, ParamError
-from changeclip.raster import align, io, scaling
+from changeclip.raster import align, scaling
 from changeclip.raster.area import ground_pixel_size_m, row_pixel_areas
 from changeclip.raster.outputs import (
     ChangeRasterWriter,
+    PublishError,
     TempFiles,
     polygonize,
     remove_empty_dirs,
     to_cog,
     write_json,
 )
+from changeclip.raster.pair import AlignedPair as Inputs
+from changeclip.raster.pair import open_pair
 from changeclip.raster.tiling import BlendAccumulator, tile_starts
 from changeclip.writeback import Writeback
 
@@ -68,21 +75,6 @@ WRITE_THREAD = True
 (:mod:`changeclip.writeback`); False does it on the main thread. An internal switch (tests compare
 both); outputs are identical either way."""
 _GDAL_CACHE_BYTES = 256 * 1024 * 1024
-
-
-@dataclass
-class Inputs:
-    """Both rasters opened, checked and on the reference grid."""
-
-    grid: align.Grid
-    window: align.Window
-    before: io.GridReader
-    after: io.GridReader
-    warped: dict[str, bool]
-    eight_bit: bool
-    warnings: list[str] = field(default_factory=list)
-    reopen: Callable[[], tuple[io.GridReader, io.GridReader]] | None = None
-    """Opens another ``(before, after)`` reader pair with its own datasets (for reader threads)."""
 
 
 def run_detection(params: DetectParams, progress: ProgressFn | None = None,
@@ -124,7 +116,12 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
     timings["preparing"] = time.perf_counter() - started
 
     temp = TempFiles()
+    locks = FolderLocks(os.path.dirname(os.path.abspath(p)) for p in paths.values() if p)
     try:
+        for d in created_dirs:  # made now so that they can be locked; removed again if the run fails
+            os.makedirs(d, exist_ok=True)
+        locks.acquire()
+        locks.remove_stale()
         t = time.perf_counter()
         report("loading_model", 0, 1)
         if engine is None:
@@ -140,7 +137,7 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         t = time.perf_counter()
         report("scaling", 0, 1)
         sample_b, sample_a, _ = scaling.collect_sample(inputs.before, inputs.after, inputs.window)
-        scaler = _scaling(params, inputs, sample_b, sample_a)
+        scaler = scaling.choose_scaling(params.value_range, inputs.eight_bit, sample_b, sample_a)
         log.info("radiometric scaling (%s): low %s high %s", scaler.source, scaler.low.round(3).tolist(),
                  scaler.high.round(3).tolist())
         timings["scaling"] = time.perf_counter() - t
@@ -152,8 +149,6 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         timings["fitting"] = time.perf_counter() - t
         _check_cancel(cancelled)
 
-        for d in created_dirs:
-            os.makedirs(d, exist_ok=True)
         threshold = params.threshold if params.threshold is not None else engine.default_threshold
         t = time.perf_counter()
         tmp_mask = temp.new(paths["mask"], "part")
@@ -191,33 +186,41 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         write_json(tmp_summary, summary)
         if cancelled():
             raise JobCancelled("the run was cancelled; no outputs were written")
-        temp.commit(final_mask, paths["mask"])
-        temp.commit(final_prob, paths["probability"])
+        finals = [(final_mask, paths["mask"]), (final_prob, paths["probability"])]
         if paths["polygons"]:
-            temp.commit(tmp_gpkg, paths["polygons"])
-        temp.commit(tmp_summary, paths["summary"])
+            finals.append((tmp_gpkg, paths["polygons"]))
+        temp.publish([*finals, (tmp_summary, paths["summary"])])
         temp.cleanup()
+        locks.release()
         report("done", 1, 1)
         log.info("engine %s: %.4f %% of the valid area changed (%.1f m²); outputs in %s", engine.name,
                  100 * (summary["changed_fraction"] or 0), summary["changed_area_m2"] or 0, params.output_dir)
         return summary
+    except PublishError as exc:
+        _abandon(temp, locks, created_dirs)
+        raise InputError(f"writing the outputs failed: {exc.strerror}; check the folder, or choose another "
+                         "output folder") from None
     except OSError as exc:
-        temp.cleanup()
-        remove_empty_dirs(created_dirs)
+        _abandon(temp, locks, created_dirs)
         hint = "the disk is full: free some space" if exc.errno == errno.ENOSPC else "check the folder"
         raise InputError(f"writing the outputs failed ({exc.strerror or exc}); {hint}, or choose another "
                          "output folder; no output was written") from None
     except RuntimeError as exc:
-        temp.cleanup()
-        remove_empty_dirs(created_dirs)
+        _abandon(temp, locks, created_dirs)
         if not _raised_by_gdal(exc):  # e.g. torch (CUDA out of memory): not a problem of the input files
             raise
         raise InputError(f"reading the rasters failed: {str(exc).strip()}; check that both files are "
                          "complete and readable") from None
     except BaseException:
-        temp.cleanup()
-        remove_empty_dirs(created_dirs)
+        _abandon(temp, locks, created_dirs)
         raise
+
+
+def _abandon(temp: TempFiles, locks: FolderLocks, created_dirs: list[str]) -> None:
+    """After a failure or a cancellation: remove the temporary files, unlock, remove new empty folders."""
+    temp.cleanup()
+    locks.release()
+    remove_empty_dirs(created_dirs)
 
 
 def _raised_by_gdal(exc: BaseException) -> bool:
@@ -239,39 +242,16 @@ def _check_cancel(cancelled: CancelFn) -> None:
 
 def _prepare_inputs(params: DetectParams) -> Inputs:
     """Open, check and align both rasters; no pixel is read except for validation."""
-    ds_b = io.open_raster(params.before, "before")
-    ds_a = io.open_raster(params.after, "after")
-    io.check_bands(ds_b, params.bands, "before")
-    io.check_bands(ds_a, params.bands, "after")
-    align.check_georeferenced(ds_b, params.before, "before")
-    align.check_georeferenced(ds_a, params.after, "after")
-    g_b, g_a = align.grid_of(ds_b), align.grid_of(ds_a)
-    align.check_crs(g_b, g_a, params.before, params.after)
-    warnings: list[str] = []
-    if not g_b.wkt:
-        if params.grid == "custom" or not align.same_grid(g_b, g_a):
-            raise InputError("neither raster has a CRS and their grids differ, so they cannot be aligned; "
-                             "assign the right CRS to both (gdal_edit.py -a_srs EPSG:XXXX FILE)")
-        warnings.append("the rasters have no CRS: outputs are in pixel coordinates and areas are unknown")
-    grid = align.reference_grid(params.grid, g_b, g_a, params.target_crs, params.resolution)
-    if params.resolution is not None and params.grid != "custom":
-        warnings.append(f"resolution {params.resolution} is ignored with grid '{params.grid}' "
-                        "(it only applies to a custom grid)")
-    warnings += align.resolution_warnings(grid, {"before": g_b, "after": g_a})
-    window = align.processed_window(grid, [g_b, g_a])
-    readers, warped = _grid_readers(params, grid, ds_b, ds_a)
-    for role in ("before", "after"):
-        if warped[role]:
-            log.info("%s raster warped onto the reference grid (bilinear, streaming VRT)", role)
-    srs = grid.srs()
-    if srs is not None and srs.IsGeographic():
-        warnings.append("the reference grid is in a geographic CRS (degrees); areas are computed on the "
-                        "ellipsoid, but pixels are not square on the ground")
-    for w in warnings:
-        log.warning("%s", w)
-    return Inputs(grid, window, readers["before"], readers["after"], warped,
-                  io.is_8bit(ds_b, params.bands) and io.is_8bit(ds_a, params.bands), warnings,
-                  reopen=lambda: _reopen_readers(params, grid))
+    outputs = output_safety.outputs_of(params)
+
+    def not_outputs(role: str, files: list[str]) -> None:  # its .aux.xml, .ovr, a VRT's sources ...
+        try:
+            output_safety.check_not_input_files(outputs, files, role)
+        except output_safety.OutputPathError as exc:
+            raise InputError(str(exc)) from None
+
+    return open_pair(params.before, params.after, params.bands, params.grid, params.target_crs, params.resolution,
+                     check_files=not_outputs)
 
 
 def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:
@@ -287,38 +267,6 @@ def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:
     epsg = inputs.grid.to_dict()["epsg"]
     return scale_warning(gsd, engine.training_data, align.pixel_size_in(inputs.grid, inputs.grid.wkt),
                          crs=f"EPSG:{epsg}" if epsg else None)
-
-
-def _grid_readers(params: DetectParams, grid: align.Grid, ds_b: gdal.Dataset, ds_a: gdal.Dataset
-                  ) -> tuple[dict[str, io.GridReader], dict[str, bool]]:
-    """Readers of both rasters on ``grid`` (a streaming warped VRT where a raster is off the grid)."""
-    readers: dict[str, io.GridReader] = {}
-    warped: dict[str, bool] = {}
-    for role, ds in (("before", ds_b), ("after", ds_a)):
-        if align.same_grid(align.grid_of(ds), grid):
-            readers[role] = io.GridReader(ds, params.bands)
-            warped[role] = False
-        else:
-            vrt, alpha = align.warp_to_grid(ds, grid)
-            readers[role] = io.GridReader(vrt, params.bands, alpha_band=alpha, keep=[ds])
-            warped[role] = True
-    return readers, warped
-
-
-def _reopen_readers(params: DetectParams, grid: align.Grid) -> tuple[io.GridReader, io.GridReader]:
-    """A new reader pair with datasets of its own (GDAL datasets must not be shared by threads)."""
-    readers, _ = _grid_readers(params, grid, io.open_raster(params.before, "before"),
-                               io.open_raster(params.after, "after"))
-    return readers["before"], readers["after"]
-
-
-def _scaling(params: DetectParams, inputs: Inputs, sample_b: np.ndarray, sample_a: np.ndarray
-             ) -> scaling.BandScaling:
-    if params.value_range is not None:
-        return scaling.user_scaling(params.value_range, len(params.bands))
-    if inputs.eight_bit:
-        return scaling.eight_bit_scaling(len(params.bands))
-    return scaling.percentile_scaling(sample_b, sample_a)
 
 
 def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scaler: scaling.BandScaling,

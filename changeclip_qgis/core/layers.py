@@ -15,6 +15,8 @@ import math
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import Qt
 
+from ..compat import RASTER_SIZE_CAPABILITY, RASTER_WRITE_CANCELED, RASTER_WRITE_OK
 from . import protocol
 from .errors import JobCancelledError, LayerNotSupported
 from .log import log
@@ -48,6 +51,44 @@ MAX_EXPORT_SIDE_PX = 20000
 STYLE_FOR_OUTPUT = {"mask": "change_mask", "probability": "change_probability", "polygons": "change_polygons"}
 
 
+@contextmanager
+def no_sidecars_beside_inputs() -> Iterator[None]:
+    """While active, rasters that QGIS opens in this thread write no GDAL ``.aux.xml`` beside them.
+
+    Loading a raster layer makes QGIS compute band statistics, which GDAL keeps in its PAM
+    (Persistent Auxiliary Metadata) and writes to ``<raster>.aux.xml`` next to the file when the
+    dataset closes: a file written into the user's input folder. Processing loads the BEFORE and
+    AFTER layers from their paths (``qgis_process``, the toolbox with a file path): with GDAL's
+    ``GDAL_PAM_ENABLED`` set to ``NO`` for this thread while they are opened, those datasets
+    keep statistics in memory only. Layers already open in the project are not reopened, so
+    they are unaffected (and were not opened by us).
+    """
+    previous = suspend_input_sidecars()
+    try:
+        yield
+    finally:
+        restore_input_sidecars(previous)
+
+
+def suspend_input_sidecars() -> str | None:
+    """Turn GDAL's PAM sidecars off for rasters opened in this thread; return the earlier setting.
+
+    See :func:`no_sidecars_beside_inputs`; pair every call with :func:`restore_input_sidecars`.
+    """
+    from osgeo import gdal
+
+    previous = gdal.GetThreadLocalConfigOption("GDAL_PAM_ENABLED", None)
+    gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", "NO")
+    return previous
+
+
+def restore_input_sidecars(previous: str | None) -> None:
+    """Undo :func:`suspend_input_sidecars` (``previous`` is what it returned)."""
+    from osgeo import gdal
+
+    gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", previous)
+
+
 def local_raster_path(layer: QgsMapLayer) -> str | None:
     """The local file behind a GDAL raster layer, or None when it is not a plain local file."""
     if not isinstance(layer, QgsRasterLayer) or layer.providerType() != "gdal":
@@ -57,6 +98,27 @@ def local_raster_path(layer: QgsMapLayer) -> str | None:
     if parts.get("layerName") or not path or not os.path.isfile(path):
         return None
     return path
+
+
+def same_raster_problem(before: QgsMapLayer | None, after: QgsMapLayer | None) -> str | None:
+    """The message the dock and Processing both show when Before and After are one raster, else None.
+
+    One raster means the same layer, the same local file (also when loaded twice, as two layers,
+    or through a symbolic link) or, for non-file layers, the same provider and data source.
+    """
+    if before is None or after is None:
+        return None
+    same = before.id() == after.id()
+    if not same:
+        paths = local_raster_path(before), local_raster_path(after)
+        if paths[0] is not None and paths[1] is not None:
+            same = os.path.realpath(paths[0]) == os.path.realpath(paths[1])
+        elif paths[0] is None and paths[1] is None:
+            same = (before.providerType(), before.source()) == (after.providerType(), after.source())
+    if not same:
+        return None
+    return (f"Before and After are the same raster ('{before.name()}'): the result would be 'no change' "
+            "everywhere; pick the raster of the other date")
 
 
 @dataclass
@@ -114,7 +176,7 @@ def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
     crs = extent_crs if extent_crs is not None and extent_crs.isValid() else layer.crs()
     if extent is None or extent.isEmpty():
         provider = layer.dataProvider()
-        if not (provider.capabilities() & QgsRasterDataProvider.Size) or provider.xSize() <= 0:
+        if not (provider.capabilities() & RASTER_SIZE_CAPABILITY) or provider.xSize() <= 0:
             raise LayerNotSupported(
                 f"layer '{layer.name()}' ({layer.providerType()}) is not a local file and has no fixed extent; "
                 "choose an extent to export (the other raster's, or zoom the map to the area) or save it "
@@ -126,7 +188,7 @@ def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
         crs = target_crs
     if pixel_size is None:
         provider = layer.dataProvider()
-        if (provider.capabilities() & QgsRasterDataProvider.Size) and provider.xSize() > 0 and crs == layer.crs():
+        if (provider.capabilities() & RASTER_SIZE_CAPABILITY) and provider.xSize() > 0 and crs == layer.crs():
             pixel_size = layer.rasterUnitsPerPixelX()
     if not pixel_size or pixel_size <= 0:
         raise LayerNotSupported(f"layer '{layer.name()}' has no native resolution; choose a pixel size to "
@@ -206,10 +268,10 @@ def run_export(request: ExportRequest, out_dir: str | None = None, feedback: Any
         feedback.canceled.connect(block_feedback.cancel, Qt.ConnectionType.DirectConnection)
     error = writer.writeRaster(pipe, request.width, request.height, request.extent, request.crs,
                                request.transform_context, block_feedback)
-    if error == QgsRasterFileWriter.WriteCanceled:
+    if error == RASTER_WRITE_CANCELED:
         _remove(partial)
         raise JobCancelledError(f"the export of layer '{request.name}' was cancelled")
-    if error != QgsRasterFileWriter.NoError or not os.path.isfile(partial):
+    if error != RASTER_WRITE_OK or not os.path.isfile(partial):
         _remove(partial)
         raise LayerNotSupported(f"exporting layer '{request.name}' to GeoTIFF failed (writer error {error}); "
                                 "check that its source is reachable, or save it as a GeoTIFF first")

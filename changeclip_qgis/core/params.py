@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import output_safety, protocol
 from .errors import ConfigError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -23,8 +23,18 @@ LABELS = {
     "bands": "Bands", "tile": "Tile size", "overlap": "Overlap", "device": "Device",
     "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area",
     "grid": "Output grid", "target_crs": "Target CRS", "resolution": "Resolution",
+    "mask_path": "Change mask", "probability_path": "Change probability", "polygons_path": "Change polygons",
 }
 """What the UI calls each job parameter (used in error messages)."""
+
+
+ENGINE_NAMES = {"changeclip": "ChangeCLIP", "irmad": "IR-MAD"}
+"""What the UI calls each engine (the dock's combo, messages); the job and Processing use the keys."""
+
+
+def engine_name(engine: str) -> str:
+    """The user-facing name of an engine, e.g. ``IR-MAD`` for ``irmad`` (unknown ones as they are)."""
+    return ENGINE_NAMES.get(engine, engine)
 
 
 def resolve_weights(weights: str, weights_dir: str, engine: str) -> str | None:
@@ -53,8 +63,9 @@ def resolve_weights(weights: str, weights_dir: str, engine: str) -> str | None:
                               "(or put it in the weights folder set in the ChangeCLIP settings)")
         return str(path.resolve())
     if not weights_dir:
-        raise ConfigError("The changeclip engine needs a weights file: pick one, set a weights folder "
-                          "in the ChangeCLIP settings (or CHANGECLIP_WEIGHTS_DIR), or use the irmad engine")
+        raise ConfigError(f"The {engine_name('changeclip')} engine needs a weights file: pick one, set a weights "
+                          "folder in the ChangeCLIP settings (or CHANGECLIP_WEIGHTS_DIR), or use the "
+                          f"{engine_name('irmad')} engine, which needs none")
     folder = Path(weights_dir).expanduser()
     found = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
     if len(found) != 1:
@@ -109,12 +120,9 @@ def crs_text(crs: Any) -> str | None:
     authid = str(crs.authid())
     if authid and not authid.upper().startswith(("USER:", "INTERNAL:")):  # QGIS-only ids GDAL cannot read
         return authid
-    from qgis.core import Qgis, QgsCoordinateReferenceSystem
+    from ..compat import CRS_WKT_PREFERRED  # Qgis.CrsWktVariant since QGIS 3.36
 
-    variant = getattr(getattr(Qgis, "CrsWktVariant", None), "Preferred", None)  # QGIS >= 3.36
-    if variant is None:
-        variant = QgsCoordinateReferenceSystem.WKT_PREFERRED  # QGIS 3.22 ... 3.34
-    return str(crs.toWkt(variant)) or None
+    return str(crs.toWkt(CRS_WKT_PREFERRED)) or None
 
 
 def grid_choice(grid: str = "before", target_crs: Any = None,
@@ -193,7 +201,10 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
         overwrite: replace existing outputs.
 
     Raises:
-        ConfigError: a value is invalid; the message names the field as the UI labels it.
+        ConfigError: a value is invalid, or an output path may not be written (a device, FIFO,
+            folder, link, an input of the job, a system folder, two outputs on one file: see
+            :mod:`output_safety`, the backend's own rule); the message names the field as the UI
+            labels it.
     """
     def absolute(path: str | None) -> str | None:  # the backend runs in another working directory
         return os.path.abspath(os.path.expanduser(path)) if path and path.strip() else None
@@ -214,8 +225,11 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             probability_path=absolute(probability_path), polygons_path=absolute(polygons_path),
             overwrite=overwrite)
         params.validate()
+        output_safety.check_job(params)
     except protocol.ParamError as exc:
         raise ConfigError(f"{LABELS.get(exc.field, exc.field)}: {exc.message}") from None
+    except output_safety.OutputPathError as exc:
+        raise ConfigError(f"{LABELS.get(exc.field, exc.field)}: {exc.path}: {exc.message}") from None
     return params
 
 
@@ -225,7 +239,7 @@ def run_name(before_name: str, after_name: str, prompt: str = "", engine: str = 
     if prompt.strip():
         name += f" [{prompt.strip()[:40]}]"
     elif engine == "irmad":
-        name += " [IR-MAD]"
+        name += f" [{engine_name(engine)}]"
     return name
 
 

@@ -12,7 +12,6 @@ from typing import Any
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
     QgsUnitTypes,
@@ -40,22 +39,24 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..compat import RASTER_LAYER_FILTER
 from ..core import protocol
 from ..core.errors import ChangeClipPluginError
-from ..core.layers import ExportRequest, local_raster_path, prepare_input
+from ..core.layers import ExportRequest, local_raster_path, prepare_input, same_raster_problem
 from ..core.log import log
 from ..core.params import (
     build_params,
     crs_text,
     default_output_base,
     default_output_dir,
+    engine_name,
     grid_choice,
     resolve_weights,
     run_name,
 )
 from ..core.runner import device_line, result_line
 from ..core.settings import KEY_DOCK_CHOICES, KEY_OUTPUT_BASE, BackendConfig, get, set_value
-from ..core.weights_info import summarize_weights
+from ..core.weights_info import summarize_weights, unreadable_reason
 from ..tasks.detect_task import BackendCheckTask, DetectTask
 
 PROMPT_MODE_LABELS = (("auto", "Auto tags (+ my words)"), ("none", "None"), ("words", "My words only"))
@@ -97,9 +98,9 @@ class ChangeClipDock(QgsDockWidget):
         outer = QVBoxLayout(body)
         form = QFormLayout()
         self.before_combo = QgsMapLayerComboBox(body)
-        self.before_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.before_combo.setFilters(RASTER_LAYER_FILTER)
         self.after_combo = QgsMapLayerComboBox(body)
-        self.after_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.after_combo.setFilters(RASTER_LAYER_FILTER)
         if self.after_combo.count() > 1:
             self.after_combo.setLayer(self.after_combo.layer(1))
         form.addRow("Before", self.before_combo)
@@ -114,8 +115,8 @@ class ChangeClipDock(QgsDockWidget):
         prompt_row.addWidget(self.prompt_mode_combo)
         form.addRow("Prompt", prompt_row)
         self.engine_combo = QComboBox(body)
-        self.engine_combo.addItem("ChangeCLIP (deep learning)", "changeclip")
-        self.engine_combo.addItem("IR-MAD (unsupervised, no weights)", "irmad")
+        self.engine_combo.addItem(f"{engine_name('changeclip')} (deep learning)", "changeclip")
+        self.engine_combo.addItem(f"{engine_name('irmad')} (unsupervised, no weights)", "irmad")
         self.engine_combo.currentIndexChanged.connect(self._update_engine)
         form.addRow("Engine", self.engine_combo)
         self.weights_widget = QgsFileWidget(body)
@@ -320,6 +321,8 @@ class ChangeClipDock(QgsDockWidget):
         self.weights_widget.setEnabled(needs_weights)
         self.prompt_edit.setEnabled(needs_weights)
         self.prompt_mode_combo.setEnabled(needs_weights)
+        if self.task is None and self.stage_label.text().startswith("Error: "):
+            self.stage_label.setText("Ready")  # e.g. "needs a weights file" is stale once the engine changed
         self.refresh_weights_info()
 
     def refresh_weights_info(self, *_args: object) -> None:
@@ -367,8 +370,8 @@ class ChangeClipDock(QgsDockWidget):
             return
         from qgis.core import Qgis
 
-        qlevel = {"info": Qgis.Info, "success": Qgis.Success, "warning": Qgis.Warning,
-                  "critical": Qgis.Critical}[level]
+        qlevel = {"info": Qgis.MessageLevel.Info, "success": Qgis.MessageLevel.Success,
+                  "warning": Qgis.MessageLevel.Warning, "critical": Qgis.MessageLevel.Critical}[level]
         bar = self.iface.messageBar()
         if not diagnostics:
             bar.pushMessage("ChangeCLIP", text, qlevel, 8)
@@ -412,8 +415,9 @@ class ChangeClipDock(QgsDockWidget):
         before, after = self.before_combo.currentLayer(), self.after_combo.currentLayer()
         if before is None or after is None:
             raise ChangeClipPluginError("Pick a before and an after raster (load them into the project first)")
-        if before.id() == after.id():
-            raise ChangeClipPluginError("Before and after are the same layer; pick two different dates")
+        same = same_raster_problem(before, after)  # the message Processing shows too
+        if same is not None:
+            raise ChangeClipPluginError(same)
         grid, target_crs, resolution = self._grid_choice()
         grid_choice(grid, target_crs, resolution)  # a bad grid choice is refused before any export
         inputs = {"before": self._input(before, after, target_crs, resolution),
@@ -436,6 +440,10 @@ class ChangeClipDock(QgsDockWidget):
             device=self.device_combo.currentText(), precision=self.precision_combo.currentText(),
             polygons=self.polygons_check.isChecked(), grid=grid, target_crs=target_crs, resolution=resolution,
             min_area_m2=self.min_area_spin.value())
+        unreadable = unreadable_reason(params.weights) if params.weights else None
+        if unreadable:  # refused here, in words, before a backend is started or a run folder made
+            raise ChangeClipPluginError(f"Weights file {params.weights} is not ChangeCLIP weights: {unreadable}; "
+                                        "pick a ChangeCLIP .safetensors file or an official .pth checkpoint")
         return params, exports, name
 
     # -- actions -------------------------------------------------------------------
@@ -481,7 +489,8 @@ class ChangeClipDock(QgsDockWidget):
         self.last_summary = summary
         self.progress_bar.setValue(100)
         warnings = [str(w) for w in summary.get("warnings") or []]
-        text = f"{result_line(summary)}\nEngine {summary.get('engine', '?')} on {summary.get('device', '?')}"
+        text = f"{result_line(summary)}\nEngine {engine_name(str(summary.get('engine', '?')))} on " \
+            f"{summary.get('device', '?')}"
         self.summary_label.setText(text + "".join(f"\nWarning: {w}" for w in warnings))
         self.stage_label.setText("Done" + (f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})"
                                            if warnings else ""))
@@ -496,6 +505,8 @@ class ChangeClipDock(QgsDockWidget):
     def _fail(self, message: str) -> None:
         cancelled = self.task is not None and self.task.cancelled_by_user
         unavailable = self.task is not None and self.task.backend_unavailable
+        if self.task is not None:
+            self.task.remove_run_folder()  # a failed or cancelled run leaves no empty folder behind
         self.task = None
         self._set_running(False)
         if unavailable:  # point at the report that says why
@@ -505,6 +516,12 @@ class ChangeClipDock(QgsDockWidget):
         self.stage_label.setText(("Cancelled: " if cancelled else "Error: ") + message)
         self._message(message, "info" if cancelled else "critical", diagnostics=unavailable)
         self.runFailed.emit(message)
+
+    def refresh_backend_line(self, *_args: object) -> None:
+        """Show where the backend is configured now (after Settings or set-up changed it), not connected yet."""
+        if self.check_task is None:
+            self.backend_label.setText(f"Backend: {BackendConfig.load().describe()} (not connected)")
+            self.diagnostics_button.setStyleSheet("")
 
     def check_backend(self) -> BackendCheckTask:
         """Start/reach the backend in the background and show its device line."""

@@ -14,7 +14,6 @@ from typing import Any
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -22,7 +21,6 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
     QgsProcessingParameterCrs,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
@@ -37,15 +35,27 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from ..core import protocol
+from ..compat import (
+    ALGORITHM_CAN_CANCEL,
+    ALGORITHM_SUPPORTS_BATCH,
+    NUMBER_DOUBLE,
+    NUMBER_INTEGER,
+    PARAMETER_ADVANCED,
+    SOURCE_VECTOR_POLYGON,
+)
+from ..core import output_safety, protocol
 from ..core.backend_launcher import LAUNCHER, configuration_problem
 from ..core.errors import ChangeClipPluginError, JobCancelledError
 from ..core.layers import (
     ExportRequest,
     apply_style,
     local_raster_path,
+    no_sidecars_beside_inputs,
     prepare_input,
+    restore_input_sidecars,
     run_export,
+    same_raster_problem,
+    suspend_input_sidecars,
     write_sidecar_style,
 )
 from ..core.params import build_params, grid_choice
@@ -55,6 +65,9 @@ from ..core.settings import BackendConfig
 
 MIN_RESOLUTION = 1e-9
 """Smallest RESOLUTION Processing accepts (it must be > 0; 1e-9 is below any real pixel size)."""
+
+_QGIS_PROCESS_SIDECARS: list[str | None] = []
+"""Under qgis_process: the GDAL_PAM_ENABLED setting to restore once the run ends (see createInstance)."""
 
 _POST_PROCESSORS: list[QgsProcessingLayerPostProcessorInterface] = []
 """Keeps the style post-processors alive until QGIS has called them (QGIS does not own them)."""
@@ -155,12 +168,24 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self) -> DetectChangesAlgorithm:  # noqa: D102
         return type(self)()
 
-    def flags(self) -> QgsProcessingAlgorithm.Flags:  # noqa: D102
-        return super().flags() | QgsProcessingAlgorithm.FlagCanCancel | QgsProcessingAlgorithm.FlagSupportsBatch
+    def flags(self) -> Any:  # noqa: D102 - the flags type is QGIS-version specific (see compat)
+        return super().flags() | ALGORITHM_CAN_CANCEL | ALGORITHM_SUPPORTS_BATCH
 
     def canExecute(self) -> tuple[bool, str]:  # noqa: D102
         problem = configuration_problem()
         return (problem is None, problem or "")
+
+    def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS API
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        """QGIS's checks, then: Before and After must be two rasters (the dock refuses it too). The
+        input layers loaded for these checks write no sidecar files beside the inputs."""
+        with no_sidecars_beside_inputs():
+            ok, message = super().checkParameterValues(parameters, context)
+            if not ok:
+                return ok, message
+            problem = same_raster_problem(self.parameterAsRasterLayer(parameters, self.BEFORE, context),
+                                          self.parameterAsRasterLayer(parameters, self.AFTER, context))
+        return (False, problem) if problem else (True, message)
 
     # -- parameters ----------------------------------------------------------------
 
@@ -181,33 +206,33 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         advanced = [
             QgsProcessingParameterString(self.BANDS, "Bands (R,G,B, 1-based)", defaultValue="1,2,3"),
             QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (px, multiple of 32)",
-                                         QgsProcessingParameterNumber.Integer, 256, minValue=64, maxValue=4096),
-            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", QgsProcessingParameterNumber.Integer,
+                                         NUMBER_INTEGER, 256, minValue=64, maxValue=4096),
+            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", NUMBER_INTEGER,
                                          64, minValue=0, maxValue=2047),
             QgsProcessingParameterNumber(self.THRESHOLD, "Change threshold (0-1, empty = engine default)",
-                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         NUMBER_DOUBLE, None, optional=True,
                                          minValue=0.0, maxValue=1.0),
             QgsProcessingParameterString(self.DEVICE, f"Device ({protocol.DEVICES_HELP})", defaultValue="auto"),
             QgsProcessingParameterEnum(self.PRECISION, "Precision (auto: fp32 on CPU, bf16/fp16 on GPU)",
                                        options=list(protocol.PRECISIONS), defaultValue="auto",
                                        usesStaticStrings=True),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
-                                         QgsProcessingParameterNumber.Double, 0.0, minValue=0.0),
+                                         NUMBER_DOUBLE, 0.0, minValue=0.0),
             QgsProcessingParameterEnum(self.OUTPUT_GRID, "Output grid", options=list(protocol.GRIDS),
                                        defaultValue="before", usesStaticStrings=True),
             QgsProcessingParameterCrs(self.TARGET_CRS, "Target CRS (custom grid)", optional=True),
             QgsProcessingParameterNumber(self.RESOLUTION, "Resolution (custom grid, CRS units)",
-                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         NUMBER_DOUBLE, None, optional=True,
                                          minValue=MIN_RESOLUTION),
             QgsProcessingParameterExtent(self.EXTENT, "Extent to export non-file layers (WMS/XYZ…)", optional=True),
         ]
         for param in advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            param.setFlags(param.flags() | PARAMETER_ADVANCED)
             self.addParameter(param)
         self.addParameter(QgsProcessingParameterRasterDestination(self.CHANGE_MASK, "Change mask"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.CHANGE_PROBABILITY, "Change probability"))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.CHANGE_POLYGONS, "Change polygons", QgsProcessing.TypeVectorPolygon, optional=True,
+            self.CHANGE_POLYGONS, "Change polygons", SOURCE_VECTOR_POLYGON, optional=True,
             createByDefault=False))
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_AREA_M2, "Changed area (m²)"))
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_FRACTION, "Changed fraction of the valid area"))
@@ -227,7 +252,8 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         grid; with the custom output grid (``target_crs``, ``resolution``) it is written straight
         onto that grid instead, so it is not resampled twice.
         """
-        layer = self.parameterAsRasterLayer(parameters, key, context)
+        with no_sidecars_beside_inputs():  # opening the file must not write <input>.aux.xml
+            layer = self.parameterAsRasterLayer(parameters, key, context)
         if layer is None:
             raise QgsProcessingException(self.invalidRasterError(parameters, key))
         extent = crs = pixel = None
@@ -236,7 +262,8 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             if parameters.get(self.EXTENT):
                 extent = self.parameterAsExtent(parameters, self.EXTENT, context)
                 crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-            other = self.parameterAsRasterLayer(parameters, other_key, context)
+            with no_sidecars_beside_inputs():
+                other = self.parameterAsRasterLayer(parameters, other_key, context)
             if isinstance(other, QgsRasterLayer) and local_raster_path(other) is not None:
                 if extent is None:
                     extent, crs = other.extent(), other.crs()
@@ -306,8 +333,14 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                 mask_path=mask_path, probability_path=probability_path, polygons_path=polygons_path,
                 overwrite=True)
+            if summary_path:  # the copy this algorithm writes obeys the same rule as the backend's outputs
+                output_safety.check_outputs([*output_safety.outputs_of(params),
+                                             output_safety.Output(self.SUMMARY, "json", summary_path)],
+                                            output_safety.inputs_of(params), overwrite=True)
         except ChangeClipPluginError as exc:
             raise QgsProcessingException(str(exc)) from None
+        except output_safety.OutputPathError as exc:
+            raise QgsProcessingException(f"{exc.field}: {exc.path}: {exc.message}") from None
 
         def on_progress(progress: protocol.JobProgress) -> None:
             feedback.setProgress(progress_percent(progress))
@@ -327,6 +360,8 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             if QgsApplication.platform() == "qgis_process":
                 # qgis_process exits without running Python's atexit hooks: stop the backend we started.
                 LAUNCHER.stop()
+                while _QGIS_PROCESS_SIDECARS:
+                    restore_input_sidecars(_QGIS_PROCESS_SIDECARS.pop())
         for warning in summary.get("warnings") or []:
             feedback.pushWarning(f"ChangeCLIP: {warning}")
         feedback.pushInfo(f"{result_line(summary)}; device {summary.get('device', '?')}")
@@ -342,6 +377,27 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 self.CHANGE_POLYGONS: polygons_path, self.CHANGED_AREA_M2: area,
                 self.CHANGED_FRACTION: fraction,
                 self.SUMMARY: _copy_summary(os.path.join(work_dir, protocol.SUMMARY_NAME), summary_path)}
+
+
+def protect_inputs_under_qgis_process() -> bool:
+    """Under ``qgis_process run changeclip:detectchanges``: no ``.aux.xml`` beside the inputs.
+
+    qgis_process opens the BEFORE and AFTER files itself while it reads its arguments, before
+    any method of this algorithm runs, and QGIS's statistics of those layers would be written by
+    GDAL to ``<input>.aux.xml`` at exit. The provider calls this when it loads, which qgis_process
+    does before reading its arguments: when the command runs this algorithm (and only then),
+    GDAL's PAM sidecars are turned off for the main thread until :meth:`processAlgorithm` ends.
+
+    Returns:
+        True when they were turned off.
+    """
+    if QgsApplication.platform() != "qgis_process" or _QGIS_PROCESS_SIDECARS:
+        return False
+    args = [str(a) for a in QgsApplication.arguments()]
+    if "run" not in args or args[args.index("run") + 1:args.index("run") + 2] != ["changeclip:detectchanges"]:
+        return False
+    _QGIS_PROCESS_SIDECARS.append(suspend_input_sidecars())
+    return True
 
 
 def _short_crs(text: str | None) -> str:

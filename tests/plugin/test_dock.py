@@ -180,7 +180,7 @@ def test_dock_refuses_bad_choices(dock, project, pump, backend_env: None, raster
     dock.before_combo.setLayer(before)
     dock.after_combo.setLayer(before)
     assert dock.start_run() is None
-    assert "same layer" in dock.stage_label.text()
+    assert "same raster" in dock.stage_label.text()
     dock.after_combo.setLayer(_after)
     dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
     dock.tile_spin.setValue(100)
@@ -208,12 +208,17 @@ def test_dock_cancel(dock, project, pump, backend_env: None, tiny_weights, repo_
     dock.runFinished.connect(lambda s: results.setdefault("summary", s))
     task = dock.start_run()
     assert task is not None
+    ends: list[str] = []  # QGIS announces "Task failed" for a terminated task: a cancel must complete
+    task.taskTerminated.connect(lambda: ends.append("terminated"))
+    task.taskCompleted.connect(lambda: ends.append("completed"))
     pump(lambda: dock.progress_bar.value() > 0 or results, 600)  # the job runs in the backend
     dock.cancel_button.click()
     pump(lambda: results, 300)
     assert "error" in results and "cancel" in results["error"]
     assert dock.stage_label.text().startswith("Cancelled")
+    assert ends == ["completed"], "a cancelled run is not a failed task"
     assert not Path(task.params.output_paths()["mask"]).exists()
+    assert not Path(task.params.output_dir).exists(), "a cancelled run leaves no empty run folder"
     assert dock.run_button.isEnabled()
 
 

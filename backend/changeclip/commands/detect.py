@@ -8,7 +8,8 @@ import sys
 import time
 from typing import Any, TextIO
 
-from changeclip.errors import ChangeClipError, InputError
+from changeclip.errors import ChangeClipError, InputError, JobCancelled
+from changeclip.interrupts import Interrupts
 from changeclip.protocol import (
     DEVICES_HELP,
     ENGINES,
@@ -60,16 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tagger-weights", metavar="FILE", help="OpenAI CLIP ViT-B/16 weights for prompt mode auto")
     p.add_argument("--official-test-prompts", action="store_true",
                    help="reproduce the official test-time prompts (date B uses date A's tags)")
-    p.add_argument("--bands", default="1,2,3", metavar="B,G,R...",
-                   help="1-based bands used as R,G,B (changeclip) or all bands used (irmad); default %(default)s")
-    p.add_argument("--value-range", metavar="MIN:MAX[,MIN:MAX...]",
-                   help="fixed value range mapped to 0..255 for both dates (one for all bands or one per band); "
-                        "default: 0:255 for 8-bit, else the 2nd-98th percentile of both dates")
-    p.add_argument("--grid", choices=GRIDS, default=None,
-                   help="output grid: the before raster's (default), the after raster's, or custom "
-                        "(--target-crs and --resolution)")
-    p.add_argument("--target-crs", metavar="CRS", help="CRS of a custom grid, e.g. EPSG:32633 (implies --grid custom)")
-    p.add_argument("--resolution", type=float, metavar="UNITS", help="pixel size of a custom grid in CRS units")
+    add_pair_arguments(p, "1-based bands used as R,G,B (changeclip) or all bands used (irmad)", "output grid")
     p.add_argument("--tile", type=int, default=256, metavar="PX", help="tile size, multiple of 32 (default %(default)s)")
     p.add_argument("--overlap", type=int, default=64, metavar="PX",
                    help="overlap of neighbouring tiles, blended (default %(default)s)")
@@ -84,6 +76,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-area", type=float, default=0.0, metavar="M2",
                    help="drop change polygons smaller than this many m² (default %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+
+def add_pair_arguments(p: argparse.ArgumentParser, bands_help: str, grid_what: str) -> None:
+    """Add how the two rasters are read and aligned: --bands, --value-range, --grid, --target-crs, --resolution.
+
+    Shared with ``changeclip dataset from-vectors``, which cuts training tiles on the grid detect would use.
+    """
+    p.add_argument("--bands", default="1,2,3", metavar="B,G,R...", help=f"{bands_help}; default %(default)s")
+    p.add_argument("--value-range", metavar="MIN:MAX[,MIN:MAX...]",
+                   help="fixed value range mapped to 0..255 for both dates (one for all bands or one per band); "
+                        "default: 0:255 for 8-bit, else the 2nd-98th percentile of both dates")
+    p.add_argument("--grid", choices=GRIDS, default=None,
+                   help=f"{grid_what}: the before raster's (default), the after raster's, or custom "
+                        "(--target-crs and --resolution)")
+    p.add_argument("--target-crs", metavar="CRS", help="CRS of a custom grid, e.g. EPSG:32633 (implies --grid custom)")
+    p.add_argument("--resolution", type=float, metavar="UNITS", help="pixel size of a custom grid in CRS units")
 
 
 def params_from_args(args: argparse.Namespace) -> DetectParams:
@@ -153,9 +161,15 @@ def run(args: argparse.Namespace) -> int:
     from changeclip.pipeline import run_detection
 
     printer = ProgressPrinter(args.json)
+    interrupts = Interrupts()
     try:
         params = params_from_args(args)
-        summary = run_detection(params, progress=printer)
+        with interrupts:
+            try:
+                summary = run_detection(params, progress=printer, is_cancelled=interrupts.is_set)
+            except JobCancelled:
+                raise JobCancelled(f"interrupted by {interrupts.received or 'a signal'}; partial outputs were "
+                                   "removed and no output was written") from None
     except ChangeClipError as exc:
         if args.json:
             printer.emit({"event": "error", "error": type(exc).__name__, "message": str(exc),

@@ -31,8 +31,9 @@ import numpy as np
 
 from changeclip.errors import InputError
 
-ENCODINGS = ("auto", "0/255", "0/1")
-"""Values of ``--label-encoding``."""
+ENCODINGS = ("auto", "0/255", "0/1", "any>0")
+"""Values of ``--label-encoding``. ``any>0`` (every positive value is change, e.g. anti-aliased or
+JPEG-damaged masks) is only ever given, never detected."""
 
 
 @dataclass
@@ -131,7 +132,7 @@ class Encoding:
             valid &= v != iv
         if mask.nodata is not None:
             valid &= v != mask.nodata
-        change = v == self.change_value
+        change = v > 0 if self.name == "any>0" else v == self.change_value
         bad = valid & ~change & (v != 0)
         if bad.any():
             odd = sorted({int(x) for x in np.unique(v[bad])})[:8]
@@ -162,6 +163,8 @@ def detect_encoding(values: set[int], requested: str = "auto", ignore_values: It
     found = sorted(values)
     if requested not in ENCODINGS:
         raise InputError(f"label encoding must be one of {', '.join(ENCODINGS)}; got {requested!r}")
+    if requested == "any>0":
+        return Encoding("any>0", 1, ignore, found, how="given")
     if requested != "auto":
         change_value = 255 if requested == "0/255" else 1
         extra = sorted(values - {0, change_value})

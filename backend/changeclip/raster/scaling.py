@@ -165,3 +165,20 @@ def _read_valid_pixels(before: GridReader, after: GridReader, windows: list[Wind
     if not parts_b:
         return np.empty((0, n_bands), np.float32), np.empty((0, n_bands), np.float32)
     return np.concatenate(parts_b), np.concatenate(parts_a)
+
+
+def choose_scaling(value_range: Sequence[Sequence[float]] | None, eight_bit: bool, sample_before: np.ndarray,
+                   sample_after: np.ndarray) -> BandScaling:
+    """The run's scaling, by the precedence in the module docstring (user range, 8-bit, percentiles).
+
+    Args:
+        value_range: The user's ``[[min, max], ...]`` or None.
+        eight_bit: Every mapped band of both rasters is unsigned 8-bit.
+        sample_before, sample_after: ``(P, C)`` samples of pixels valid in both dates (see
+            :func:`collect_sample`); only used for the percentile range.
+    """
+    if value_range is not None:
+        return user_scaling(value_range, sample_before.shape[1])
+    if eight_bit:
+        return eight_bit_scaling(sample_before.shape[1])
+    return percentile_scaling(sample_before, sample_after)

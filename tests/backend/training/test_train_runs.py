@@ -196,3 +196,21 @@ def test_patience_stops_early_and_keeps_the_best(make_dataset, tmp_path: Path) -
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["best"] for r in rows if r["kind"] == "val"] == [True, False]
     assert rows[-1] == {**rows[-1], "kind": "end", "status": "early-stopped", "iteration": 2}
+
+
+def test_trains_on_what_dataset_from_folder_makes(data_dir: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The contract end to end: 'changeclip dataset from-folder' on the LEVIR-CD sample, then train."""
+    ds, run = tmp_path / "ds", tmp_path / "run"
+    assert main(["dataset", "from-folder", str(data_dir / "LEVIR-CD" / "justchenhao_BIT_CD"), "-o", str(ds),
+                 "--gsd", "0.5", "--train-dataset", "LEVIR-CD"]) == 0
+    code = main(["train", str(ds), "-o", str(run), "--variant", "tiny-vit", "--init", "scratch", "--iters", "1",
+                 "--batch-size", "2", "--crop", "32", "--workers", "0", "--device", "cpu", "--json"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    result = json.loads(out[-1])
+    assert result["event"] == "result" and result["status"] == "finished"
+    val = [json.loads(line) for line in out if json.loads(line).get("event") == "val"]
+    assert len(val) == 1 and val[0]["tp"] + val[0]["fp"] + val[0]["fn"] + val[0]["tn"] == 2 * 256 * 256
+    meta = load_weights(run / "best.safetensors").meta
+    assert (meta["train_dataset"], meta["train_gsd_m"]) == ("LEVIR-CD", 0.5)

@@ -204,6 +204,7 @@ def test_trains_on_what_dataset_from_folder_makes(data_dir: Path, tmp_path: Path
     ds, run = tmp_path / "ds", tmp_path / "run"
     assert main(["dataset", "from-folder", str(data_dir / "LEVIR-CD" / "justchenhao_BIT_CD"), "-o", str(ds),
                  "--gsd", "0.5", "--train-dataset", "LEVIR-CD"]) == 0
+    capsys.readouterr()  # the dataset summary
     code = main(["train", str(ds), "-o", str(run), "--variant", "tiny-vit", "--init", "scratch", "--iters", "1",
                  "--batch-size", "2", "--crop", "32", "--workers", "0", "--device", "cpu", "--json"])
     out = capsys.readouterr().out.splitlines()

@@ -132,6 +132,10 @@ def test_sigint_saves_a_resumable_checkpoint(make_dataset, tmp_path: Path, repo_
     err = capsys.readouterr().err
     assert code == 2 and "--resume refused" in err
     assert "batch_size: 2 in the run, 4 now" in err and "iters: 1000 in the run, 999 now" in err
+    other = make_dataset("other", train=3, val=1)
+    code = main(["train", str(other), "-o", str(run), "--resume", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--resume refused" in err and "data_sha256: " in err
     assert load_state(run / "state.pt")["iteration"] == state["iteration"]  # untouched
 
 

@@ -78,7 +78,7 @@ PROFILES = {
                    e2e_variants=["rn50"], e2e_size=512, e2e_naive_size=512, e2e_batch=4,
                    e2e_precisions=["fp32", "bf16"], hit_rate_tiles=16, irmad_size=2048, host_size=2048,
                    train_variants=["rn50", "vit-b-16"], train_batches=[2], train_precisions=["fp32", "bf16"],
-                   train_reps=2),
+                   train_reps=1),
     "quick": Profile("quick", ["tiny-rn50"], [2], ["fp32"], reps=1, naive_pairs=1,
                      e2e_variants=["tiny-rn50"], e2e_size=384, e2e_naive_size=384, e2e_batch=4,
                      e2e_precisions=["fp32"], hit_rate_tiles=4, irmad_size=256, net_size=128, host_size=384,

@@ -125,10 +125,16 @@ def check_run_dir(path: Path, resume: bool, overwrite: bool) -> None:
 
 
 def create_run_dir(path: Path, overwrite: bool) -> None:
-    """Create RUN_DIR; with ``overwrite`` remove the previous run's files (only those)."""
+    """Create RUN_DIR; with ``overwrite`` remove the previous run's files (only those).
+
+    Temporary files a killed run left behind (``.NAME.tmp-PID``) are removed too: the files they
+    were meant to replace are complete.
+    """
     path.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in RUN_FILES:
+    for name in RUN_FILES:
+        for stale in path.glob(f".{name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+        if overwrite:
             (path / name).unlink(missing_ok=True)
 
 

@@ -219,3 +219,41 @@ def test_trains_on_what_dataset_from_folder_makes(data_dir: Path, tmp_path: Path
     assert len(val) == 1 and val[0]["tp"] + val[0]["fp"] + val[0]["fn"] + val[0]["tn"] == 2 * 256 * 256
     meta = load_weights(run / "best.safetensors").meta
     assert (meta["train_dataset"], meta["train_gsd_m"]) == ("LEVIR-CD", 0.5)
+
+
+def test_kill_9_leaves_the_previous_checkpoint_complete(make_dataset, tmp_path: Path, repo_root: Path) -> None:
+    """SIGKILL while checkpoints are being written: every file is either the previous complete version
+    or the new complete one, and --resume continues."""
+    ds = make_dataset(train=4, val=2)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root / "backend"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "changeclip", "train", str(ds), "-o", str(run), "--variant", "tiny-vit", "--init",
+           "scratch", "--iters", "1000", "--batch-size", "2", "--crop", "32", "--workers", "0", "--device", "cpu",
+           "--val-every", "1", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        checkpoints = 0
+        for line in proc.stdout:
+            event = json.loads(line)
+            checkpoints += event.get("event") == "checkpoint"
+            if checkpoints == 2 and event.get("event") == "val":  # the 3rd checkpoint is being written now
+                proc.kill()
+                break
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    state = load_state(run / "state.pt")  # complete, whichever checkpoint it is
+    assert state["iteration"] in (2, 3)
+    last = load_weights(run / "last.safetensors")
+    assert last.meta["iteration"] in (2, 3) and last.meta["iteration"] <= state["iteration"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["kind"] == "val" and rows[-1]["iteration"] in (2, 3)
+    result = train(_cfg(ds, run, variant="tiny-vit", iters=1000, batch_size=2, accumulate=None, val_every=1,
+                        lr=None, warmup=None, resume=True, log_every=10),
+                   cancel_cb=lambda: True)  # resume, do one more iteration, stop with a checkpoint
+    assert (result.status, result.iteration) == ("interrupted", state["iteration"] + 1)
+    assert not [p.name for p in run.iterdir() if ".tmp-" in p.name]

@@ -194,6 +194,15 @@ def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return out
 
 
+def check_plotting() -> None:
+    """Raise before any work when matplotlib (for ``curves.png``) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InputError("changeclip train draws curves.png with matplotlib, which is not installed in this "
+                         "Python: pip install 'matplotlib>=3.6' (Debian: apt install python3-matplotlib)")
+
+
 def write_curves(path: Path, rows: list[dict[str, Any]]) -> Path:
     """``curves.png``: training loss and validation F1/IoU of the change class against iteration."""
     import matplotlib

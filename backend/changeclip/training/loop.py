@@ -225,6 +225,7 @@ class Trainer:
         def run_dir_checks() -> None:
             if ctx.is_main:
                 ck.check_run_dir(self.run_dir, cfg.resume, cfg.overwrite)
+                ck.check_plotting()
 
         self._agreed(run_dir_checks)
 

@@ -35,7 +35,8 @@ _MAGIC = {
     "gpkg": (b"SQLite format 3\x00",),
 }
 _KIND_TEXT = {"tiff": "a GeoTIFF", "gpkg": "a GeoPackage", "json": "a JSON summary"}
-KIND_OF_OUTPUT = {"mask": "tiff", "probability": "tiff", "polygons": "gpkg", "summary": "json"}
+KIND_OF_OUTPUT = {"mask": "tiff", "probability": "tiff", "polygons": "gpkg", "summary": "json",
+                  "polygons_matching": "gpkg", "mask_matching": "tiff"}
 """What each output of a run is (keys of ``DetectParams.output_paths()``)."""
 
 
@@ -59,7 +60,7 @@ class Output:
 
 
 _EXPLICIT = {"mask": "mask_path", "probability": "probability_path", "polygons": "polygons_path"}
-_INPUT_FIELDS = ("before", "after", "weights", "tagger_weights")
+_INPUT_FIELDS = ("before", "after", "weights", "tagger_weights", "vocabulary", "describe_weights")
 
 
 def outputs_of(params: Any) -> list[Output]:

@@ -131,6 +131,7 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         if scale:
             log.warning("%s", scale)
             inputs.warnings.append(scale)
+        words = _load_describer(params, engine) if params.describe else None
         timings["loading_model"] = time.perf_counter() - t
         _check_cancel(cancelled)
 
@@ -168,8 +169,17 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
             polygons_info = polygonize(tmp_mask, tmp_gpkg, inputs.grid, params.min_area,
                                        lambda f: report("polygons", int(100 * f), 100), cancelled,
                                        attributes=_polygon_attributes(params, engine, threshold),
-                                       probability_path=tmp_prob)
+                                       probability_path=tmp_prob, min_pixels=params.min_pixels)
+            polygons_info.update(min_pixels=params.min_pixels, min_area_m2=params.min_area)
             timings["polygons"] = time.perf_counter() - t
+
+        describe_info = None
+        matching_tmp: dict[str, str] = {}
+        if words is not None:
+            t = time.perf_counter()
+            describe_info, matching_tmp = _describe(params, inputs, scaler, words, tmp_gpkg, tmp_mask, temp, paths,
+                                                    report, cancelled)
+            timings["describing"] = time.perf_counter() - t
 
         t = time.perf_counter()
         report("finalising", 0, 200)
@@ -182,6 +192,10 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         timings["total"] = time.perf_counter() - started
         summary = _summary(params, inputs, engine, scaler, threshold, stats, polygons_info, paths,
                            {k: round(v, 3) for k, v in timings.items()})
+        if describe_info is not None:
+            summary["describe"] = describe_info
+            summary["outputs"]["polygons_matching"] = paths["polygons_matching"]
+            summary["outputs"]["mask_matching"] = paths["mask_matching"]
         tmp_summary = temp.new(paths["summary"])
         write_json(tmp_summary, summary)
         if cancelled():
@@ -189,6 +203,7 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         finals = [(final_mask, paths["mask"]), (final_prob, paths["probability"])]
         if paths["polygons"]:
             finals.append((tmp_gpkg, paths["polygons"]))
+        finals += [(tmp, paths[key]) for key, tmp in matching_tmp.items()]
         temp.publish([*finals, (tmp_summary, paths["summary"])])
         temp.cleanup()
         locks.release()
@@ -343,6 +358,52 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
                       "processed": total - skipped, "skipped_nodata": skipped},
             "changed_px": changed_px, "valid_px": valid_px,
             "changed_m2": changed_m2 if has_area else None, "valid_m2": valid_m2 if has_area else None}
+
+
+def _load_describer(params: DetectParams, engine: ChangeEngine) -> tuple[Any, Any]:
+    """CLIP and the embedded vocabulary/query (a ``TextBank``) for describing, loaded with the model so
+    that every error about them comes before any work."""
+    from changeclip.describe.describer import load_words
+    from changeclip.describe.encoder import OpenClipEncoder
+    from changeclip.inference.devices import resolve_device
+
+    device = engine.device if engine.name == "changeclip" else resolve_device(params.device)
+    encoder = DESCRIBE_ENCODER or OpenClipEncoder(params.describe_weights, params.describe_model, device=device)
+    return encoder, load_words(encoder, params.vocabulary, params.query)
+
+
+def _describe(params: DetectParams, inputs: Inputs, scaler: scaling.BandScaling, words: tuple[Any, Any],
+              gpkg: str, mask: str, temp: TempFiles, paths: dict[str, str | None], report: ProgressFn,
+              cancelled: CancelFn) -> tuple[dict[str, Any], dict[str, str]]:
+    """Stage *describing*: CLIP words for every polygon of the temporary GeoPackage.
+
+    Args:
+        words: ``(encoder, TextBank)`` from :func:`_load_describer`.
+
+    Returns:
+        The summary's ``describe`` part, and the matching outputs' temporary paths by output key
+        (``polygons_matching``, ``mask_matching``; empty without ``keep_matching``) for the final renames.
+    """
+    from changeclip.describe.describer import DescribeSetup, describe_polygons, write_matching
+
+    report("describing", 0, 1)
+    encoder, bank = words
+    setup = DescribeSetup(inputs.before, inputs.after, inputs.grid, inputs.window, scaler, encoder, bank,
+                          params.query_threshold)
+    info = describe_polygons(gpkg, setup, lambda done, total: report("describing", done, total), cancelled)
+    if not (params.keep_matching and paths["polygons_matching"] and paths["mask_matching"]):
+        return info, {}
+    tmp_gpkg = temp.new(paths["polygons_matching"])
+    tmp_plain = temp.new(paths["mask_matching"], "part")
+    write_matching(gpkg, tmp_gpkg, mask, tmp_plain, inputs.grid)
+    tmp_mask = temp.new(paths["mask_matching"])
+    to_cog(tmp_plain, tmp_mask, "NEAREST", None, cancelled)
+    return info, {"polygons_matching": tmp_gpkg, "mask_matching": tmp_mask}
+
+
+DESCRIBE_ENCODER: Any = None
+"""A :class:`changeclip.describe.encoder.ClipEncoder` to use instead of building one (tests: the
+stand-in encoder that proves which class lands on which polygon)."""
 
 
 def _polygon_attributes(params: DetectParams, engine: ChangeEngine, threshold: float) -> dict[str, str | float]:

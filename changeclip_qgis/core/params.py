@@ -21,9 +21,12 @@ LABELS = {
     "before": "Before raster", "after": "After raster", "output_dir": "Output folder",
     "engine": "Engine", "weights": "Weights file", "prompt": "Prompt", "prompt_mode": "Prompt mode",
     "bands": "Bands", "tile": "Tile size", "overlap": "Overlap", "device": "Device",
-    "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area",
+    "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area", "min_pixels": "Minimum size",
     "grid": "Output grid", "target_crs": "Target CRS", "resolution": "Resolution",
     "mask_path": "Change mask", "probability_path": "Change probability", "polygons_path": "Change polygons",
+    "describe": "Describe changes", "query": "Find", "query_threshold": "Query threshold",
+    "keep_matching": "Keep matching", "vocabulary": "Vocabulary file", "describe_weights": "Describe weights",
+    "describe_model": "Describe model",
 }
 """What the UI calls each job parameter (used in error messages)."""
 
@@ -175,9 +178,12 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
                  threshold: float | None = None, device: str = "auto", precision: str = "auto",
                  polygons: bool = False, grid: str = "before", target_crs: Any = None,
                  resolution: float | None = None,
-                 min_area_m2: float = 0.0, mask_path: str | None = None,
+                 min_area_m2: float = 0.0, min_pixels: int = protocol.DEFAULT_MIN_POLYGON_PIXELS,
+                 mask_path: str | None = None,
                  probability_path: str | None = None, polygons_path: str | None = None,
-                 overwrite: bool = False) -> protocol.DetectParams:
+                 overwrite: bool = False, describe: bool = False, query: str = "",
+                 query_threshold: float = protocol.DEFAULT_QUERY_THRESHOLD, keep_matching: bool = False,
+                 vocabulary: str = "", describe_weights: str | None = None) -> protocol.DetectParams:
     """A validated job from UI-level values.
 
     Args:
@@ -192,13 +198,17 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp32 on the CPU, bf16/fp16 autocast on a GPU), ``fp32``, ``bf16``
             (also on CPUs with AMX or AVX-512 BF16, where it is 2-3x faster than fp32) or ``fp16``.
-        polygons, min_area_m2: write change polygons, dropping those under ``min_area_m2``.
+        polygons, min_area_m2, min_pixels: write change polygons, dropping those under
+            ``min_area_m2`` m² or of fewer than ``min_pixels`` output pixels.
         grid, target_crs, resolution: the output grid: the ``before`` raster's (default), the
             ``after`` raster's, or ``custom``: ``target_crs`` (a QgsCoordinateReferenceSystem or
             a CRS string; sent as its authid, else its WKT) at ``resolution`` CRS units per pixel.
             See :func:`grid_choice`.
         mask_path, probability_path, polygons_path: explicit output files (Processing).
         overwrite: replace existing outputs.
+        describe, query, query_threshold, keep_matching, vocabulary, describe_weights: describe every
+            polygon in words with CLIP and score it against ``query`` (see :mod:`.describe`;
+            ``describe_weights`` already resolved, None = the backend's default).
 
     Raises:
         ConfigError: a value is invalid, or an output path may not be written (a device, FIFO,
@@ -221,9 +231,12 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             threshold=threshold if threshold else None, device=(device or "auto").strip(),
             precision=(precision or "auto").strip(),
             grid=grid, target_crs=target_crs, resolution=resolution,
-            polygons=bool(polygons), min_area=float(min_area_m2), mask_path=absolute(mask_path),
+            polygons=bool(polygons), min_area=float(min_area_m2),
+            min_pixels=int(min_pixels), mask_path=absolute(mask_path),
             probability_path=absolute(probability_path), polygons_path=absolute(polygons_path),
-            overwrite=overwrite)
+            overwrite=overwrite, describe=bool(describe), query=(query or "").strip(),
+            query_threshold=float(query_threshold), keep_matching=bool(keep_matching),
+            vocabulary=absolute(vocabulary), describe_weights=absolute(describe_weights))
         params.validate()
         output_safety.check_job(params)
     except protocol.ParamError as exc:

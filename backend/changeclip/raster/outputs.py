@@ -328,7 +328,7 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
                progress: Callable[[float], None] | None = None,
                is_cancelled: Callable[[], bool] | None = None,
                attributes: Mapping[str, str | float] | None = None,
-               probability_path: str | None = None) -> dict[str, Any]:
+               probability_path: str | None = None, min_pixels: int = 0) -> dict[str, Any]:
     """Change polygons (mask == 1, 4-connected) into a GeoPackage with ``area_m2`` (and ``mean_prob``).
 
     Args:
@@ -345,6 +345,9 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
         probability_path: The finished change-probability GeoTIFF (uint8 percent or float32
             0..1) on the same grid: adds ``mean_prob``, the mean change probability (0..1) of each
             polygon's pixels, the number to sort or filter polygons by confidence.
+        min_pixels: Polygons of fewer than this many grid pixels are dropped too (counted from
+            the polygon's planar area over the pixel's area, exact because polygons follow pixel
+            edges; works without a CRS).
 
     Returns:
         ``{"count", "dropped", "area_m2"}``.
@@ -377,13 +380,17 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
             layer.CreateField(ogr.FieldDefn("mean_prob", ogr.OFTReal))
             means = _mean_per_polygon(ds, layer.GetName(), grid, probability_path, out_path, is_cancelled)
         measure = PolygonArea(grid)
+        gt = grid.geotransform
+        pixel_area = abs(gt[1] * gt[5] - gt[2] * gt[4]) or 1.0
         kept, dropped, total = 0, 0, 0.0
         drop: list[int] = []
         ds.StartTransaction()
         layer.ResetReading()
         for feat in layer:
-            area = measure.area_m2(feat.GetGeometryRef())
-            if area is not None and area < min_area_m2:
+            geometry = feat.GetGeometryRef()
+            area = measure.area_m2(geometry)
+            too_few = min_pixels > 0 and geometry.GetArea() / pixel_area < min_pixels - 0.5
+            if too_few or (area is not None and area < min_area_m2):
                 drop.append(feat.GetFID())
                 continue
             feat.SetField("area_m2", area)

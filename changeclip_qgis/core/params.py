@@ -21,7 +21,7 @@ LABELS = {
     "before": "Before raster", "after": "After raster", "output_dir": "Output folder",
     "engine": "Engine", "weights": "Weights file", "prompt": "Prompt", "prompt_mode": "Prompt mode",
     "bands": "Bands", "tile": "Tile size", "overlap": "Overlap", "device": "Device",
-    "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area",
+    "precision": "Precision", "runtime": "Runtime", "threshold": "Threshold", "min_area": "Minimum area",
     "grid": "Output grid", "target_crs": "Target CRS", "resolution": "Resolution",
 }
 """What the UI calls each job parameter (used in error messages)."""
@@ -165,7 +165,7 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
                  weights: str = "", weights_dir: str = "", prompt: str = "", prompt_mode: str = "auto",
                  bands: str | list[int] = "1,2,3", tile: int = 256, overlap: int = 64,
                  threshold: float | None = None, device: str = "auto", precision: str = "auto",
-                 polygons: bool = False, grid: str = "before", target_crs: Any = None,
+                 runtime: str = "auto", polygons: bool = False, grid: str = "before", target_crs: Any = None,
                  resolution: float | None = None,
                  min_area_m2: float = 0.0, mask_path: str | None = None,
                  probability_path: str | None = None, polygons_path: str | None = None,
@@ -183,7 +183,10 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
         threshold: change threshold in (0, 1), or None/0 for the engine's default.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp32 on the CPU, bf16/fp16 autocast on a GPU), ``fp32``, ``bf16``
-            (also on CPUs with AMX or AVX-512 BF16, where it is 2-3x faster than fp32) or ``fp16``.
+            (also on CPUs with AMX or AVX-512 BF16, where it is 2-3x faster than fp32), ``fp16`` or
+            ``int8`` (CPU runtimes: quantised, calibrated on sample tiles of the rasters).
+        runtime: ``auto`` (torch on a GPU, the fastest measured CPU runtime on the CPU), ``torch``,
+            ``onnxruntime`` or ``openvino``.
         polygons, min_area_m2: write change polygons, dropping those under ``min_area_m2``.
         grid, target_crs, resolution: the output grid: the ``before`` raster's (default), the
             ``after`` raster's, or ``custom``: ``target_crs`` (a QgsCoordinateReferenceSystem or
@@ -208,7 +211,7 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             tagger_weights=resolve_tagger_weights(weights_dir, engine, prompt_mode),
             prompt_mode=prompt_mode, bands=band_list, tile=int(tile), overlap=int(overlap),
             threshold=threshold if threshold else None, device=(device or "auto").strip(),
-            precision=(precision or "auto").strip(),
+            precision=(precision or "auto").strip(), runtime=(runtime or "auto").strip(),
             grid=grid, target_crs=target_crs, resolution=resolution,
             polygons=bool(polygons), min_area=float(min_area_m2), mask_path=absolute(mask_path),
             probability_path=absolute(probability_path), polygons_path=absolute(polygons_path),

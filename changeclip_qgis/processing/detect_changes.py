@@ -93,6 +93,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     THRESHOLD = "THRESHOLD"
     DEVICE = "DEVICE"
     PRECISION = "PRECISION"
+    RUNTIME = "RUNTIME"
     MIN_AREA = "MIN_AREA"
     OUTPUT_GRID = "OUTPUT_GRID"
     TARGET_CRS = "TARGET_CRS"
@@ -143,7 +144,10 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             "grid); such an exported layer has no grid of its own, so OUTPUT_GRID before/after then means "
             "the grid it was exported on.\n"
             "DEVICE auto uses the first GPU, else the CPU. PRECISION auto is fp32 on the CPU and bf16 (or fp16) "
-            "on a GPU; bf16 on a CPU with AMX or AVX-512 BF16 is 2-3x faster than fp32.\n\n"
+            "on a GPU; bf16 on a CPU with AMX or AVX-512 BF16 is 2-3x faster than fp32. PRECISION int8 runs a "
+            "quantised network calibrated on sample tiles of the two rasters (CPU only; its agreement with fp32 is "
+            "in the summary). RUNTIME auto runs the network with PyTorch on a GPU and with the fastest measured "
+            "CPU runtime (OpenVINO or ONNX Runtime) on the CPU; torch, onnxruntime or openvino force one.\n\n"
             "Outputs: CHANGE_MASK (1 = change, 0 = no change, 255 = nodata), CHANGE_PROBABILITY (percent), "
             "optional CHANGE_POLYGONS (GeoPackage, polygons smaller than MIN_AREA m² dropped), and the numbers "
             "CHANGED_AREA_M2 (empty when the rasters have no CRS) and CHANGED_FRACTION (of the valid area) for "
@@ -190,6 +194,9 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterString(self.DEVICE, f"Device ({protocol.DEVICES_HELP})", defaultValue="auto"),
             QgsProcessingParameterEnum(self.PRECISION, "Precision (auto: fp32 on CPU, bf16/fp16 on GPU)",
                                        options=list(protocol.PRECISIONS), defaultValue="auto",
+                                       usesStaticStrings=True),
+            QgsProcessingParameterEnum(self.RUNTIME, "Runtime (auto: torch on GPU, fastest CPU runtime on CPU)",
+                                       options=list(protocol.RUNTIMES), defaultValue="auto",
                                        usesStaticStrings=True),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
                                          QgsProcessingParameterNumber.Double, 0.0, minValue=0.0),
@@ -302,6 +309,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 threshold=threshold,
                 device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
                 precision=self.parameterAsEnumString(parameters, self.PRECISION, context) or "auto",
+                runtime=self.parameterAsEnumString(parameters, self.RUNTIME, context) or "auto",
                 polygons=bool(polygons_path), grid=grid, target_crs=target_crs, resolution=resolution,
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                 mask_path=mask_path, probability_path=probability_path, polygons_path=polygons_path,

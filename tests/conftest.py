@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,10 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The CPU runtimes' export cache (ONNX graphs of the tiny test networks): a per-user folder in the
+# temp directory, kept across runs (entries are verified by hash before use), never ~/.cache.
+os.environ.setdefault("CHANGECLIP_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"changeclip-test-cache-{getpass.getuser()}"))
 
 
 def _shared_dir() -> Path:

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
 CPU_RUNTIMES = ("onnxruntime", "openvino")
 
-CPU_FP32_ORDER = ("openvino", "onnxruntime")
+CPU_FP32_ORDER = ("onnxruntime", "openvino")
 """The CPU fp32 runtimes, fastest first, as measured (docs/benchmarks.md)."""
 
 CPU_BF16_RUNTIME = "openvino"

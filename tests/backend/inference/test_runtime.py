@@ -179,3 +179,42 @@ def test_graph_that_fails_to_load_falls_back_with_warning(tiny_weights: Any, tmp
     assert probs.shape == (1, 64, 64) and lm.runtime == "torch"
     assert f"runtime {rt} could not be used" in caplog.text and "falling back to PyTorch" in caplog.text
     assert rt in (lm.runtime_fallback or "")
+
+
+def test_detect_auto_runs_the_cpu_runtime_and_says_so(tiny_weights: Any, tmp_path: Path) -> None:
+    """The default (--runtime auto, --precision auto) on the CPU: the fastest runtime, fp32; summary says so."""
+    from geodata import change_pair
+
+    from changeclip.pipeline import run_detection
+    from changeclip.protocol import DetectParams
+
+    b, a, _ = change_pair(tmp_path, h=100, w=100)
+    summary = run_detection(DetectParams(b, a, str(tmp_path / "out"), weights=str(tiny_weights("tiny-rn50")),
+                                         prompt_mode="none", device="cpu", tile=64, overlap=16))
+    model = summary["model"]
+    assert (model["runtime"], model["precision"], model["runtime_requested"]) == (CPU_FP32_ORDER[0], "fp32", "auto")
+    assert "fastest" in model["runtime_reason"] and model["runtime_fallback"] is None and model["int8"] is None
+
+
+def test_detect_int8_calibrates_on_the_rasters_and_reports_agreement(tiny_weights: Any, tmp_path: Path) -> None:
+    """int8 through the pipeline: 24 calibration + 8 held-out tiles of the pair, a real QDQ graph,
+    its agreement with fp32 and its cost in summary.json."""
+    import onnx
+    from geodata import change_pair
+
+    from changeclip.pipeline import run_detection
+    from changeclip.protocol import DetectParams
+
+    b, a, _ = change_pair(tmp_path, h=320, w=320)
+    params = DetectParams(b, a, str(tmp_path / "out"), weights=str(tiny_weights("tiny-rn50")), prompt_mode="none",
+                          device="cpu", tile=64, overlap=16, runtime="onnxruntime", precision="int8")
+    summary = run_detection(params)
+    model, int8 = summary["model"], summary["model"]["int8"]
+    assert (model["runtime"], model["precision"], model["runtime_fallback"]) == ("onnxruntime", "int8", None)
+    assert (int8["calibration_tiles"], int8["compared_tiles"], int8["compared_on"]) == (24, 8, "held-out sample tiles")
+    assert int8["pixels"] == 8 * 64 * 64 and int8["quantise_s"] >= 0 and "calibrating" in summary["timings_s"]
+    assert 0.9 <= int8["mask_agreement"] <= 1.0 and 0 < int8["max_abs_prob_diff"] < 0.5, int8
+    ops = {node.op_type for node in onnx.load(int8["graph"]).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops, "the int8 graph is really quantised"
+    with pytest.raises(Exception, match="int8 needs runtime onnxruntime or openvino"):
+        DetectParams(b, a, str(tmp_path / "o2"), runtime="torch", precision="int8").validate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -57,10 +58,11 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
     """A function ``make(variant) -> Path`` of a native weights file with seeded TINY weights.
 
     ``variant`` is ``"tiny-rn50"`` or ``"tiny-vit"``; the file holds ``seeded_state_dict(cfg, 0)``
-    (the parity kit's rule) and is made once per session.
+    (the parity kit's rule); it is written once per machine into the test cache folder and copied, so
+    its SHA-256 (and the runtimes' export cache keyed by it) is the same in every session.
     """
     from changeclip.model.config import PRESETS
-    from changeclip.weights.native import save_weights
+    from changeclip.weights.native import FORMAT_VERSION, save_weights
     from changeclip.weights.seeded import seeded_state_dict
 
     folder = tmp_path_factory.mktemp("tiny_weights")
@@ -72,7 +74,15 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
         if variant not in made:
             cfg = PRESETS[variant]
             path = folder / f"{variant}-seeded0.safetensors"
-            save_weights(seeded_state_dict(cfg, seed=0), cfg, path, meta={"source": "seeded", "seed": 0})
+            # one byte-identical file across sessions (safetensors' header order is not deterministic),
+            # so that the runtimes' export cache, keyed by the file's SHA-256, is reused between runs
+            stable = Path(os.environ["CHANGECLIP_CACHE_DIR"]) / "test-weights" / f"{variant}-seeded0-v{FORMAT_VERSION}.safetensors"
+            if not stable.is_file():
+                stable.parent.mkdir(parents=True, exist_ok=True)
+                tmp = stable.with_name(f".{stable.name}.{os.getpid()}")
+                save_weights(seeded_state_dict(cfg, seed=0), cfg, tmp, meta={"source": "seeded", "seed": 0})
+                os.replace(tmp, stable)
+            shutil.copyfile(stable, path)
             made[variant] = path
         return made[variant]
 

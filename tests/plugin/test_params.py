@@ -32,7 +32,7 @@ def test_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="^Bands: "):
         build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", bands="r,g,b", prompt_mode="none")
     with pytest.raises(ConfigError, match="^Precision: .*fp32"):
-        build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", precision="int8")
+        build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", precision="int4")
 
 
 def test_precision_reaches_the_job(tmp_path: Path) -> None:

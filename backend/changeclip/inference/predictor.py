@@ -187,8 +187,10 @@ def load_model(weights: str | Path | LoadedWeights, variant: str = "auto", devic
     """
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    choice = choose_runtime(runtime, dev, prec, cpu_has_native_bf16() if dev == "cpu" else False)
+    choose_runtime(runtime, dev, prec, False)  # bad combinations fail before the weights are read
     loaded = weights if isinstance(weights, LoadedWeights) else load_weights(weights, variant)
+    choice = choose_runtime(runtime, dev, prec, cpu_has_native_bf16() if dev == "cpu" else False,
+                            loaded.cfg.backbone)
     if isinstance(weights, LoadedWeights) and variant != "auto":
         from changeclip.weights.checks import require_variant
 

@@ -138,7 +138,8 @@ def test_export_cache_verified_rebuilt_and_shared(tmp_path: Path, monkeypatch: p
 
 def test_choose_runtime() -> None:
     assert choose_runtime("auto", "cuda:0", "bf16", False).runtime == "torch"
-    assert choose_runtime("auto", "cpu", "fp32", False).runtime == CPU_FP32_ORDER[0]
+    assert choose_runtime("auto", "cpu", "fp32", False, "rn50").runtime == CPU_FP32_ORDER["rn50"][0]
+    assert choose_runtime("auto", "cpu", "fp32", False, "vit").runtime == CPU_FP32_ORDER["vit"][0]
     assert choose_runtime("auto", "cpu", "bf16", False).runtime == "torch", "emulated bf16 stays in torch"
     assert choose_runtime("torch", "cpu", "fp32", True).runtime == "torch"
     assert choose_runtime("onnxruntime", "cpu", "int8", False).runtime == "onnxruntime"
@@ -192,7 +193,7 @@ def test_detect_auto_runs_the_cpu_runtime_and_says_so(tiny_weights: Any, tmp_pat
     summary = run_detection(DetectParams(b, a, str(tmp_path / "out"), weights=str(tiny_weights("tiny-rn50")),
                                          prompt_mode="none", device="cpu", tile=64, overlap=16))
     model = summary["model"]
-    assert (model["runtime"], model["precision"], model["runtime_requested"]) == (CPU_FP32_ORDER[0], "fp32", "auto")
+    assert (model["runtime"], model["precision"], model["runtime_requested"]) == (CPU_FP32_ORDER["rn50"][0], "fp32", "auto")
     assert "fastest" in model["runtime_reason"] and model["runtime_fallback"] is None and model["int8"] is None
 
 

@@ -43,7 +43,7 @@ CPU_BF16_RUNTIME = "openvino"
 CPU_INT8_ORDER = ("openvino", "onnxruntime")
 """The int8 runtimes, fastest first, as measured."""
 
-FALLBACK_COST = ("PyTorch fp32 on this CPU measured 2-3x slower than the optimised runtime "
+FALLBACK_COST = ("PyTorch fp32 measured 2.8-3.7x slower than the optimised runtime's fp32 on the CPU "
                  "(docs/benchmarks.md, CPU runtimes)")
 
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}

@@ -50,7 +50,7 @@ from ..core.layers import (
 )
 from ..core.params import build_params, grid_choice
 from ..core.paths import icon_path
-from ..core.runner import progress_percent, progress_text, result_line, run_detection
+from ..core.runner import progress_percent, progress_text, result_line, run_detection, runtime_line
 from ..core.settings import BackendConfig
 
 MIN_RESOLUTION = 1e-9
@@ -337,7 +337,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 LAUNCHER.stop()
         for warning in summary.get("warnings") or []:
             feedback.pushWarning(f"ChangeCLIP: {warning}")
-        feedback.pushInfo(f"{result_line(summary)}; device {summary.get('device', '?')}")
+        feedback.pushInfo(f"{result_line(summary)}; device {summary.get('device', '?')}{runtime_line(summary)}")
         area = summary.get("changed_area_m2")  # None where the rasters have no CRS: unknown, not 0
         area = float(area) if area is not None else None
         fraction = float(summary.get("changed_fraction") or 0.0)

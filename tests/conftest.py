@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Every server a test starts (directly or through the plugin) keeps its job journal in a
 # private folder of this test session, never in the user's ~/.local/state/changeclip.
 os.environ.setdefault("CHANGECLIP_STATE_DIR", tempfile.mkdtemp(prefix="changeclip-test-state-"))
+# The CPU runtimes' export cache (ONNX graphs of the tiny test networks): a per-user folder in the
+# temp directory, kept across runs (entries are verified by hash before use), never ~/.cache.
+os.environ.setdefault("CHANGECLIP_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"changeclip-test-cache-{getpass.getuser()}"))
 
 
 def _shared_dir() -> Path:
@@ -55,10 +61,11 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
     """A function ``make(variant) -> Path`` of a native weights file with seeded TINY weights.
 
     ``variant`` is ``"tiny-rn50"`` or ``"tiny-vit"``; the file holds ``seeded_state_dict(cfg, 0)``
-    (the parity kit's rule) and is made once per session.
+    (the parity kit's rule); it is written once per machine into the test cache folder and copied, so
+    its SHA-256 (and the runtimes' export cache keyed by it) is the same in every session.
     """
     from changeclip.model.config import PRESETS
-    from changeclip.weights.native import save_weights
+    from changeclip.weights.native import FORMAT_VERSION, save_weights
     from changeclip.weights.seeded import seeded_state_dict
 
     folder = tmp_path_factory.mktemp("tiny_weights")
@@ -70,7 +77,15 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory):
         if variant not in made:
             cfg = PRESETS[variant]
             path = folder / f"{variant}-seeded0.safetensors"
-            save_weights(seeded_state_dict(cfg, seed=0), cfg, path, meta={"source": "seeded", "seed": 0})
+            # one byte-identical file across sessions (safetensors' header order is not deterministic),
+            # so that the runtimes' export cache, keyed by the file's SHA-256, is reused between runs
+            stable = Path(os.environ["CHANGECLIP_CACHE_DIR"]) / "test-weights" / f"{variant}-seeded0-v{FORMAT_VERSION}.safetensors"
+            if not stable.is_file():
+                stable.parent.mkdir(parents=True, exist_ok=True)
+                tmp = stable.with_name(f".{stable.name}.{os.getpid()}")
+                save_weights(seeded_state_dict(cfg, seed=0), cfg, tmp, meta={"source": "seeded", "seed": 0})
+                os.replace(tmp, stable)
+            shutil.copyfile(stable, path)
             made[variant] = path
         return made[variant]
 

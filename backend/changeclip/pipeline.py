@@ -164,6 +164,12 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
                    scaler.apply_pixels(sample_a, engine.clip_input))
         timings["fitting"] = time.perf_counter() - t
         _check_cancel(cancelled)
+        if getattr(engine, "wants_calibration_tiles", False):
+            t = time.perf_counter()
+            report("calibrating", 0, 1)
+            _calibrate(params, inputs, engine, scaler)
+            timings["calibrating"] = time.perf_counter() - t
+            _check_cancel(cancelled)
 
         threshold = params.threshold if params.threshold is not None else engine.default_threshold
         t = time.perf_counter()
@@ -353,6 +359,34 @@ def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:
     epsg = inputs.grid.to_dict()["epsg"]
     return scale_warning(gsd, engine.training_data, align.pixel_size_in(inputs.grid, inputs.grid.wkt),
                          crs=f"EPSG:{epsg}" if epsg else None)
+
+
+def _calibrate(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scaler: scaling.BandScaling) -> None:
+    """int8: hand the engine a few dozen tile pairs sampled (evenly, deterministically) from the
+    valid overlap of the two rasters, scaled like the tiles of the run."""
+    from changeclip.inference.int8 import CALIBRATION_TILES, HELD_OUT_TILES
+
+    win, tile = inputs.window, params.tile
+    step = max(1, tile - params.overlap)
+    xs = list(range(0, max(1, win.width - tile + 1), step)) or [0]
+    ys = list(range(0, max(1, win.height - tile + 1), step)) or [0]
+    positions = [(x, y) for y in ys for x in xs]
+    wanted = CALIBRATION_TILES + HELD_OUT_TILES
+    order = np.random.default_rng(0).permutation(len(positions))
+    source = TileSource(win, scaler, engine.clip_input, tile, (inputs.before, inputs.after),
+                        lambda: (inputs.before, inputs.after))
+    before, after = [], []
+    for k in order:
+        got = source.read(*positions[int(k)])
+        if got is not None and got[2].mean() >= 0.5:  # mostly valid: nodata fill would skew the ranges
+            before.append(got[0])
+            after.append(got[1])
+            if len(before) == wanted:
+                break
+    if not before:
+        raise InputError("no tile of the overlapping area is at least half valid in both rasters, so int8 "
+                         "cannot be calibrated; use --precision fp32")
+    engine.calibrate(np.stack(before), np.stack(after))  # type: ignore[attr-defined]
 
 
 def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scaler: scaling.BandScaling,

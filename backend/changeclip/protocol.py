@@ -41,8 +41,14 @@ GRIDS = ("before", "after", "custom")
 ``custom`` grid given by ``target_crs`` and ``resolution``."""
 
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-"""``auto``: fp32 on CPU, bf16 autocast on CUDA where supported (else fp16)."""
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+"""``auto``: fp32 on CPU, bf16 autocast on CUDA where supported (else fp16). ``int8``: a
+statically quantised graph calibrated on the run's own rasters (CPU runtimes only; never
+chosen by ``auto``)."""
+
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+"""What runs the network: ``auto`` (GPU: torch; CPU: the fastest measured runtime),
+``torch`` (PyTorch), ``onnxruntime`` or ``openvino`` (the exported ONNX graph, CPU only)."""
 
 DEFAULT_MIN_POLYGON_PIXELS = 4
 """Change polygons smaller than this many output pixels are dropped by default (a 2x2 block:
@@ -59,10 +65,11 @@ FINAL_JOB_STATES = ("succeeded", "failed", "cancelled", "lost")
 was queued or running; its ``error`` says when and what to do. Only a server with a job
 journal reports it, for jobs of an earlier run (see ``docs/backend-service.md``)."""
 
-STAGES = ("queued", "preparing", "loading_model", "scaling", "fitting", "tiles",
+STAGES = ("queued", "preparing", "loading_model", "scaling", "fitting", "calibrating", "tiles",
           "polygons", "describing", "finalising", "done")
 """Pipeline stages reported in progress, in order (``fitting`` is irmad's global fit,
-``describing`` the optional CLIP description of the polygons)."""
+``calibrating`` the int8 calibration on sample tiles, ``describing`` the optional CLIP
+description of the polygons)."""
 
 # --- output file names inside the output folder -------------------------------------
 
@@ -136,6 +143,7 @@ class DetectParams:
     overlap: int = 64
     device: str = "auto"
     precision: str = "auto"
+    runtime: str = "auto"
     batch_size: int = 8
     threshold: float | None = None
     probability_dtype: str = "uint8"
@@ -194,6 +202,9 @@ class DetectParams:
         _choice("prompt_mode", self.prompt_mode, PROMPT_MODES)
         _choice("grid", self.grid, GRIDS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("runtime", self.runtime, RUNTIMES)
+        if self.precision == "int8" and self.runtime == "torch":
+            raise ParamError("precision", "int8 needs runtime onnxruntime or openvino (or auto), not torch")
         _choice("probability_dtype", self.probability_dtype, PROBABILITY_DTYPES)
         if not isinstance(self.prompt, str):
             raise ParamError("prompt", "must be a string")
@@ -284,7 +295,7 @@ class DetectParams:
 def param_fields() -> list[dict[str, Any]]:
     """Describe the job parameters (name, default, choices) for UIs and docs."""
     choices = {"engine": ENGINES, "variant": VARIANTS, "prompt_mode": PROMPT_MODES, "grid": GRIDS,
-               "precision": PRECISIONS, "probability_dtype": PROBABILITY_DTYPES}
+               "precision": PRECISIONS, "runtime": RUNTIMES, "probability_dtype": PROBABILITY_DTYPES}
     out = []
     for f in dataclasses.fields(DetectParams):
         if f.default is not dataclasses.MISSING:

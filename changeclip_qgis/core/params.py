@@ -21,7 +21,8 @@ LABELS = {
     "before": "Before raster", "after": "After raster", "output_dir": "Output folder",
     "engine": "Engine", "weights": "Weights file", "prompt": "Prompt", "prompt_mode": "Prompt mode",
     "bands": "Bands", "tile": "Tile size", "overlap": "Overlap", "device": "Device",
-    "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area", "min_pixels": "Minimum size",
+    "precision": "Precision", "runtime": "Runtime", "threshold": "Threshold", "min_area": "Minimum area",
+    "min_pixels": "Minimum size",
     "grid": "Output grid", "target_crs": "Target CRS", "resolution": "Resolution",
     "mask_path": "Change mask", "probability_path": "Change probability", "polygons_path": "Change polygons",
     "describe": "Describe changes", "query": "Find", "query_threshold": "Query threshold",
@@ -176,7 +177,7 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
                  weights: str = "", weights_dir: str = "", prompt: str = "", prompt_mode: str = "auto",
                  bands: str | list[int] = "1,2,3", tile: int = 256, overlap: int = 64,
                  threshold: float | None = None, device: str = "auto", precision: str = "auto",
-                 polygons: bool = False, grid: str = "before", target_crs: Any = None,
+                 runtime: str = "auto", polygons: bool = False, grid: str = "before", target_crs: Any = None,
                  resolution: float | None = None,
                  min_area_m2: float = 0.0, min_pixels: int = protocol.DEFAULT_MIN_POLYGON_PIXELS,
                  mask_path: str | None = None,
@@ -197,7 +198,10 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
         threshold: change threshold in (0, 1), or None/0 for the engine's default.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp32 on the CPU, bf16/fp16 autocast on a GPU), ``fp32``, ``bf16``
-            (also on CPUs with AMX or AVX-512 BF16, where it is 2-3x faster than fp32) or ``fp16``.
+            (also on CPUs with AMX or AVX-512 BF16, where it is 2-3x faster than fp32), ``fp16`` or
+            ``int8`` (CPU runtimes: quantised, calibrated on sample tiles of the rasters).
+        runtime: ``auto`` (torch on a GPU, the fastest measured CPU runtime on the CPU), ``torch``,
+            ``onnxruntime`` or ``openvino``.
         polygons, min_area_m2, min_pixels: write change polygons, dropping those under
             ``min_area_m2`` m² or of fewer than ``min_pixels`` output pixels.
         grid, target_crs, resolution: the output grid: the ``before`` raster's (default), the
@@ -229,7 +233,7 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             tagger_weights=resolve_tagger_weights(weights_dir, engine, prompt_mode),
             prompt_mode=prompt_mode, bands=band_list, tile=int(tile), overlap=int(overlap),
             threshold=threshold if threshold else None, device=(device or "auto").strip(),
-            precision=(precision or "auto").strip(),
+            precision=(precision or "auto").strip(), runtime=(runtime or "auto").strip(),
             grid=grid, target_crs=target_crs, resolution=resolution,
             polygons=bool(polygons), min_area=float(min_area_m2),
             min_pixels=int(min_pixels), mask_path=absolute(mask_path),

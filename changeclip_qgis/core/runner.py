@@ -12,6 +12,7 @@ from .settings import BackendConfig
 STAGE_LABELS = {
     "queued": "Waiting in the backend's queue", "preparing": "Opening and aligning rasters",
     "loading_model": "Loading the model", "scaling": "Scaling radiometry", "fitting": "Fitting IR-MAD",
+    "calibrating": "Calibrating int8 on sample tiles",
     "tiles": "Detecting changes", "polygons": "Making polygons", "describing": "Describing changes",
     "finalising": "Writing outputs",
     "done": "Done",
@@ -62,6 +63,26 @@ def result_line(summary: dict[str, Any]) -> str:
         return (f"Changed pixels: {pixels:,} ({fraction * 100:.2f} % of the valid area; area unknown: "
                 "the rasters have no CRS)")
     return f"Changed area: {float(area):,.0f} m² ({fraction * 100:.2f} % of the valid area)"
+
+
+def runtime_line(summary: dict[str, Any]) -> str:
+    """Which runtime and precision computed a network run, for the dock (empty for irmad), e.g.
+    ``", runtime openvino, fp32"``, ``", runtime onnxruntime, int8 (mask agrees with fp32 on 99.1 %
+    of sample pixels)"`` or the fallback reason when a CPU runtime could not be used.
+
+    Args:
+        summary: the run's ``summary.json`` content.
+    """
+    model = summary.get("model")
+    if not isinstance(model, dict) or not model.get("runtime"):
+        return ""
+    text = f", runtime {model['runtime']}, {model.get('precision', '?')}"
+    int8 = model.get("int8")
+    if isinstance(int8, dict) and int8.get("mask_agreement") is not None:
+        text += f" (mask agrees with fp32 on {100 * float(int8['mask_agreement']):.1f} % of sample pixels)"
+    if model.get("runtime_fallback"):
+        text += f"\nRuntime fallback: {model['runtime_fallback']}"
+    return text
 
 
 def device_line(status: dict[str, Any]) -> str:

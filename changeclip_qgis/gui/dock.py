@@ -56,7 +56,7 @@ from ..core.params import (
     resolve_weights,
     run_name,
 )
-from ..core.runner import device_line, result_line
+from ..core.runner import device_line, result_line, runtime_line
 from ..core.settings import KEY_DOCK_CHOICES, KEY_OUTPUT_BASE, BackendConfig, get, set_value
 from ..core.weights_info import summarize_weights, unreadable_reason
 from ..tasks.detect_task import BackendCheckTask, DetectTask
@@ -170,6 +170,14 @@ class ChangeClipDock(QgsDockWidget):
         self.bands_edit = QLineEdit("1,2,3", self.advanced_box)
         self.bands_edit.setToolTip("1-based band numbers of red, green, blue in both rasters")
         adv.addRow("Bands (R,G,B)", self.bands_edit)
+        self.runtime_combo = QComboBox(self.advanced_box)
+        self.runtime_combo.addItems(list(protocol.RUNTIMES))
+        self.runtime_combo.setToolTip(
+            "What runs the network. auto: PyTorch on a GPU; on the CPU the fastest measured runtime\n"
+            "(OpenVINO, else ONNX Runtime; exported once per weights file, cached). torch, onnxruntime\n"
+            "or openvino force one; a CPU runtime that is missing falls back to PyTorch with a warning.\n"
+            "Precision int8 (CPU runtimes only) is calibrated on sample tiles of the two rasters.")
+        adv.addRow("Runtime", self.runtime_combo)
         self.tile_spin = QSpinBox(self.advanced_box)
         self.tile_spin.setRange(64, 4096)
         self.tile_spin.setSingleStep(32)
@@ -329,7 +337,7 @@ class ChangeClipDock(QgsDockWidget):
             "engine": str(self.engine_combo.currentData()), "prompt_mode": str(self.prompt_mode_combo.currentData()),
             "prompt": self.prompt_edit.text(), "weights": self.weights_widget.filePath(),
             "device": self.device_combo.currentText(), "precision": self.precision_combo.currentText(),
-            "bands": self.bands_edit.text(), "tile": str(self.tile_spin.value()),
+            "runtime": self.runtime_combo.currentText(), "bands": self.bands_edit.text(), "tile": str(self.tile_spin.value()),
             "overlap": str(self.overlap_spin.value()), "threshold": str(self.threshold_spin.value()),
             "polygons": "1" if self.polygons_check.isChecked() else "0", "min_area": str(self.min_area_spin.value()),
             "min_pixels": str(self.min_pixels_spin.value()),
@@ -371,6 +379,8 @@ class ChangeClipDock(QgsDockWidget):
             self.device_combo.setCurrentText(stored["device"])
         if stored["precision"] in protocol.PRECISIONS:
             self.precision_combo.setCurrentText(stored["precision"])
+        if stored["runtime"] in protocol.RUNTIMES:
+            self.runtime_combo.setCurrentText(stored["runtime"])
         if stored["bands"]:
             self.bands_edit.setText(stored["bands"])
         number(self.tile_spin, stored["tile"], int)
@@ -534,7 +544,7 @@ class ChangeClipDock(QgsDockWidget):
             prompt=prompt, prompt_mode=prompt_mode, bands=self.bands_edit.text(), tile=self.tile_spin.value(),
             overlap=self.overlap_spin.value(), threshold=self.threshold_spin.value() or None,
             device=self.device_combo.currentText(), precision=self.precision_combo.currentText(),
-            polygons=self.polygons_check.isChecked(), grid=grid, target_crs=target_crs, resolution=resolution,
+            runtime=self.runtime_combo.currentText(), polygons=self.polygons_check.isChecked(), grid=grid, target_crs=target_crs, resolution=resolution,
             min_area_m2=self.min_area_spin.value(), min_pixels=self.min_pixels_spin.value(),
             **self._describe_options())
         unreadable = unreadable_reason(params.weights) if params.weights else None
@@ -598,6 +608,7 @@ class ChangeClipDock(QgsDockWidget):
         matches = matching_line(summary)
         if matches:
             text += f"\n{matches}"
+        text += runtime_line(summary)
         self.summary_label.setText(text + "".join(f"\nWarning: {w}" for w in warnings))
         self.stage_label.setText("Done" + (f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})"
                                            if warnings else ""))

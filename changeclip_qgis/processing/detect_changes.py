@@ -63,7 +63,7 @@ from ..core.layers import (
 )
 from ..core.params import build_params, grid_choice, run_name
 from ..core.paths import icon_path
-from ..core.runner import progress_percent, progress_text, result_line, run_detection
+from ..core.runner import progress_percent, progress_text, result_line, run_detection, runtime_line
 from ..core.settings import BackendConfig
 
 MIN_RESOLUTION = 1e-9
@@ -113,6 +113,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     THRESHOLD = "THRESHOLD"
     DEVICE = "DEVICE"
     PRECISION = "PRECISION"
+    RUNTIME = "RUNTIME"
     MIN_AREA = "MIN_AREA"
     MIN_PIXELS = "MIN_PIXELS"
     OUTPUT_GRID = "OUTPUT_GRID"
@@ -173,7 +174,10 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             "grid); such an exported layer has no grid of its own, so OUTPUT_GRID before/after then means "
             "the grid it was exported on.\n"
             "DEVICE auto uses the first GPU, else the CPU. PRECISION auto is fp32 on the CPU and bf16 (or fp16) "
-            "on a GPU; bf16 on a CPU with AMX or AVX-512 BF16 is 2-3x faster than fp32.\n\n"
+            "on a GPU; bf16 on a CPU with AMX or AVX-512 BF16 is 2-3x faster than fp32. PRECISION int8 runs a "
+            "quantised network calibrated on sample tiles of the two rasters (CPU only; its agreement with fp32 is "
+            "in the summary). RUNTIME auto runs the network with PyTorch on a GPU and with the fastest measured "
+            "CPU runtime (OpenVINO or ONNX Runtime) on the CPU; torch, onnxruntime or openvino force one.\n\n"
             "Outputs: CHANGE_MASK (1 = change, 0 = no change, 255 = nodata), CHANGE_PROBABILITY (percent), "
             "CHANGE_POLYGONS (GeoPackage; polygons of fewer than MIN_PIXELS output pixels, default "
             f"{protocol.DEFAULT_MIN_POLYGON_PIXELS}, or smaller than MIN_AREA m² are dropped), and the numbers "
@@ -240,6 +244,9 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             QgsProcessingParameterString(self.DEVICE, f"Device ({protocol.DEVICES_HELP})", defaultValue="auto"),
             QgsProcessingParameterEnum(self.PRECISION, "Precision (auto: fp32 on CPU, bf16/fp16 on GPU)",
                                        options=list(protocol.PRECISIONS), defaultValue="auto",
+                                       usesStaticStrings=True),
+            QgsProcessingParameterEnum(self.RUNTIME, "Runtime (auto: torch on GPU, fastest CPU runtime on CPU)",
+                                       options=list(protocol.RUNTIMES), defaultValue="auto",
                                        usesStaticStrings=True),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
                                          NUMBER_DOUBLE, 0.0, minValue=0.0),
@@ -411,6 +418,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 threshold=threshold,
                 device=self.parameterAsString(parameters, self.DEVICE, context) or "auto",
                 precision=self.parameterAsEnumString(parameters, self.PRECISION, context) or "auto",
+                runtime=self.parameterAsEnumString(parameters, self.RUNTIME, context) or "auto",
                 polygons=bool(polygons_path), grid=grid, target_crs=target_crs, resolution=resolution,
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                 min_pixels=self.parameterAsInt(parameters, self.MIN_PIXELS, context),
@@ -447,7 +455,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                     restore_input_sidecars(_QGIS_PROCESS_SIDECARS.pop())
         for warning in summary.get("warnings") or []:
             feedback.pushWarning(f"ChangeCLIP: {warning}")
-        feedback.pushInfo(f"{result_line(summary)}; device {summary.get('device', '?')}")
+        feedback.pushInfo(f"{result_line(summary)}; device {summary.get('device', '?')}{runtime_line(summary)}")
         area = summary.get("changed_area_m2")  # None where the rasters have no CRS: unknown, not 0
         area = float(area) if area is not None else None
         fraction = float(summary.get("changed_fraction") or 0.0)

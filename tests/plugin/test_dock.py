@@ -119,6 +119,7 @@ def test_dock_remembers_the_last_run_choices(dock, project, pump, backend_env: N
     dock.prompt_edit.setText("building, road")
     dock.device_combo.setCurrentText("cpu")
     dock.precision_combo.setCurrentText("bf16")
+    dock.runtime_combo.setCurrentText("torch")
     dock.bands_edit.setText("3,2,1")
     dock.tile_spin.setValue(128)
     dock.overlap_spin.setValue(32)
@@ -135,14 +136,15 @@ def test_dock_remembers_the_last_run_choices(dock, project, pump, backend_env: N
         again.deleteLater()
     # stored values that no longer fit are ignored, never half-applied
     settings = QgsSettings()
-    for key, value in (("tile", "abc"), ("overlap", "99999"), ("engine", "gone"), ("precision", "int8"),
+    for key, value in (("tile", "abc"), ("overlap", "99999"), ("engine", "gone"), ("precision", "int4"),
+                       ("runtime", "tensorrt"),
                        ("weights", str(tmp_path / "deleted.safetensors"))):
         settings.setValue(PREFIX + KEY_DOCK_CHOICES + key, value)
     third = ChangeClipDock(None)
     try:
         got = third._choices()
-        assert (got["tile"], got["overlap"], got["engine"], got["precision"], got["weights"]) == \
-            ("256", "64", "changeclip", "auto", "")
+        assert (got["tile"], got["overlap"], got["engine"], got["precision"], got["runtime"], got["weights"]) == \
+            ("256", "64", "changeclip", "auto", "auto", "")
         assert got["bands"] == "3,2,1" and got["prompt"] == "building, road"  # the usable ones still apply
     finally:
         third.deleteLater()

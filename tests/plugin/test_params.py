@@ -9,7 +9,7 @@ import pytest
 from changeclip_qgis.core import protocol
 from changeclip_qgis.core.errors import ConfigError
 from changeclip_qgis.core.params import build_params, default_output_dir, resolve_weights, run_name
-from changeclip_qgis.core.runner import device_line, result_line
+from changeclip_qgis.core.runner import device_line, result_line, runtime_line
 
 
 def test_irmad_params(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_errors_name_the_field(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="^Bands: "):
         build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", bands="r,g,b", prompt_mode="none")
     with pytest.raises(ConfigError, match="^Precision: .*fp32"):
-        build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", precision="int8")
+        build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", precision="int4")
 
 
 def test_precision_reaches_the_job(tmp_path: Path) -> None:
@@ -96,6 +96,24 @@ def test_result_line_never_calls_an_unknown_area_zero() -> None:
     assert result_line({"changed_area_m2": 0.0, "changed_fraction": 0.0}).startswith("Changed area: 0 m²")
     line = result_line({"changed_area_m2": None, "changed_fraction": 0.5, "changed_pixels": 12345})
     assert line == "Changed pixels: 12,345 (50.00 % of the valid area; area unknown: the rasters have no CRS)"
+
+
+def test_runtime_line_says_which_runtime_and_precision_ran(tmp_path: Path) -> None:
+    assert runtime_line({"engine": "irmad", "model": {"name": "irmad"}}) == ""
+    assert runtime_line({"model": {"runtime": "openvino", "precision": "fp32"}}) == ", runtime openvino, fp32"
+    int8 = runtime_line({"model": {"runtime": "onnxruntime", "precision": "int8", "int8": {"mask_agreement": 0.991}}})
+    assert int8 == ", runtime onnxruntime, int8 (mask agrees with fp32 on 99.1 % of sample pixels)"
+    fell = runtime_line({"model": {"runtime": "torch", "precision": "fp32",
+                                   "runtime_fallback": "openvino unavailable (ImportError); ran PyTorch instead"}})
+    assert fell.startswith(", runtime torch, fp32\nRuntime fallback: openvino unavailable")
+    p = build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", runtime="openvino",
+                     precision="int8")
+    assert (p.runtime, p.precision) == ("openvino", "int8")
+    with pytest.raises(ConfigError, match="Runtime: must be one of"):
+        build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", runtime="tensorrt")
+    with pytest.raises(ConfigError, match="int8 needs runtime onnxruntime or openvino"):
+        build_params("a.tif", "b.tif", str(tmp_path), engine="irmad", prompt_mode="none", runtime="torch",
+                     precision="int8")
 
 
 def test_output_grid_defaults_to_the_before_raster(tmp_path: Path) -> None:

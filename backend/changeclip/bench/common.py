@@ -17,6 +17,7 @@ import torch
 
 from changeclip.inference.devices import cpu_name
 from changeclip.inference.predictor import LoadedModel, load_model
+from changeclip.inference.runtime import runtime_status
 from changeclip.model.config import PRESETS
 from changeclip.weights import LoadedWeights
 
@@ -95,14 +96,32 @@ def environment(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "changeclip": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
         "numpy": np.__version__, "gdal": gdal_version, "platform": platform.platform(),
-        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "device": device, "load_avg_start": list(os.getloadavg()),
+        "cpu": cpu_name(), "cpu_vector_extensions": cpu_vector_extensions(), "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "device": device, "load_avg_start": list(os.getloadavg()),
+        "runtimes": runtime_status(),
     }
     if device.startswith("cuda"):
         props = torch.cuda.get_device_properties(torch.device(device))
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
     return info
+
+
+_VECTOR_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                 "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_vector_extensions() -> list[str]:
+    """The CPU's SIMD / matrix extensions that matter to the runtimes (from /proc/cpuinfo's flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in _VECTOR_FLAGS if f in flags]
+    except OSError:
+        pass
+    return []
 
 
 @lru_cache(maxsize=4)

@@ -64,7 +64,8 @@ def write_synthetic_pair(folder: Path, size: int, seed: int = 0) -> tuple[Path, 
 
 
 def bench_end_to_end(variant: str, device: str, size: int, precisions: list[str], batch: int,
-                     naive_size: int | None = None, workdir: str | None = None) -> list[dict[str, Any]]:
+                     naive_size: int | None = None, workdir: str | None = None,
+                     runtimes: list[str] | None = None) -> list[dict[str, Any]]:
     """Time the pipeline (per precision) and the naive loop on synthetic pairs.
 
     Args:
@@ -76,6 +77,9 @@ def bench_end_to_end(variant: str, device: str, size: int, precisions: list[str]
         naive_size: side of the naive loop's raster (default ``size``; smaller keeps a slow
             baseline short — MPix/s are comparable).
         workdir: folder for the temporary files (default: system temp).
+        runtimes: further pipeline rows as ``"runtime:precision"`` (CPU runtimes; the warm-up run
+            exports or reads the graph and, for int8, calibrates on the warm-up raster's tiles:
+            the timed run calibrates again on its own, which is part of its cost).
 
     Returns:
         Rows with ``mpix_per_s`` and, for pipeline rows, ``speedup_vs_naive``.
@@ -113,14 +117,15 @@ def bench_end_to_end(variant: str, device: str, size: int, precisions: list[str]
                      "gpu_peak_mib": gpu_peak_mib(device)})
         del naive
 
-        for prec in precisions:
+        for spec in [*precisions, *(runtimes or [])]:
+            rt, prec = spec.split(":") if ":" in spec else ("torch", spec)
             cache = ModelCache(max_entries=1)
-            params = DetectParams(before=str(before), after=str(after), output_dir=str(tmpd / f"out-{prec}"),
+            params = DetectParams(before=str(before), after=str(after), output_dir=str(tmpd / f"out-{rt}-{prec}"),
                                   engine="changeclip", weights=str(wpath), variant="auto", prompt_mode="none",
-                                  device=device, precision=prec, batch_size=batch, tile=256, overlap=64,
+                                  device=device, precision=prec, runtime=rt, batch_size=batch, tile=256, overlap=64,
                                   value_range=[[0, 255]], overwrite=True)
             warm = DetectParams(**{**params.to_dict(), "before": str(wb), "after": str(wa),
-                                   "output_dir": str(tmpd / f"warm-{prec}")})
+                                   "output_dir": str(tmpd / f"warm-{rt}-{prec}")})
             run_detection(warm, cache=cache)  # loads the model into the cache, warms kernels (one tile)
             reset_gpu_peak(device)
             t0 = time.perf_counter()
@@ -128,8 +133,10 @@ def bench_end_to_end(variant: str, device: str, size: int, precisions: list[str]
             dt = time.perf_counter() - t0
             n_tiles = summary["tiles"]["total"] if isinstance(summary.get("tiles"), dict) else None
             mpix = size * size / 1e6 / dt
-            rows.append({"variant": variant, "path": "pipeline", "precision": prec, "batch": batch,
-                         "raster_px": size, "tiles": n_tiles, "seconds": dt, "mpix_per_s": mpix,
+            model = summary.get("model") or {}
+            rows.append({"variant": variant, "path": "pipeline", "precision": model.get("precision", prec),
+                         "runtime": model.get("runtime", rt), "runtime_fallback": model.get("runtime_fallback"),
+                         "int8": model.get("int8"), "batch": batch, "raster_px": size, "tiles": n_tiles, "seconds": dt, "mpix_per_s": mpix,
                          "pairs_per_s": n_tiles / dt if n_tiles else None, "speedup_vs_naive": mpix / base,
                          "timings_s": summary.get("timings_s"), "gpu_peak_mib": gpu_peak_mib(device)})
             del cache

@@ -46,6 +46,8 @@ class Profile:
         train_precisions: precisions of the training section.
         train_size: crop side of the training section (px).
         train_reps: timed steps per training configuration.
+        runtimes: CPU runtime rows of the throughput section, ``"runtime:precision"``.
+        e2e_runtimes: CPU runtime rows of the end-to-end section, ``"runtime:precision"``.
     """
 
     name: str
@@ -75,6 +77,8 @@ class Profile:
     train_precisions: list[str] = field(default_factory=lambda: ["fp32"])
     train_size: int = 256
     train_reps: int = 2
+    runtimes: list[str] = field(default_factory=list)
+    e2e_runtimes: list[str] = field(default_factory=list)
 
 
 PROFILES = {
@@ -82,12 +86,16 @@ PROFILES = {
                    e2e_variants=["rn50"], e2e_size=512, e2e_naive_size=512, e2e_batch=4,
                    e2e_precisions=["fp32", "bf16"], hit_rate_tiles=16, irmad_size=2048, host_size=2048,
                    describe_size=1024, train_variants=["rn50", "vit-b-16"], train_batches=[2],
-                   train_precisions=["fp32", "bf16"], train_reps=1),
+                   train_precisions=["fp32", "bf16"], train_reps=1,
+                   runtimes=["onnxruntime:fp32", "openvino:fp32", "openvino:bf16", "onnxruntime:int8",
+                             "openvino:int8"],
+                   e2e_runtimes=["openvino:fp32", "onnxruntime:fp32", "openvino:bf16", "openvino:int8"]),
     "quick": Profile("quick", ["tiny-rn50"], [2], ["fp32"], reps=1, naive_pairs=1,
                      e2e_variants=["tiny-rn50"], e2e_size=384, e2e_naive_size=384, e2e_batch=4,
                      e2e_precisions=["fp32"], hit_rate_tiles=4, irmad_size=256, net_size=128, host_size=384,
                      describe_size=256, describe_clip="tiny", train_variants=["tiny-rn50"], train_batches=[2],
-                     train_precisions=["fp32"], train_size=64, train_reps=1),
+                     train_precisions=["fp32"], train_size=64, train_reps=1,
+                     runtimes=["onnxruntime:fp32", "openvino:fp32"], e2e_runtimes=["onnxruntime:fp32"]),
     "gpu": Profile("gpu", ["rn50", "vit-b-16"], [16, 64, 128], ["fp32", "bf16"], reps=5, naive_pairs=8,
                    e2e_variants=["rn50", "vit-b-16"], e2e_size=6144, e2e_naive_size=1024, e2e_batch=64,
                    e2e_precisions=["bf16"], hit_rate_tiles=64, irmad_size=0, host_size=6144,
@@ -128,7 +136,8 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
     for variant in profile.variants:
         if section(f"network {variant}"):
             report["network"] += bench_network(variant, device, profile.batches, profile.precisions, profile.reps,
-                                               profile.naive_pairs, size=profile.net_size)
+                                               profile.naive_pairs, size=profile.net_size,
+                                               runtimes=profile.runtimes if device == "cpu" else [])
         if profile.compile_model and section(f"network {variant} compiled"):
             try:
                 report["network"] += [r for r in bench_network(variant, device, [max(profile.batches)], ["bf16"],
@@ -150,7 +159,8 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
     for variant in profile.e2e_variants:
         if "pipeline" in profile.e2e_paths and section(f"end-to-end pipeline {variant}"):
             report["end_to_end"] += bench_end_to_end(variant, device, profile.e2e_size, profile.e2e_precisions,
-                                                     profile.e2e_batch, profile.e2e_naive_size, workdir)
+                                                     profile.e2e_batch, profile.e2e_naive_size, workdir,
+                                                     runtimes=profile.e2e_runtimes if device == "cpu" else [])
         if "stream" in profile.e2e_paths and section(f"end-to-end stream {variant}"):
             report["end_to_end"] += bench_stream(variant, device, profile.e2e_size, profile.e2e_naive_size,
                                                  profile.e2e_batch, profile.e2e_precisions[-1], profile.e2e_io,
@@ -196,18 +206,22 @@ def format_report(rep: dict[str, Any]) -> str:
     env = rep["environment"]
     dev = env.get("gpu") or env.get("cpu")
     lines = [f"changeclip bench, profile {rep['profile']['name']}, device {env['device']} ({dev}), torch "
-             f"{env['torch']}, {env['torch_threads']} threads, load avg at start {env['load_avg_start'][0]:.1f}", ""]
+             f"{env['torch']}, {env['torch_threads']} threads, load avg at start {env['load_avg_start'][0]:.1f}",
+             f"CPU {env.get('cpu', '?')}, {env.get('cpu_count', '?')} logical CPUs; vector extensions: "
+             f"{' '.join(env.get('cpu_vector_extensions') or []) or 'unknown'}; runtimes: "
+             + ", ".join(f"{k} {v or 'not installed'}" for k, v in (env.get("runtimes") or {}).items()), ""]
     lines.append(f"Network throughput, {rep['profile']['net_size']}x{rep['profile']['net_size']} pairs/s (whole network incl. text side; naive = batch 1, fp32, "
                  "text encoded per pair)")
     rows = []
     for r in rep["network"]:
         if "error" in r:
-            rows.append([r["variant"], "compiled", "-", "-", "-", "-", r["error"][:60]])
+            rows.append([r["variant"], "compiled", "-", "-", "-", "-", "-", "-", r["error"][:60]])
             continue
         rows.append([r["variant"], r["mode"] + (" +compile" if r.get("compiled") else ""), str(r["batch"]),
-                     r["precision"], _f(r["pairs_per_s"]), _x(r.get("speedup_vs_naive")), _f(r["pairs_per_s_best"]),
+                     r.get("runtime", "torch"), r["precision"], _f(r["pairs_per_s"]), _x(r.get("speedup_vs_naive")), _f(r["pairs_per_s_best"]),
                      _x(r.get("speedup_vs_naive_best")), _f(r.get("gpu_peak_mib"), 0)])
-    lines += _table(["variant", "mode", "batch", "precision", "pairs/s", "vs naive", "best pairs/s", "best vs naive",
+    lines += _table(["variant", "mode", "batch", "runtime", "precision", "pairs/s", "vs naive", "best pairs/s",
+                     "best vs naive",
                      "GPU MiB"], rows)
     lines += ["", "Text side per pair (4 prompts: background + foreground, both dates)"]
     rows = [[r["variant"], r["precision"], _f(r["tokenise_ms"]), _f(r["encode_ms"]), _f(r["cache_hit_ms"], 3),
@@ -218,10 +232,10 @@ def format_report(rep: dict[str, Any]) -> str:
              "yes" if r["representative"] else "no (depends on tagger weights and tiles)"] for r in rep["text_cache_hit_rate"]]
     lines += _table(["prompt mode", "tiles", "hits", "misses", "hit rate", "representative"], rows)
     lines += ["", "End to end, GeoTIFF -> GeoTIFF (model already loaded)"]
-    rows = [[r["variant"], r["path"], r["precision"], str(r["batch"]), f"{r['raster_px']}^2", _f(r["seconds"], 1),
+    rows = [[r["variant"], r["path"], r.get("runtime", "torch"), r["precision"], str(r["batch"]), f"{r['raster_px']}^2", _f(r["seconds"], 1),
              _f(r["mpix_per_s"], 3), _f(r.get("pairs_per_s")),
              _x(r.get("speedup_vs_naive"))] for r in rep["end_to_end"]]
-    lines += _table(["variant", "path", "precision", "batch", "raster", "s", "MPix/s", "tiles/s", "vs naive"], rows)
+    lines += _table(["variant", "path", "runtime", "precision", "batch", "raster", "s", "MPix/s", "tiles/s", "vs naive"], rows)
     if rep.get("describe"):
         lines += ["", "Describing change polygons (IR-MAD + polygons + --describe, CLIP seeded weights)"]
         rows = [[r["clip"], r["device"], f"{r['raster_px']}^2", str(r["polygons"]), _f(r["describe_s"], 1),

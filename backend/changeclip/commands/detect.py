@@ -21,6 +21,7 @@ from changeclip.protocol import (
     PRECISIONS,
     PROBABILITY_DTYPES,
     PROMPT_MODES,
+    RUNTIMES,
     VARIANTS,
     DetectParams,
     ParamError,
@@ -70,7 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=int, default=64, metavar="PX",
                    help="overlap of neighbouring tiles, blended (default %(default)s)")
     p.add_argument("--device", default="auto", help=f"{DEVICES_HELP} (default %(default)s)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default %(default)s")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: fp32 on the CPU, bf16/fp16 on a GPU; int8: quantised, calibrated on sample tiles of "
+                        "these rasters (CPU runtimes only); default %(default)s")
+    p.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                   help="what runs the network: auto (GPU: torch; CPU: the fastest measured runtime), torch, "
+                        "onnxruntime or openvino (CPU); default %(default)s")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per batch (default %(default)s)")
     p.add_argument("--threshold", type=float, metavar="P",
                    help="probability above which a pixel is change (default 0.5; irmad: its calibrated change "
@@ -135,9 +141,9 @@ def params_from_args(args: argparse.Namespace) -> DetectParams:
             bands=parse_bands(args.bands),
             value_range=parse_value_range(args.value_range) if args.value_range else None,
             grid=grid, target_crs=args.target_crs, resolution=args.resolution, tile=args.tile,
-            overlap=args.overlap, device=args.device, precision=args.precision, batch_size=args.batch_size,
-            threshold=args.threshold, probability_dtype=args.probability_dtype, polygons=args.polygons,
-            min_area=args.min_area, min_pixels=args.min_pixels, overwrite=args.overwrite,
+            overlap=args.overlap, device=args.device, precision=args.precision, runtime=args.runtime,
+            batch_size=args.batch_size, threshold=args.threshold, probability_dtype=args.probability_dtype,
+            polygons=args.polygons, min_area=args.min_area, min_pixels=args.min_pixels, overwrite=args.overwrite,
             describe=args.describe, query=args.query, query_threshold=args.query_threshold,
             keep_matching=args.keep_matching, vocabulary=args.vocabulary, describe_weights=args.describe_weights,
             describe_model=args.describe_model)

@@ -62,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     eng.add_argument("--official-test-prompts", action="store_true",
                      help="reproduce the official test path's prompt quirk (A's tags for B)")
     eng.add_argument("--device", default="auto", help=f"{protocol.DEVICES_HELP} (default %(default)s)")
-    eng.add_argument("--precision", choices=protocol.PRECISIONS, default="auto")
+    eng.add_argument("--precision", choices=protocol.PRECISIONS, default="auto",
+                     help="auto, fp32, bf16, fp16, or int8 (CPU runtimes; calibrated on the first tiles)")
+    eng.add_argument("--runtime", choices=protocol.RUNTIMES, default="auto",
+                     help="auto (GPU: torch; CPU: the fastest measured runtime), torch, onnxruntime or openvino")
     eng.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default %(default)s)")
     eng.add_argument("--threshold", type=float, default=None,
                      help="change-probability threshold; default: argmax for changeclip, the engine's for irmad")
@@ -111,7 +114,7 @@ def build_scorer(args: argparse.Namespace) -> Any:
             before="-", after="-", output_dir="-", engine=args.engine, weights=args.weights, variant=args.variant,
             prompt=args.prompt, prompt_mode=args.prompt_mode, tagger_weights=args.tagger_weights,
             official_test_prompts=args.official_test_prompts, device=args.device, precision=args.precision,
-            batch_size=args.batch_size, threshold=args.threshold, tile=args.tile, overlap=args.tile // 4)
+            runtime=args.runtime, batch_size=args.batch_size, threshold=args.threshold, tile=args.tile, overlap=args.tile // 4)
         params.validate()
     except protocol.ParamError as exc:
         raise InputError(str(exc)) from None
@@ -129,8 +132,8 @@ def _detect_params(args: argparse.Namespace) -> protocol.DetectParams:
             tagger_weights=args.tagger_weights, official_test_prompts=args.official_test_prompts,
             bands=protocol.parse_bands(args.bands),
             value_range=protocol.parse_value_range(args.value_range) if args.value_range else None,
-            tile=args.tile, overlap=args.overlap, device=args.device, precision=args.precision, batch_size=args.batch_size,
-            threshold=args.threshold)
+            tile=args.tile, overlap=args.overlap, device=args.device, precision=args.precision, runtime=args.runtime,
+            batch_size=args.batch_size, threshold=args.threshold)
         params.validate()
     except protocol.ParamError as exc:
         raise InputError(str(exc)) from None

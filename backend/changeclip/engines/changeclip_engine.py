@@ -50,10 +50,10 @@ class ChangeCLIPEngine:
             raise ModelError(f"weights file {params.weights!r} {problem}; check the path, or use "
                              "--engine irmad, which needs no weights")
         device = resolve_device(params.device)
-        key = ("changeclip", *_file_key(params.weights), params.variant, device, params.precision)
+        key = ("changeclip", *_file_key(params.weights), params.variant, device, params.precision, params.runtime)
 
         def make_model() -> Any:
-            return load_model(params.weights, params.variant, device, params.precision)
+            return load_model(params.weights, params.variant, device, params.precision, params.runtime)
 
         loaded = cache.get(key, make_model) if cache is not None else make_model()
         tagger = None
@@ -72,6 +72,17 @@ class ChangeCLIPEngine:
                                              batch_size=params.batch_size)
         self.device = loaded.device
         self.training_data = training_data(loaded.meta)
+
+    @property
+    def wants_calibration_tiles(self) -> bool:
+        """True when the run is int8 on a CPU runtime: :meth:`calibrate` needs sample tile pairs."""
+        lm = self.predictor.loaded
+        return lm.precision == "int8" and lm.runtime != "torch"
+
+    def calibrate(self, before_tiles: np.ndarray, after_tiles: np.ndarray) -> dict[str, Any] | None:
+        """int8: calibrate on ``(N, 3, H, W)`` 0..255 sample tile pairs of the rasters; see
+        :meth:`ChangeCLIPPredictor.calibrate`."""
+        return self.predictor.calibrate(before_tiles, after_tiles)
 
     def fit(self, before_sample: np.ndarray, after_sample: np.ndarray) -> None:
         """No global fit: the network is already trained."""

@@ -130,19 +130,23 @@ def resolve_precision(precision: str, device: str) -> str:
     """The precision a run will use on ``device``.
 
     Args:
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8``.
         device: A resolved device (``cpu`` / ``cuda:N``).
 
     Returns:
-        ``fp32``, ``bf16`` or ``fp16``. ``auto`` = fp32 on the CPU; on CUDA bf16 autocast where
+        ``fp32``, ``bf16``, ``fp16`` or ``int8`` (CPU only: a statically quantised graph run by
+        onnxruntime or openvino, never chosen by ``auto``). ``auto`` = fp32 on the CPU; on CUDA bf16 autocast where
         the GPU supports it, else fp16. bf16 on a CPU without native bf16 runs (emulated, slower
         than fp32) with a logged warning.
 
     Raises:
         InputError: unknown value, fp16 on the CPU, or bf16 on a GPU without bf16.
     """
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise InputError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+    if precision not in ("auto", "fp32", "bf16", "fp16", "int8"):
+        raise InputError(f"precision must be auto, fp32, bf16, fp16 or int8, got {precision!r}")
+    if precision == "int8" and device != "cpu":
+        raise InputError(f"precision int8 runs on the CPU only (onnxruntime or openvino), not on {device}; use "
+                         "--device cpu, or auto, fp32, bf16 or fp16 on the GPU")
     if device == "cpu":
         if precision == "fp16":
             raise InputError("precision fp16 is not supported on the CPU; use fp32 (default) or bf16")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +29,8 @@ import numpy as np
 import torch
 
 from changeclip.errors import InputError, ModelError
-from changeclip.inference.devices import resolve_device, resolve_precision
+from changeclip.inference.devices import cpu_has_native_bf16, resolve_device, resolve_precision
+from changeclip.inference.runtime import FALLBACK_COST, RuntimeChoice, RuntimeSession, choose_runtime, physical_cores
 from changeclip.model import IMAGENET_MEAN, IMAGENET_STD, ChangeCLIP, ChangeCLIPConfig, build_model_from_state_dict
 from changeclip.model.prompts import RS_CLASSES, TOP_K_TAGS, TextFeatureCache, build_prompts, count_tokens, tokenize
 from changeclip.model.tagger import Tagger
@@ -57,6 +60,11 @@ class LoadedModel:
         text_cache: Text-encoder outputs per prompt string (shared by every predictor of
             this model).
         channels_last: Whether inputs are passed in channels-last layout.
+        runtime: What runs the image side: ``torch``, ``onnxruntime`` or ``openvino`` (the text
+            encoder is always PyTorch).
+        runtime_choice: How ``--runtime`` was resolved (asked for, reason).
+        runtime_fallback: Why the run fell back to torch, when it did.
+        threads: Intra-op threads of a CPU runtime (physical cores).
     """
 
     model: ChangeCLIP
@@ -69,12 +77,65 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
     text_cache: TextFeatureCache | None = None
     channels_last: bool = False
+    runtime: str = "torch"
+    runtime_choice: RuntimeChoice | None = None
+    runtime_fallback: str | None = None
+    threads: int | None = None
+    export_s: dict[str, float] = field(default_factory=dict)
+    _sessions: dict[tuple[int, int], RuntimeSession] = field(default_factory=dict, repr=False)
+    _graphs: dict[tuple[int, int], Path] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """The autocast context of this model's precision (a no-op for fp32)."""
-        if self.precision == "fp32":
+        """The autocast context of this model's precision (a no-op for fp32 and int8)."""
+        if self.precision not in ("bf16", "fp16"):
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(self.device).type, dtype=_DTYPES[self.precision])
+
+    def fall_back(self, why: str) -> None:
+        """Run the rest of this model's life in PyTorch, with a warning saying why and what it costs."""
+        was = self.runtime
+        self.runtime_fallback = f"{was} unavailable ({why}); ran PyTorch instead"
+        if self.precision == "int8":
+            self.precision = "fp32"
+        log.warning("runtime %s could not be used (%s): falling back to PyTorch %s; %s", was, why,
+                    self.precision, FALLBACK_COST)
+        self.runtime = "torch"
+        self._sessions.clear()
+
+    def fp32_graph(self, height: int, width: int) -> Path:
+        """The verified fp32 ONNX graph of this model at this tile size (exported on first use)."""
+        from changeclip.inference.onnx_export import cached_export
+        from changeclip.inference.runtime import runtime_version
+
+        key = (height, width)
+        if key not in self._graphs:
+            t = time.perf_counter()
+            self._graphs[key] = cached_export(self.model, self.cfg.name, self.cfg.embed_dim, self.weights_sha256,
+                                              self.runtime, runtime_version(self.runtime), height, width)
+            self.export_s[f"{height}x{width}"] = round(time.perf_counter() - t, 2)
+        return self._graphs[key]
+
+    def session(self, height: int, width: int) -> RuntimeSession | None:
+        """The CPU runtime's session for this tile size (fp32, or bf16 on OpenVINO); None for torch.
+
+        Exports and loads on first use; on any failure falls back to torch (:meth:`fall_back`).
+        """
+        with self._lock:
+            if self.runtime == "torch":
+                return None
+            key = (height, width)
+            if key in self._sessions:
+                return self._sessions[key]
+            try:
+                path = self.fp32_graph(height, width)
+                graph_precision = "bf16" if self.precision == "bf16" else "fp32"
+                self._sessions[key] = RuntimeSession(self.runtime, str(path), graph_precision, self.threads or 1)
+            except Exception as exc:  # import, export and load errors all mean: this runtime cannot run here
+                log.debug("runtime %s failed", self.runtime, exc_info=True)
+                self.fall_back(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip())
+                return None
+            return self._sessions[key]
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """``model.encode_text`` under this model's precision, float32 out. (N, 64) -> (N, D)."""
@@ -102,7 +163,7 @@ def _fill_recomputable(state: dict[str, torch.Tensor], cfg: ChangeCLIPConfig) ->
 
 
 def load_model(weights: str | Path | LoadedWeights, variant: str = "auto", device: str = "auto",
-               precision: str = "auto") -> LoadedModel:
+               precision: str = "auto", runtime: str = "torch") -> LoadedModel:
     """Load ChangeCLIP weights into a network ready for inference.
 
     Args:
@@ -111,7 +172,10 @@ def load_model(weights: str | Path | LoadedWeights, variant: str = "auto", devic
         variant: ``auto``, ``rn50`` or ``vit-b-16``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp32 on CPU; bf16 autocast on CUDA, fp16 where bf16 is
-            unsupported), ``fp32``, ``bf16`` or ``fp16``.
+            unsupported), ``fp32``, ``bf16``, ``fp16`` or ``int8`` (CPU runtimes only).
+        runtime: ``torch`` (default here), ``auto``, ``onnxruntime`` or ``openvino``
+            (:mod:`changeclip.inference.runtime`); a CPU runtime exports and loads its graph on
+            the first batch of each tile size (:meth:`LoadedModel.session`).
 
     Returns:
         The loaded model (eval mode, on the device, channels-last for RN50: its convolutions run
@@ -123,7 +187,10 @@ def load_model(weights: str | Path | LoadedWeights, variant: str = "auto", devic
     """
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
+    choose_runtime(runtime, dev, prec, False)  # bad combinations fail before the weights are read
     loaded = weights if isinstance(weights, LoadedWeights) else load_weights(weights, variant)
+    choice = choose_runtime(runtime, dev, prec, cpu_has_native_bf16() if dev == "cpu" else False,
+                            loaded.cfg.backbone)
     if isinstance(weights, LoadedWeights) and variant != "auto":
         from changeclip.weights.checks import require_variant
 
@@ -137,10 +204,24 @@ def load_model(weights: str | Path | LoadedWeights, variant: str = "auto", devic
         model = model.to(memory_format=torch.channels_last)
     result = LoadedModel(model=model, cfg=loaded.cfg, device=dev, precision=prec, weights_path=loaded.path,
                          weights_sha256=loaded.sha256, source_format=loaded.source_format, meta=loaded.meta,
-                         channels_last=channels_last)
+                         channels_last=channels_last, runtime=choice.runtime, runtime_choice=choice,
+                         threads=physical_cores() if choice.runtime != "torch" else None)
     result.text_cache = TextFeatureCache(result.encode_text, device=dev)
-    log.info("loaded %s (%s) on %s, precision %s", loaded.cfg.name, loaded.source_format, dev, prec)
+    if choice.runtime != "torch":
+        from changeclip.inference.runtime import runtime_version
+
+        try:
+            runtime_version(choice.runtime)
+        except Exception as exc:  # not installed or broken: warn now, before any tile
+            result.fall_back(f"{type(exc).__name__}: {exc}")
+    log.info("loaded %s (%s) on %s, precision %s, runtime %s (%s)", loaded.cfg.name, loaded.source_format, dev,
+             result.precision, result.runtime, choice.reason)
     return result
+
+
+def _softmax1(logits: np.ndarray) -> np.ndarray:
+    """Class-1 softmax of (N, 2, H, W) logits: (N, H, W)."""
+    return (1.0 / (1.0 + np.exp(logits[:, 0].astype(np.float64) - logits[:, 1]))).astype(np.float32)
 
 
 def _longest_tags(k: int = TOP_K_TAGS) -> list[str]:
@@ -198,6 +279,99 @@ class ChangeCLIPPredictor:
         self._mean = mean.to(loaded.device)
         self._std = std.to(loaded.device)
         self._pinned: tuple[torch.Tensor, torch.Tensor] | None = None  # CUDA upload buffers
+        self._int8: RuntimeSession | None = None
+        self.int8_report: dict[str, Any] | None = None
+
+    # ----------------------------------------------------------------- int8
+    def _inputs(self, before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised (N, 6, H, W) inputs and (N, 2, D) text features of tiles, as numpy float32."""
+        a = torch.from_numpy(np.ascontiguousarray(before, dtype=np.float32))
+        b = torch.from_numpy(np.ascontiguousarray(after, dtype=np.float32))
+        with torch.inference_mode():
+            if self.prompt_mode != "auto":
+                text_a = text_b = self._constant_text().expand(a.shape[0], -1, -1)
+            else:
+                prompts_a, prompts_b = self.prompts_for(a, b)
+                text_a, text_b = self._text(prompts_a), self._text(prompts_b)
+            x = (torch.cat([a, b], dim=1) - self._mean) / self._std
+        return x.numpy(), np.ascontiguousarray(text_a.cpu().numpy()), np.ascontiguousarray(text_b.cpu().numpy())
+
+    def calibrate(self, before: np.ndarray, after: np.ndarray) -> dict[str, Any] | None:
+        """Build the int8 graph from sample tiles of the user's rasters and measure its cost.
+
+        The first :data:`~changeclip.inference.int8.CALIBRATION_TILES` pairs calibrate the
+        activation ranges; up to :data:`~changeclip.inference.int8.HELD_OUT_TILES` further pairs
+        compare the int8 change probabilities with fp32's (``int8_report``). A no-op unless the
+        precision is int8 on a CPU runtime; if quantisation fails, the run falls back to the
+        runtime's fp32 graph with a warning.
+
+        Args:
+            before, after: (N, 3, H, W) float32 0..255 RGB sample tiles.
+
+        Returns:
+            The report (also in :meth:`describe` under ``int8``), or None when not int8.
+        """
+        from changeclip.inference.int8 import CALIBRATION_TILES, cached_int8, mask_agreement
+
+        lm = self.loaded
+        if lm.precision != "int8" or lm.runtime == "torch":
+            return None
+        self._check(before, after)
+        h, w = before.shape[2:]
+        t0 = time.perf_counter()
+        fp32 = lm.session(h, w)
+        if fp32 is None:  # the runtime failed: already fell back to torch fp32 with a warning
+            return None
+        n_cal = min(CALIBRATION_TILES, before.shape[0])
+        if n_cal < 8:
+            log.warning("int8 is calibrated on only %d tile pair(s): the activation ranges may not represent "
+                        "the rasters; use a larger area", n_cal)
+        x, ta, tb = self._inputs(before, after)
+        graph = lm.fp32_graph(h, w)
+        try:
+            import json
+
+            from changeclip.inference.onnx_export import MANIFEST_SUFFIX
+
+            manifest = json.loads(Path(str(graph) + MANIFEST_SUFFIX).read_text(encoding="utf-8"))
+            fp32_fields = {k: manifest[k] for k in ("weights_sha256", "variant", "tile", "runtime",
+                                                   "runtime_version", "torch")}
+            path, build_s, built = cached_int8(graph, x[:n_cal], ta[:n_cal], tb[:n_cal], fp32_fields)
+            self._int8 = RuntimeSession(lm.runtime, str(path), "int8", lm.threads or 1)
+        except Exception as exc:  # quantiser or loader failure: fp32 on the same runtime, said loudly
+            log.debug("int8 failed", exc_info=True)
+            log.warning("int8 quantisation failed (%s: %s): running the %s fp32 graph instead",
+                        type(exc).__name__, exc, lm.runtime)
+            lm.precision = "fp32"
+            lm.runtime_fallback = f"int8 failed ({type(exc).__name__}); ran fp32"
+            return None
+        held = slice(n_cal, before.shape[0]) if before.shape[0] > n_cal else slice(0, n_cal)
+        p32 = _softmax1(fp32.run(x[held], ta[held], tb[held]))
+        p8 = _softmax1(self._int8.run(x[held], ta[held], tb[held]))
+        self.int8_report = {
+            "calibration_tiles": n_cal, "compared_tiles": int(p32.shape[0]),
+            "compared_on": "held-out sample tiles" if before.shape[0] > n_cal else "the calibration tiles",
+            "quantise_s": round(build_s, 2), "from_cache": not built, "graph": str(path),
+            "calibrate_total_s": round(time.perf_counter() - t0, 2), **mask_agreement(p8, p32)}
+        log.warning("int8: change mask agrees with fp32 on %.2f %% of %d px (%s); mean |dp| %.4f",
+                    100 * self.int8_report["mask_agreement"], self.int8_report["pixels"],
+                    self.int8_report["compared_on"], self.int8_report["mean_abs_prob_diff"])
+        return self.int8_report
+
+    def _graph_session(self, before: np.ndarray, after: np.ndarray) -> RuntimeSession | None:
+        """The CPU runtime's session for these tiles (int8: calibrated on them if not yet); None: torch."""
+        lm = self.loaded
+        if lm.runtime == "torch":
+            return None
+        h, w = before.shape[2:]
+        if lm.precision == "int8":
+            if self._int8 is None:
+                log.warning("int8 was not calibrated on sample tiles of the rasters: calibrating on the first "
+                            "%d tile pair(s) given", before.shape[0])
+                self.calibrate(before, after)
+            if self._int8 is not None:
+                return self._int8
+        return lm.session(h, w)
 
     # ----------------------------------------------------------------- text
     def _constant_text(self) -> torch.Tensor:
@@ -285,6 +459,7 @@ class ChangeCLIPPredictor:
         shape = (before.shape[0], *before.shape[2:]) if proba else (before.shape[0], 2, *before.shape[2:])
         out = np.empty(shape, dtype=np.float32)
         constant = self._constant_text() if self.prompt_mode != "auto" else None
+        graph = self._graph_session(before, after)
         with torch.inference_mode():
             for sl, a, b in self._batches(before, after):
                 a = a.to(lm.device, non_blocking=True)
@@ -295,10 +470,13 @@ class ChangeCLIPPredictor:
                     prompts_a, prompts_b = self.prompts_for(a, b)
                     text_a, text_b = self._text(prompts_a), self._text(prompts_b)
                 x = (torch.cat([a, b], dim=1) - self._mean) / self._std
-                if lm.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with lm.autocast():
-                    logits = lm.model(x, text_a, text_b)
+                if graph is not None:
+                    logits = torch.from_numpy(graph.run(x.numpy(), text_a.numpy(), text_b.numpy()))
+                else:
+                    if lm.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with lm.autocast():
+                        logits = lm.model(x, text_a, text_b)
                 result = logits.float()
                 if proba:
                     result = result.softmax(dim=1)[:, 1]
@@ -352,6 +530,13 @@ class ChangeCLIPPredictor:
             "training_data": training.to_dict() if (training := training_data(lm.meta)) else None,
             "device": lm.device,
             "precision": lm.precision,
+            "runtime": lm.runtime,
+            "runtime_requested": lm.runtime_choice.requested if lm.runtime_choice else lm.runtime,
+            "runtime_reason": lm.runtime_choice.reason if lm.runtime_choice else "",
+            "runtime_fallback": lm.runtime_fallback,
+            "runtime_threads": lm.threads,
+            "runtime_export_s": dict(lm.export_s),
+            "int8": self.int8_report,
             "prompt_mode": self.prompt_mode,
             "prompt": self.words,
             "official_test_prompts": self.official_test_prompts,

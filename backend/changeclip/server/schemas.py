@@ -68,6 +68,7 @@ class DetectRequest(BaseModel):
     overlap: Int = Field(default=64, ge=0, le=4096)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d{1,3})?)$")
     precision: Literal[protocol.PRECISIONS] = "auto"  # type: ignore[valid-type]
+    runtime: Literal[protocol.RUNTIMES] = "auto"  # type: ignore[valid-type]
     batch_size: Int = Field(default=8, ge=1, le=1024)
     threshold: float | None = Field(default=None, gt=0, lt=1, description="finite number, 0 < threshold < 1")
     probability_dtype: Literal[protocol.PROBABILITY_DTYPES] = "uint8"  # type: ignore[valid-type]

@@ -43,16 +43,20 @@ def test_naive_geotiff_covers_the_grid(tmp_path: Path) -> None:
 def test_cli_bench_miniature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str]) -> None:
     mini = dataclasses.replace(suite.PROFILES["quick"], net_size=64, e2e_size=256, e2e_naive_size=256,
-                               e2e_batch=2, hit_rate_tiles=4, irmad_size=128, host_size=256, describe_size=256)
+                               e2e_batch=2, hit_rate_tiles=4, irmad_size=128, host_size=256, describe_size=256,
+                               runtimes=["onnxruntime:fp32"], e2e_runtimes=[])
     monkeypatch.setitem(suite.PROFILES, "quick", mini)
     out = tmp_path / "bench.json"
     code = main(["bench", "--quick", "--device", "cpu", "--out", str(out)])
     printed = capsys.readouterr()
     assert code == 0, printed.err
     rep = json.loads(out.read_text())
-    naive, opt = rep["network"]
+    naive, opt, ort = rep["network"]
     assert naive["mode"] == "naive" and opt["mode"] == "optimised"
     assert opt["speedup_vs_naive"] == pytest.approx(opt["pairs_per_s"] / naive["pairs_per_s"])
+    assert (opt["runtime"], ort["runtime"], ort["precision"]) == ("torch", "onnxruntime", "fp32")
+    assert ort["speedup_vs_naive"] == pytest.approx(ort["pairs_per_s"] / naive["pairs_per_s"])
+    assert rep["environment"]["runtimes"]["onnxruntime"] and "vector extensions:" in printed.out
     assert opt["text_cache"]["misses"] == 2  # constant prompts: encoded once, then looked up
     assert {r["prompt_mode"] for r in rep["text_cache_hit_rate"]} == {"none", "words"}
     none = next(r for r in rep["text_cache_hit_rate"] if r["prompt_mode"] == "none")

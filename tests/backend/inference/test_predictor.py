@@ -68,8 +68,11 @@ def test_devices_here() -> None:
     assert isinstance(devices[0]["bf16"], bool)
     with pytest.raises(InputError, match="fp16 is not supported on the CPU"):
         resolve_precision("fp16", "cpu")
-    with pytest.raises(InputError):
-        resolve_precision("int8", "cpu")
+    assert resolve_precision("int8", "cpu") == "int8"  # a quantised graph for the CPU runtimes
+    with pytest.raises(InputError, match="int8 runs on the CPU only"):
+        resolve_precision("int8", "cuda:0")
+    with pytest.raises(InputError, match="precision must be"):
+        resolve_precision("int4", "cpu")
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch,

@@ -68,10 +68,21 @@ def project(qgis_app: object) -> Iterator[object]:
     proj.clear()
 
 
+@pytest.fixture(scope="session")
+def backend_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An executable ``python`` that runs this venv's interpreter with this checkout's backend first on
+    PYTHONPATH (the plugin starts the backend with PYTHONPATH cleaned, so a worktree would otherwise
+    run the backend the venv's editable install points at)."""
+    wrapper = tmp_path_factory.mktemp("backend-python") / "python"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO_ROOT}/backend" exec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 @pytest.fixture()
-def backend_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def backend_env(monkeypatch: pytest.MonkeyPatch, backend_python: Path) -> None:
     """Point the plugin at this venv's interpreter (which has the backend installed)."""
-    monkeypatch.setenv("CHANGECLIP_BACKEND_PYTHON", sys.executable)
+    monkeypatch.setenv("CHANGECLIP_BACKEND_PYTHON", str(backend_python))
     monkeypatch.delenv("CHANGECLIP_BACKEND_URL", raising=False)
     monkeypatch.delenv("CHANGECLIP_TOKEN_FILE", raising=False)
 

@@ -4,6 +4,12 @@ A job runs the detection pipeline (an injectable ``runner`` with the signature o
 :func:`changeclip.pipeline.run_detection` minus the cache) with a progress callback
 and a cancellation flag the pipeline polls between batches. Whatever a job raises
 fails that job only; the manager and its workers keep running.
+
+Jobs of every kind (:data:`protocol.JOB_KINDS`: detect, dataset, train) share the same
+per-device queue, so one device runs one job at a time whatever its kind; each kind has its
+runner (``runners``). A runner may pass a fourth argument to its progress callback, an event
+dict (training: ``start``, ``step``, ``val``, ``note``, ``checkpoint``, ``end``): the manager
+keeps the job's events in order (:meth:`JobManager.events`) and folds them into its progress.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from typing import Any, Protocol
 
 from changeclip import protocol
 from changeclip.errors import ChangeClipError, JobCancelled
-from changeclip.protocol import DetectParams, JobInfo, JobProgress
+from changeclip.protocol import DetectParams, JobInfo, JobParams, JobProgress, job_kind
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int, int], None]
+ProgressFn = Callable[..., None]
+"""``progress(stage, done, total[, event])``."""
 CancelFn = Callable[[], bool]
 
 
@@ -51,7 +58,11 @@ _STAGE_START = {"queued": 0.0, "preparing": 0.01, "loading_model": 0.03, "scalin
 _TILES_SPAN = 0.80
 
 
-def _normalised_outputs(params: DetectParams) -> set[str]:
+MAX_EVENTS = 20_000
+"""Events kept per job; older ones are dropped first (their sequence numbers stay counted)."""
+
+
+def _normalised_outputs(params: JobParams) -> set[str]:
     """A job's final output paths, normalised so that equal paths compare equal."""
     return {os.path.normcase(os.path.abspath(p)) for p in params.output_paths().values() if p}
 
@@ -61,7 +72,7 @@ class Job:
     """One job and its live state; mutate only under :attr:`JobManager._lock`."""
 
     job_id: str
-    params: DetectParams
+    params: JobParams
     device: str
     created: float
     state: str = "queued"
@@ -72,12 +83,15 @@ class Job:
     result: dict[str, Any] | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     tiles_started: float | None = None
+    kind: str = "detect"
+    events: list[dict[str, Any]] = field(default_factory=list)
+    events_dropped: int = 0
 
     def info(self) -> JobInfo:
         """A snapshot as the protocol's :class:`JobInfo`."""
         return JobInfo(job_id=self.job_id, state=self.state, params=self.params.to_dict(),
                        progress=replace(self.progress), device=self.device, created=self.created,
-                       started=self.started, finished=self.finished, error=self.error)
+                       started=self.started, finished=self.finished, error=self.error, kind=self.kind)
 
 
 class JobManager:
@@ -89,10 +103,14 @@ class JobManager:
             concrete device whose queue runs it; raises ``ChangeClipError`` for a device
             that does not exist.
         max_finished: finished jobs remembered; the oldest finished ones are forgotten.
+        runners: the runner of each other job kind (``dataset``, ``train``); ``runner`` runs
+            ``detect`` jobs.
     """
 
-    def __init__(self, runner: Runner, resolve_device: Callable[[str], str], max_finished: int = 500) -> None:
+    def __init__(self, runner: Runner, resolve_device: Callable[[str], str], max_finished: int = 500,
+                 runners: dict[str, Runner] | None = None) -> None:
         self._runner = runner
+        self._runners = dict(runners or {})
         self._resolve_device = resolve_device
         self._max_finished = max_finished
         self._lock = threading.Lock()
@@ -103,17 +121,20 @@ class JobManager:
 
     # -- public API --------------------------------------------------------------------
 
-    def submit(self, params: DetectParams) -> JobInfo:
-        """Queue a job; return its info (state ``queued``).
+    def submit(self, params: JobParams) -> JobInfo:
+        """Queue a job of any kind; return its info (state ``queued``; its progress message says
+        which jobs run or wait before it on the same device).
 
         Raises:
             ChangeClipError: the device cannot be used (from ``resolve_device``).
             JobConflict: the server is shutting down, or a queued/running job writes the
                 same output folder or file.
         """
-        device = self._resolve_device(params.device)
-        params = replace(params, device=device)
-        job = Job(job_id=uuid.uuid4().hex, params=params, device=device, created=time.time())
+        kind = job_kind(params)
+        device = self._resolve_device(getattr(params, "device", "auto"))
+        if hasattr(params, "device"):
+            params = replace(params, device=device)
+        job = Job(job_id=uuid.uuid4().hex, params=params, device=device, created=time.time(), kind=kind)
         with self._lock:
             if self._closed:
                 raise JobConflict("the server is shutting down; no new jobs are accepted")
@@ -121,11 +142,24 @@ class JobManager:
             if clash is not None:
                 raise JobConflict(f"job {clash.job_id} ({clash.state}) already writes to {clash.params.output_dir}; "
                                   "wait for it, cancel it, or choose another output folder")
+            ahead = self._ahead_of(device)
+            if ahead:
+                job.progress.message = ahead
             self._jobs[job.job_id] = job
             self._queue_for(device).put(job)
             self._forget_old()
-            log.info("job %s queued on %s (engine %s)", job.job_id, device, params.engine)
+            log.info("job %s (%s) queued on %s%s", job.job_id, kind, device, f"; {ahead}" if ahead else "")
             return job.info()
+
+    def events(self, job_id: str, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """The job's events with a sequence number above ``since``, and the number of events so far.
+
+        Raises :class:`UnknownJob`.
+        """
+        with self._lock:
+            job = self._job(job_id)
+            start = max(0, since - job.events_dropped)
+            return [dict(e) for e in job.events[start:]], job.events_dropped + len(job.events)
 
     def get(self, job_id: str) -> JobInfo:
         """Info of one job. Raises :class:`UnknownJob`."""
@@ -229,7 +263,18 @@ class JobManager:
             job.progress.message = "cancelling"
         log.info("job %s: cancel requested", job.job_id)
 
-    def _output_clash(self, params: DetectParams) -> Job | None:
+    def _ahead_of(self, device: str) -> str:
+        """Which jobs run or wait on ``device`` (empty when none): a new job queues behind them."""
+        busy = [j for j in self._jobs.values() if j.device == device and j.state in ("queued", "running")
+                and not j.cancel_event.is_set()]
+        if not busy:
+            return ""
+        running = [j for j in busy if j.state == "running"]
+        what = (f"{running[0].kind} job {running[0].job_id} is running" if running else "none running yet")
+        return (f"queued: {len(busy)} job(s) ahead on {device} ({what}); one job runs at a time per device, "
+                "this one starts when they end")
+
+    def _output_clash(self, params: JobParams) -> Job | None:
         mine = _normalised_outputs(params)
         for other in self._jobs.values():
             if other.state in protocol.FINAL_JOB_STATES:
@@ -276,15 +321,20 @@ class JobManager:
                     continue
                 job.state = "running"
                 job.started = time.time()
+                job.progress.message = ""
                 job.progress.stage = "preparing"
                 job.progress.fraction = _STAGE_START["preparing"]
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        log.info("job %s started on %s", job.job_id, job.device)
+        log.info("job %s (%s) started on %s", job.job_id, job.kind, job.device)
         state, error, result = "failed", None, None
+        runner = self._runner if job.kind == "detect" else self._runners.get(job.kind)
         try:
-            result = self._runner(job.params, lambda s, d, t: self._progress(job, s, d, t), job.cancel_event.is_set)
+            if runner is None:
+                raise ChangeClipError(f"this server cannot run {job.kind} jobs")
+            result = runner(job.params, lambda s, d, t, e=None: self._progress(job, s, d, t, e),
+                            job.cancel_event.is_set)
             state = "succeeded"
             if not isinstance(result, dict):
                 state, error, result = "failed", f"internal error: the pipeline returned {type(result).__name__}", None
@@ -300,12 +350,15 @@ class JobManager:
             self._forget_old()
         log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
 
-    def _progress(self, job: Job, stage: str, done: int, total: int) -> None:
+    def _progress(self, job: Job, stage: str, done: int, total: int, event: dict[str, Any] | None = None) -> None:
         now = time.time()
         with self._lock:
             if job.state != "running":
                 return
             p = job.progress
+            if event is not None:
+                self._event(job, stage, done, total, event)
+                return
             p.stage = stage if stage in _STAGE_START else p.stage
             p.done, p.total = int(done), int(total)
             start = _STAGE_START.get(stage, p.fraction)
@@ -322,3 +375,35 @@ class JobManager:
             p.fraction = round(max(p.fraction, min(1.0, fraction)), 4)
             if not job.cancel_event.is_set():
                 p.message = ""
+
+    def _event(self, job: Job, stage: str, done: int, total: int, event: dict[str, Any]) -> None:
+        """Record one runner event and fold it into the job's progress (call under the lock)."""
+        p = job.progress
+        seq = job.events_dropped + len(job.events) + 1
+        job.events.append({"seq": seq, **event})
+        if len(job.events) > MAX_EVENTS:
+            drop = len(job.events) - MAX_EVENTS
+            del job.events[:drop]
+            job.events_dropped += drop
+        p.events = seq
+        p.stage = stage
+        p.done, p.total = int(done), int(total)
+        if total > 0:
+            p.fraction = round(max(p.fraction, min(1.0, done / total)), 4)
+        kind = event.get("event")
+        if kind == "start":
+            p.iteration, p.iterations, p.device = event.get("iteration"), event.get("iters"), event.get("device")
+        elif kind == "step":
+            p.iteration, p.iterations = event.get("iteration"), event.get("iters")
+            p.loss = event.get("loss")
+            eta = event.get("eta_s")
+            p.eta_s = float(eta) if isinstance(eta, (int, float)) else None
+        elif kind == "val":
+            metrics = {k: event.get(k) for k in ("iteration", "precision", "recall", "f1", "iou")}
+            p.val = metrics
+            if event.get("best"):
+                p.best = metrics
+        if kind == "note":
+            p.message = str(event.get("message", ""))
+        elif not job.cancel_event.is_set() and kind in ("step", "val", "start"):
+            p.message = ""

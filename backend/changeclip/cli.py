@@ -19,6 +19,7 @@ COMMANDS = (
     "eval",
     "dataset",
     "weights",
+    "train",
     "serve",
     "jobs",
     "bench",

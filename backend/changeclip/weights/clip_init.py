@@ -14,6 +14,7 @@ Only local files are read (no downloads).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -58,12 +59,13 @@ def clip_backbone(clip_sd: dict[str, torch.Tensor]) -> str:
     return "vit" if "visual.proj" in clip_sd else "rn50"
 
 
-def changeclip_state_from_clip(clip_path: str | Path, cfg: ChangeCLIPConfig | None = None,
+def changeclip_state_from_clip(clip_path: str | Path | Mapping[str, torch.Tensor], cfg: ChangeCLIPConfig | None = None,
                                seed: int = 0) -> tuple[ChangeCLIPConfig, dict[str, torch.Tensor], dict[str, int]]:
     """A fresh ChangeCLIP state dict whose CLIP towers come from a CLIP checkpoint.
 
     Args:
-        clip_path: OpenAI JIT archive (``RN50.pt``/``ViT-B-16.pt``) or open_clip state dict.
+        clip_path: OpenAI JIT archive (``RN50.pt``/``ViT-B-16.pt``) or open_clip state dict file, or
+            an already loaded CLIP state dict (e.g. ``open_clip.create_model(..., pretrained="openai")``).
         cfg: Target network; default: ``rn50`` for a ResNet CLIP, ``vit-b-16`` for a ViT CLIP.
         seed: torch seed for the parts that keep the network's random initialisation.
 
@@ -76,7 +78,10 @@ def changeclip_state_from_clip(clip_path: str | Path, cfg: ChangeCLIPConfig | No
     """
     from changeclip.model import build_model
 
-    clip_sd = read_clip_state_dict(clip_path)
+    if isinstance(clip_path, Mapping):
+        clip_sd, clip_path = dict(clip_path), "the CLIP state dict"
+    else:
+        clip_sd = read_clip_state_dict(clip_path)
     family = clip_backbone(clip_sd)
     if cfg is None:
         cfg = PRESETS["rn50" if family == "rn50" else "vit-b-16"]

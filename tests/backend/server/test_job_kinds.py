@@ -185,3 +185,44 @@ def test_detection_bodies_of_protocol_1_are_still_detections(
         assert final.state == "succeeded" and final.kind == "detect"
     assert runner.started == ["out0", "out1"]
     assert server.client.events(answer["job_id"]) == ([], 0)  # a detection reports no events
+
+
+def test_submit_dataset_and_submit_train_from_the_command_line(tmp_path: Path) -> None:
+    """``changeclip submit dataset|train … --wait`` against a real server process, relative paths
+    made absolute, training events printed as JSON lines; then ``status`` of the training job."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import start_server_process, stop_server_process
+
+    server = start_server_process(tmp_path, env={"OMP_NUM_THREADS": "1"})
+    try:
+        env = {**os.environ, "CHANGECLIP_BACKEND_URL": server.url,
+               "CHANGECLIP_TOKEN_FILE": server.handshake["token_file"]}
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "changeclip", *args], capture_output=True, text=True,
+                                  env=env, cwd=tmp_path, timeout=600)
+
+        write_changes(tmp_path / "changes.gpkg")
+        made = run("submit", "dataset", str(BEFORE), str(AFTER), "changes.gpkg", "-o", "ds", "--tile", "64",
+                   "--stride", "64", "--val-fraction", "0.3", "--wait")
+        assert made.returncode == 0, made.stderr
+        result = json.loads(made.stdout.strip().splitlines()[-1])
+        assert result["outputs"]["dataset"] == str(tmp_path / "ds")
+        trained = run("submit", "train", "ds", "-o", "run", "--variant", "tiny-vit", "--init", "scratch",
+                      "--iters", "2", "--val-every", "2", "--batch-size", "2", "--crop", "64", "--workers", "0",
+                      "--device", "cpu", "--wait", "--json")
+        assert trained.returncode == 0, trained.stderr
+        lines = [json.loads(line) for line in trained.stdout.strip().splitlines()]
+        assert [e["event"] for e in lines if "event" in e and "seq" in e][0] == "start"
+        vals = [e for e in lines if e.get("event") == "val"]
+        assert len(vals) == 1 and vals[0]["iteration"] == 2 and "f1" in vals[0]
+        final = lines[-1]
+        assert final["summary"]["outputs"]["weights"] == str(tmp_path / "run" / protocol.RUN_BEST_NAME)
+        status = json.loads(run("status", final["job_id"]).stdout)
+        assert status["kind"] == "train" and status["state"] == "succeeded"
+        assert status["params"]["datasets"] == [str(tmp_path / "ds")]
+    finally:
+        stop_server_process(server)

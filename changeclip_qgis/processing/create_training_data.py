@@ -106,10 +106,12 @@ class CreateTrainingDataAlgorithm(QgsProcessingAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: D102
         self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before raster (earlier date)"))
         self.addParameter(QgsProcessingParameterRasterLayer(self.AFTER, "After raster (later date)"))
+        # Any geometry type is accepted here so that a point or line layer gets a message saying what to
+        # do (a polygon-only parameter would only say "incorrect parameter value").
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.CHANGES, "Change polygons", [QgsProcessing.TypeVectorPolygon]))
+            self.CHANGES, "Change polygons", [QgsProcessing.TypeVectorAnyGeometry]))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AOI, "Area where the labels are complete (AOI)", [QgsProcessing.TypeVectorPolygon],
+            self.AOI, "Area where the labels are complete (AOI)", [QgsProcessing.TypeVectorAnyGeometry],
             optional=True))
         advanced = [
             QgsProcessingParameterString(self.BANDS, "Bands (R,G,B, 1-based)", defaultValue="1,2,3"),

@@ -2,7 +2,7 @@
 
 :func:`build_train_params` turns the user's choices into :class:`protocol.TrainParams`, checking
 the dataset folders and the start weights on the way and filling the plugin's small-first-run
-defaults: validation ten times per run, the training crop no larger than the dataset's tiles, and
+defaults: validation ten times per run, a loss point every fiftieth of the run, the training crop no larger than the dataset's tiles, and
 data loading in the training process on machines with two cores or fewer.
 """
 
@@ -89,8 +89,14 @@ def start_point(init: str, weights_dir: str) -> str:
     return f"weights:{path}"
 
 
-def build_train_params(choice: TrainingChoice, weights_dir: str = "") -> protocol.TrainParams:
+def build_train_params(choice: TrainingChoice, weights_dir: str = "", tile_size: int | None = None
+                       ) -> protocol.TrainParams:
     """The job parameters of ``choice``, checked.
+
+    Args:
+        choice: the user's choices.
+        weights_dir: the settings' weights folder (the default start weights).
+        tile_size: the datasets' tile size when they do not exist yet (else read from them).
 
     Raises:
         ConfigError: no dataset, a folder that is not a dataset, missing start weights, or an
@@ -99,13 +105,15 @@ def build_train_params(choice: TrainingChoice, weights_dir: str = "") -> protoco
     datasets = [os.path.abspath(os.path.expanduser(d)) for d in choice.datasets if d]
     if not datasets:
         raise ConfigError("DATASETS: give at least one training-data folder")
-    crop = min([DEFAULT_CROP] + [dataset_tile_size(d) for d in datasets])
+    sizes = [tile_size] if tile_size else [dataset_tile_size(d) for d in datasets]
+    crop = min([DEFAULT_CROP, *sizes])
     if not choice.run_dir:
         raise ConfigError("OUTPUT: give a run folder")
     val_every = choice.val_every
     if val_every is None and choice.iterations:
         val_every = max(1, choice.iterations // VALIDATIONS_PER_RUN)
     workers = 0 if (os.cpu_count() or 1) <= 2 else 2
+    log_every = max(1, min(10, (choice.iterations or 500) // 50))  # about 50 points on the loss curve
     try:
         params = protocol.TrainParams(
             datasets=datasets, run_dir=os.path.abspath(os.path.expanduser(choice.run_dir)), variant=choice.variant,
@@ -113,7 +121,7 @@ def build_train_params(choice: TrainingChoice, weights_dir: str = "") -> protoco
             epochs=choice.epochs or None, batch_size=choice.batch_size, lr=choice.lr, crop=crop,
             precision=choice.precision, device=choice.device, prompt_mode=choice.prompt_mode, prompt=choice.prompt,
             freeze=choice.freeze, val_every=val_every, patience=choice.patience, seed=choice.seed,
-            workers=workers, resume=choice.resume, overwrite=not choice.resume)
+            workers=workers, log_every=log_every, resume=choice.resume, overwrite=not choice.resume)
         params.validate()
     except protocol.ParamError as exc:
         raise ConfigError(f"{exc.field.upper()}: {exc.message}") from None

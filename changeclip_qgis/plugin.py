@@ -7,8 +7,8 @@ from typing import Any
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
 
+from .compat import QAction
 from .core.backend_launcher import LAUNCHER
 from .core.paths import icon_path
 
@@ -83,8 +83,9 @@ class ChangeClipPlugin:
             from .gui.diagnostics_dialog import DiagnosticsDialog as Dialog
         dialog = Dialog(parent)
         self._dialogs[which] = dialog
-        if self.dock is not None and which != "diagnostics":  # the weights folder may have changed
+        if self.dock is not None and which != "diagnostics":  # the weights folder or the backend may have changed
             dialog.finished.connect(self.dock.refresh_weights_info)
+            (dialog.accepted if which == "settings" else dialog.finished).connect(self.dock.refresh_backend_line)
         dialog.show()
 
     def unload(self) -> None:

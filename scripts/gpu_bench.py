@@ -115,7 +115,7 @@ def main() -> int:
         base = dataclasses.replace(base, variants=variants, batches=[2], reps=1, naive_pairs=1, net_size=64,
                                    e2e_variants=variants, e2e_naive_size=256, e2e_batch=4, hit_rate_tiles=4)
         args.e2e_size = min(args.e2e_size, 384)
-        base = dataclasses.replace(base, host_size=min(base.host_size, 384))
+        base = dataclasses.replace(base, host_size=min(base.host_size, 384), describe_size=256, describe_clip="tiny")
     profile = dataclasses.replace(base, compile_model=args.compile, e2e_size=args.e2e_size,
                                   budget_s=max(0.0, args.budget_s - (time.perf_counter() - t0)))
     notes = []
@@ -123,9 +123,10 @@ def main() -> int:
         if not have_tifffile:
             sys.stderr.write("neither GDAL (osgeo) nor tifffile is importable: no end-to-end section possible\n")
             return 2
-        profile = dataclasses.replace(profile, e2e_paths=["stream"], e2e_io="tifffile", host_size=0)
-        notes.append("GDAL's Python bindings are not installed on this machine: the pipeline end-to-end section "
-                     "was not run; the stream loop read and wrote plain TIFFs through tifffile (no georeferencing)")
+        profile = dataclasses.replace(profile, e2e_paths=["stream"], e2e_io="tifffile", host_size=0, describe_size=0)
+        notes.append("GDAL's Python bindings are not installed on this machine: the pipeline end-to-end and "
+                     "describe sections were not run; the stream loop read and wrote plain TIFFs through tifffile "
+                     "(no georeferencing)")
     report = run_suite(profile, args.device)
     report["correctness"] = checks
     report["notes"] = notes

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent environment setup for the plugin, the backend and the test suite.
 #
-#  1. QGIS (qgis + python3-qgis) from Debian's packages, when /usr/bin/python3
-#     cannot import qgis.core or qgis_process.bin is missing.
+#  1. QGIS (qgis + python3-qgis) and xvfb (the X server of the desktop smoke test)
+#     from Debian's packages, when /usr/bin/python3 cannot import qgis.core or
+#     qgis_process.bin or Xvfb is missing.
 #  2. .venv from /usr/bin/python3 with --system-site-packages (so PyQGIS and
 #     GDAL's bindings, which Debian compiles for that Python, are visible).
 #  3. The backend (editable) and the pinned runtime + test tools.
@@ -32,16 +33,17 @@ need_qgis=0
 "$SYS_PY" -c "import qgis.core" >/dev/null 2>&1 || need_qgis=1
 [ -x /usr/bin/qgis_process.bin ] || [ -x /usr/bin/qgis_process ] || need_qgis=1
 "$SYS_PY" -c "import ensurepip" >/dev/null 2>&1 || need_qgis=1   # python3-venv
+[ -x /usr/bin/Xvfb ] || need_qgis=1                                # xvfb: the desktop smoke test
 if [ "$need_qgis" = 1 ]; then
-  log "installing QGIS from Debian packages (qgis, python3-qgis, python3-venv)"
+  log "installing QGIS from Debian packages (qgis, python3-qgis, python3-venv, xvfb)"
   SUDO=""
   if [ "$(id -u)" != 0 ]; then
-    command -v sudo >/dev/null || { log "ERROR: QGIS is missing and this user is not root; run 'sudo apt-get install qgis python3-qgis' first"; exit 1; }
+    command -v sudo >/dev/null || { log "ERROR: QGIS is missing and this user is not root; run 'sudo apt-get install qgis python3-qgis python3-venv xvfb' first"; exit 1; }
     SUDO=sudo
   fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -q
-  $SUDO apt-get install -y -q --no-install-recommends qgis python3-qgis python3-venv
+  $SUDO apt-get install -y -q --no-install-recommends qgis python3-qgis python3-venv xvfb
 fi
 
 sys_ver=$("$SYS_PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')

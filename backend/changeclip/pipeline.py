@@ -8,14 +8,18 @@ run. Steps (reported through ``progress(stage, done, total)`` with the stages of
    file checks as the job server's: missing inputs, an existing output without ``overwrite``
    or an unwritable folder stop here, before any work), open both rasters, check bands and
    CRSs, pick the reference grid, warp the other raster onto it (a streaming VRT) and compute
-   the processed window (the intersection).
+   the processed window (the intersection). What an output may replace is
+   :mod:`changeclip.output_safety`'s rule. Then the output folders are created and locked
+   (:mod:`changeclip.folder_lock`: a second run on the same folder stops here) and stale
+   temporary files of an interrupted earlier run are removed.
 2. *loading_model*: build the engine (changeclip loads weights through the model cache); warn
    when the grid's ground pixel size is 2x or more from the weights' training GSD.
 3. *scaling*: one fixed per-band range for both dates from a nodata-free sample.
 4. *fitting*: the engine's global fit (IR-MAD's canonical correlation; no-op for changeclip).
 5. *tiles*: stream tiles in row order, batched; blend overlapping probabilities; write finished
    output rows straight to temporary GeoTIFFs. ``is_cancelled()`` is polled before every batch.
-6. *polygons* (optional), *finalising* (COGs, summary.json, atomic renames), *done*.
+6. *polygons* (optional), *finalising* (COGs, summary.json, renames to the final names all or
+   nothing: :meth:`~changeclip.raster.outputs.TempFiles.publish`), *done*.
 
 Any failure or cancellation removes every temporary file; nothing appears under a final name
 before all outputs are complete.
@@ -34,9 +38,10 @@ from typing import Any
 import numpy as np
 from osgeo import gdal
 
-from changeclip import __version__, prefetch
+from changeclip import __version__, output_safety, prefetch
 from changeclip.engines import ChangeEngine, build_engine
 from changeclip.errors import InputError, JobCancelled
+from changeclip.folder_lock import FolderLocks
 from changeclip.inference.cache import ModelCache
 from changeclip.prefetch import BatchReader, TileSource
 from changeclip.preflight import confirm_writable, preflight
@@ -45,6 +50,7 @@ from changeclip.raster import align, scaling
 from changeclip.raster.area import ground_pixel_size_m, row_pixel_areas
 from changeclip.raster.outputs import (
     ChangeRasterWriter,
+    PublishError,
     TempFiles,
     polygonize,
     remove_empty_dirs,
@@ -110,7 +116,12 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
     timings["preparing"] = time.perf_counter() - started
 
     temp = TempFiles()
+    locks = FolderLocks(os.path.dirname(os.path.abspath(p)) for p in paths.values() if p)
     try:
+        for d in created_dirs:  # made now so that they can be locked; removed again if the run fails
+            os.makedirs(d, exist_ok=True)
+        locks.acquire()
+        locks.remove_stale()
         t = time.perf_counter()
         report("loading_model", 0, 1)
         if engine is None:
@@ -120,6 +131,7 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         if scale:
             log.warning("%s", scale)
             inputs.warnings.append(scale)
+        words = _load_describer(params, engine) if params.describe else None
         timings["loading_model"] = time.perf_counter() - t
         _check_cancel(cancelled)
 
@@ -138,8 +150,6 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         timings["fitting"] = time.perf_counter() - t
         _check_cancel(cancelled)
 
-        for d in created_dirs:
-            os.makedirs(d, exist_ok=True)
         threshold = params.threshold if params.threshold is not None else engine.default_threshold
         t = time.perf_counter()
         tmp_mask = temp.new(paths["mask"], "part")
@@ -159,8 +169,17 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
             polygons_info = polygonize(tmp_mask, tmp_gpkg, inputs.grid, params.min_area,
                                        lambda f: report("polygons", int(100 * f), 100), cancelled,
                                        attributes=_polygon_attributes(params, engine, threshold),
-                                       probability_path=tmp_prob)
+                                       probability_path=tmp_prob, min_pixels=params.min_pixels)
+            polygons_info.update(min_pixels=params.min_pixels, min_area_m2=params.min_area)
             timings["polygons"] = time.perf_counter() - t
+
+        describe_info = None
+        matching_tmp: dict[str, str] = {}
+        if words is not None:
+            t = time.perf_counter()
+            describe_info, matching_tmp = _describe(params, inputs, scaler, words, tmp_gpkg, tmp_mask, temp, paths,
+                                                    report, cancelled)
+            timings["describing"] = time.perf_counter() - t
 
         t = time.perf_counter()
         report("finalising", 0, 200)
@@ -173,37 +192,50 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         timings["total"] = time.perf_counter() - started
         summary = _summary(params, inputs, engine, scaler, threshold, stats, polygons_info, paths,
                            {k: round(v, 3) for k, v in timings.items()})
+        if describe_info is not None:
+            summary["describe"] = describe_info
+            summary["outputs"]["polygons_matching"] = paths["polygons_matching"]
+            summary["outputs"]["mask_matching"] = paths["mask_matching"]
         tmp_summary = temp.new(paths["summary"])
         write_json(tmp_summary, summary)
         if cancelled():
             raise JobCancelled("the run was cancelled; no outputs were written")
-        temp.commit(final_mask, paths["mask"])
-        temp.commit(final_prob, paths["probability"])
+        finals = [(final_mask, paths["mask"]), (final_prob, paths["probability"])]
         if paths["polygons"]:
-            temp.commit(tmp_gpkg, paths["polygons"])
-        temp.commit(tmp_summary, paths["summary"])
+            finals.append((tmp_gpkg, paths["polygons"]))
+        finals += [(tmp, paths[key]) for key, tmp in matching_tmp.items()]
+        temp.publish([*finals, (tmp_summary, paths["summary"])])
         temp.cleanup()
+        locks.release()
         report("done", 1, 1)
         log.info("engine %s: %.4f %% of the valid area changed (%.1f m²); outputs in %s", engine.name,
                  100 * (summary["changed_fraction"] or 0), summary["changed_area_m2"] or 0, params.output_dir)
         return summary
+    except PublishError as exc:
+        _abandon(temp, locks, created_dirs)
+        raise InputError(f"writing the outputs failed: {exc.strerror}; check the folder, or choose another "
+                         "output folder") from None
     except OSError as exc:
-        temp.cleanup()
-        remove_empty_dirs(created_dirs)
+        _abandon(temp, locks, created_dirs)
         hint = "the disk is full: free some space" if exc.errno == errno.ENOSPC else "check the folder"
         raise InputError(f"writing the outputs failed ({exc.strerror or exc}); {hint}, or choose another "
                          "output folder; no output was written") from None
     except RuntimeError as exc:
-        temp.cleanup()
-        remove_empty_dirs(created_dirs)
+        _abandon(temp, locks, created_dirs)
         if not _raised_by_gdal(exc):  # e.g. torch (CUDA out of memory): not a problem of the input files
             raise
         raise InputError(f"reading the rasters failed: {str(exc).strip()}; check that both files are "
                          "complete and readable") from None
     except BaseException:
-        temp.cleanup()
-        remove_empty_dirs(created_dirs)
+        _abandon(temp, locks, created_dirs)
         raise
+
+
+def _abandon(temp: TempFiles, locks: FolderLocks, created_dirs: list[str]) -> None:
+    """After a failure or a cancellation: remove the temporary files, unlock, remove new empty folders."""
+    temp.cleanup()
+    locks.release()
+    remove_empty_dirs(created_dirs)
 
 
 def _raised_by_gdal(exc: BaseException) -> bool:
@@ -225,7 +257,16 @@ def _check_cancel(cancelled: CancelFn) -> None:
 
 def _prepare_inputs(params: DetectParams) -> Inputs:
     """Open, check and align both rasters; no pixel is read except for validation."""
-    return open_pair(params.before, params.after, params.bands, params.grid, params.target_crs, params.resolution)
+    outputs = output_safety.outputs_of(params)
+
+    def not_outputs(role: str, files: list[str]) -> None:  # its .aux.xml, .ovr, a VRT's sources ...
+        try:
+            output_safety.check_not_input_files(outputs, files, role)
+        except output_safety.OutputPathError as exc:
+            raise InputError(str(exc)) from None
+
+    return open_pair(params.before, params.after, params.bands, params.grid, params.target_crs, params.resolution,
+                     check_files=not_outputs)
 
 
 def _scale_warning(inputs: Inputs, engine: ChangeEngine) -> str | None:
@@ -317,6 +358,52 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
                       "processed": total - skipped, "skipped_nodata": skipped},
             "changed_px": changed_px, "valid_px": valid_px,
             "changed_m2": changed_m2 if has_area else None, "valid_m2": valid_m2 if has_area else None}
+
+
+def _load_describer(params: DetectParams, engine: ChangeEngine) -> tuple[Any, Any]:
+    """CLIP and the embedded vocabulary/query (a ``TextBank``) for describing, loaded with the model so
+    that every error about them comes before any work."""
+    from changeclip.describe.describer import load_words
+    from changeclip.describe.encoder import OpenClipEncoder
+    from changeclip.inference.devices import resolve_device
+
+    device = engine.device if engine.name == "changeclip" else resolve_device(params.device)
+    encoder = DESCRIBE_ENCODER or OpenClipEncoder(params.describe_weights, params.describe_model, device=device)
+    return encoder, load_words(encoder, params.vocabulary, params.query)
+
+
+def _describe(params: DetectParams, inputs: Inputs, scaler: scaling.BandScaling, words: tuple[Any, Any],
+              gpkg: str, mask: str, temp: TempFiles, paths: dict[str, str | None], report: ProgressFn,
+              cancelled: CancelFn) -> tuple[dict[str, Any], dict[str, str]]:
+    """Stage *describing*: CLIP words for every polygon of the temporary GeoPackage.
+
+    Args:
+        words: ``(encoder, TextBank)`` from :func:`_load_describer`.
+
+    Returns:
+        The summary's ``describe`` part, and the matching outputs' temporary paths by output key
+        (``polygons_matching``, ``mask_matching``; empty without ``keep_matching``) for the final renames.
+    """
+    from changeclip.describe.describer import DescribeSetup, describe_polygons, write_matching
+
+    report("describing", 0, 1)
+    encoder, bank = words
+    setup = DescribeSetup(inputs.before, inputs.after, inputs.grid, inputs.window, scaler, encoder, bank,
+                          params.query_threshold)
+    info = describe_polygons(gpkg, setup, lambda done, total: report("describing", done, total), cancelled)
+    if not (params.keep_matching and paths["polygons_matching"] and paths["mask_matching"]):
+        return info, {}
+    tmp_gpkg = temp.new(paths["polygons_matching"])
+    tmp_plain = temp.new(paths["mask_matching"], "part")
+    write_matching(gpkg, tmp_gpkg, mask, tmp_plain, inputs.grid)
+    tmp_mask = temp.new(paths["mask_matching"])
+    to_cog(tmp_plain, tmp_mask, "NEAREST", None, cancelled)
+    return info, {"polygons_matching": tmp_gpkg, "mask_matching": tmp_mask}
+
+
+DESCRIBE_ENCODER: Any = None
+"""A :class:`changeclip.describe.encoder.ClipEncoder` to use instead of building one (tests: the
+stand-in encoder that proves which class lands on which polygon)."""
 
 
 def _polygon_attributes(params: DetectParams, engine: ChangeEngine, threshold: float) -> dict[str, str | float]:

@@ -11,6 +11,10 @@ One set of checks for both callers:
   working folder is not the client's) and the weights files must exist too (the pipeline
   leaves those to the weights loader, which reports them as model errors, exit code 3).
 
+What an output may replace (never a device, FIFO, folder, link, an input of the job, a system
+folder's file, or another output of the same job) is :mod:`changeclip.output_safety`'s rule,
+applied here for every caller.
+
 Permission checks use ``os.access``, which the super-user always passes;
 :func:`confirm_writable` (used by the pipeline right before it writes) really creates and
 removes a probe file, so a folder that cannot be written fails before the model is loaded.
@@ -22,6 +26,7 @@ import os
 import stat
 import tempfile
 
+from changeclip import output_safety
 from changeclip.errors import InputError
 from changeclip.protocol import DetectParams
 
@@ -66,6 +71,12 @@ def preflight(params: DetectParams, server: bool = False) -> list[str]:
                 _readable_file(field_name, getattr(params, field_name), server, raster=False)
     missing: list[str] = []
     out_dir = _checked_path("output_dir", params.output_dir, server)
+    for out in output_safety.outputs_of(params):
+        _checked_path(out.field, out.path, server)
+    try:
+        output_safety.check_job(params)
+    except output_safety.OutputPathError as exc:
+        raise PreflightError(exc.field, exc.path, exc.message) from None
     st = _stat("output_dir", out_dir)
     if st is not None:
         if not stat.S_ISDIR(st.st_mode):

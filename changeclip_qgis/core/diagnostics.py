@@ -18,8 +18,9 @@ from typing import Any
 
 from . import protocol
 from .backend_launcher import LAUNCHER, BackendLauncher, clean_env, configuration_problem
+from .errors import ChangeClipPluginError
 from .paths import PLUGIN_DIR, bundled_backend_dir, resources_dir
-from .settings import ENV, BackendConfig, default_venv_dir
+from .settings import ENV, KEY_SETUP_PYTHON, KEY_SETUP_REASON, BackendConfig, default_venv_dir, get
 
 PROBE_TIMEOUT_S = 30
 
@@ -46,6 +47,24 @@ def _probe(cmd: list[str], env: dict[str, str] | None = None) -> str:
         return f"could not run {cmd[0]}: {exc}"
     out = (done.stdout + done.stderr).strip()
     return out if done.returncode == 0 else f"exit code {done.returncode}: {out[-2000:]}"
+
+
+def setup_interpreter_report() -> dict[str, str]:
+    """Which interpreter "Set up backend…" builds (or built) the backend's venv from, and why."""
+    from .backend_setup import check_interpreter, find_qgis_python
+
+    report: dict[str, str] = {}
+    last = get(KEY_SETUP_PYTHON)
+    report["last set-up built from"] = (f"{last} ({get(KEY_SETUP_REASON) or 'reason not recorded'})"
+                                        if last else "(no set-up run yet)")
+    try:
+        choice = find_qgis_python()
+    except ChangeClipPluginError as exc:
+        report["QGIS's Python"] = f"not found: {exc}"
+        return report
+    report["QGIS's Python"] = f"{choice.python} ({choice.reason})"
+    report["it imports"] = check_interpreter(choice.python).summary()
+    return report
 
 
 def collect(launcher: BackendLauncher = LAUNCHER, config: BackendConfig | None = None) -> str:
@@ -83,6 +102,7 @@ def collect(launcher: BackendLauncher = LAUNCHER, config: BackendConfig | None =
     section("Paths", {"plugin": PLUGIN_DIR, "resources": resources_dir(),
                       "bundled backend": bundled_backend_dir() or "(not bundled)",
                       "default backend venv": default_venv_dir()})
+    section("Set-up interpreter", setup_interpreter_report())
     if config.python and os.path.isfile(config.python):
         section("Backend interpreter", {
             "python": _probe([config.python, "--version"], clean_env()),

@@ -6,7 +6,11 @@ temporary GeoTIFF of a chosen extent and pixel size, or refused with a message t
 to do. CRS differences are left to the backend's alignment.
 
 Out: the mask, the probability raster and the polygons are loaded with the styles in
-``resources/styles`` into one layer-tree group per run. Loading happens on the main thread only.
+``resources/styles`` into one layer-tree group per run, by one rule for the dock and Processing
+(:func:`place_output`): group ``ChangeCLIP: <run>`` at the top of the layer tree; inside it, top to
+bottom, ``change polygons``, ``change mask`` (both visible) and ``change probability`` (present
+but hidden: it would cover the mask); each layer named ``<output> — <run>``. Loading happens on
+the main thread only.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import math
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +43,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import Qt
 
+from ..compat import RASTER_SIZE_CAPABILITY, RASTER_WRITE_CANCELED, RASTER_WRITE_OK
 from . import protocol
 from .errors import JobCancelledError, LayerNotSupported
 from .log import log
@@ -45,7 +52,63 @@ from .paths import style_path
 MAX_EXPORT_SIDE_PX = 20000
 """Largest width or height of an exported raster; bigger extents are refused."""
 
-STYLE_FOR_OUTPUT = {"mask": "change_mask", "probability": "change_probability", "polygons": "change_polygons"}
+STYLE_FOR_OUTPUT = {"mask": "change_mask", "probability": "change_probability", "polygons": "change_polygons",
+                    "polygons_matching": "change_polygons", "mask_matching": "change_mask"}
+
+
+@contextmanager
+def no_sidecars_beside_inputs() -> Iterator[None]:
+    """While active, rasters that QGIS opens in this thread write no GDAL ``.aux.xml`` beside them.
+
+    Loading a raster layer makes QGIS compute band statistics, which GDAL keeps in its PAM
+    (Persistent Auxiliary Metadata) and writes to ``<raster>.aux.xml`` next to the file when the
+    dataset closes: a file written into the user's input folder. Processing loads the BEFORE and
+    AFTER layers from their paths (``qgis_process``, the toolbox with a file path): with GDAL's
+    ``GDAL_PAM_ENABLED`` set to ``NO`` for this thread while they are opened, those datasets
+    keep statistics in memory only. Layers already open in the project are not reopened, so
+    they are unaffected (and were not opened by us).
+    """
+    previous = suspend_input_sidecars()
+    try:
+        yield
+    finally:
+        restore_input_sidecars(previous)
+
+
+def suspend_input_sidecars() -> str | None:
+    """Turn GDAL's PAM sidecars off for rasters opened in this thread; return the earlier setting.
+
+    See :func:`no_sidecars_beside_inputs`; pair every call with :func:`restore_input_sidecars`.
+    """
+    from osgeo import gdal
+
+    previous = gdal.GetThreadLocalConfigOption("GDAL_PAM_ENABLED", None)
+    gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", "NO")
+    return previous
+
+
+def restore_input_sidecars(previous: str | None) -> None:
+    """Undo :func:`suspend_input_sidecars` (``previous`` is what it returned)."""
+    from osgeo import gdal
+
+    gdal.SetThreadLocalConfigOption("GDAL_PAM_ENABLED", previous)
+
+OUTPUT_ORDER = (("polygons_matching", "matching changes"), ("polygons", "change polygons"),
+                ("mask_matching", "matching change mask"), ("mask", "change mask"),
+                ("probability", "change probability"))
+"""The outputs of a run, top to bottom in its layer-tree group, with the names they get."""
+
+HIDDEN_OUTPUTS = ("probability",)
+
+VECTOR_OUTPUTS = ("polygons", "polygons_matching")
+"""Outputs that are vector layers (the matching ones only exist after ``--describe --keep-matching``)."""
+"""Outputs loaded unchecked: the probability raster would hide the mask under it."""
+
+RUN_PROPERTY = "changeclip/run"
+"""Custom property of a run's group (and its layers): the run's key, so a batch's runs stay apart."""
+
+KIND_PROPERTY = "changeclip/output"
+"""Custom property of an output layer: its kind (``mask``, ``probability``, ``polygons``)."""
 
 
 def local_raster_path(layer: QgsMapLayer) -> str | None:
@@ -57,6 +120,27 @@ def local_raster_path(layer: QgsMapLayer) -> str | None:
     if parts.get("layerName") or not path or not os.path.isfile(path):
         return None
     return path
+
+
+def same_raster_problem(before: QgsMapLayer | None, after: QgsMapLayer | None) -> str | None:
+    """The message the dock and Processing both show when Before and After are one raster, else None.
+
+    One raster means the same layer, the same local file (also when loaded twice, as two layers,
+    or through a symbolic link) or, for non-file layers, the same provider and data source.
+    """
+    if before is None or after is None:
+        return None
+    same = before.id() == after.id()
+    if not same:
+        paths = local_raster_path(before), local_raster_path(after)
+        if paths[0] is not None and paths[1] is not None:
+            same = os.path.realpath(paths[0]) == os.path.realpath(paths[1])
+        elif paths[0] is None and paths[1] is None:
+            same = (before.providerType(), before.source()) == (after.providerType(), after.source())
+    if not same:
+        return None
+    return (f"Before and After are the same raster ('{before.name()}'): the result would be 'no change' "
+            "everywhere; pick the raster of the other date")
 
 
 @dataclass
@@ -114,7 +198,7 @@ def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
     crs = extent_crs if extent_crs is not None and extent_crs.isValid() else layer.crs()
     if extent is None or extent.isEmpty():
         provider = layer.dataProvider()
-        if not (provider.capabilities() & QgsRasterDataProvider.Size) or provider.xSize() <= 0:
+        if not (provider.capabilities() & RASTER_SIZE_CAPABILITY) or provider.xSize() <= 0:
             raise LayerNotSupported(
                 f"layer '{layer.name()}' ({layer.providerType()}) is not a local file and has no fixed extent; "
                 "choose an extent to export (the other raster's, or zoom the map to the area) or save it "
@@ -126,7 +210,7 @@ def prepare_input(layer: QgsMapLayer, extent: QgsRectangle | None = None,
         crs = target_crs
     if pixel_size is None:
         provider = layer.dataProvider()
-        if (provider.capabilities() & QgsRasterDataProvider.Size) and provider.xSize() > 0 and crs == layer.crs():
+        if (provider.capabilities() & RASTER_SIZE_CAPABILITY) and provider.xSize() > 0 and crs == layer.crs():
             pixel_size = layer.rasterUnitsPerPixelX()
     if not pixel_size or pixel_size <= 0:
         raise LayerNotSupported(f"layer '{layer.name()}' has no native resolution; choose a pixel size to "
@@ -206,10 +290,10 @@ def run_export(request: ExportRequest, out_dir: str | None = None, feedback: Any
         feedback.canceled.connect(block_feedback.cancel, Qt.ConnectionType.DirectConnection)
     error = writer.writeRaster(pipe, request.width, request.height, request.extent, request.crs,
                                request.transform_context, block_feedback)
-    if error == QgsRasterFileWriter.WriteCanceled:
+    if error == RASTER_WRITE_CANCELED:
         _remove(partial)
         raise JobCancelledError(f"the export of layer '{request.name}' was cancelled")
-    if error != QgsRasterFileWriter.NoError or not os.path.isfile(partial):
+    if error != RASTER_WRITE_OK or not os.path.isfile(partial):
         _remove(partial)
         raise LayerNotSupported(f"exporting layer '{request.name}' to GeoTIFF failed (writer error {error}); "
                                 "check that its source is reachable, or save it as a GeoTIFF first")
@@ -264,38 +348,84 @@ def write_sidecar_style(path: str, kind: str) -> str | None:
     return target
 
 
-def load_outputs(summary: dict[str, Any], run_name: str, project: QgsProject | None = None) -> dict[str, QgsMapLayer]:
+def output_layer_name(kind: str, run_name: str) -> str:
+    """The name an output layer gets: ``"change mask — 2015 → 2020 [IR-MAD]"``."""
+    return f"{dict(OUTPUT_ORDER)[kind]} — {run_name}"
+
+
+def place_output(layer: QgsMapLayer, kind: str, run_name: str, run_key: str,
+                 project: QgsProject | None = None, summary: dict[str, Any] | None = None) -> None:
+    """Style, name and place one output layer of a run by the loading rule (main thread).
+
+    The layer must already be in ``project`` (anywhere in the layer tree, or not in it at all).
+    The run's group (found by ``run_key``, else created at the top of the tree) gets the layer at
+    its place in :data:`OUTPUT_ORDER`, whatever order the outputs arrive in; the probability
+    raster is left unchecked.
+
+    Args:
+        layer: the output layer.
+        kind: ``mask``, ``probability`` or ``polygons``.
+        run_name: the run's human name, e.g. ``"naip_2015 → naip_2020 [IR-MAD]"``.
+        run_key: identifies the run (several runs may share a name, e.g. in a batch).
+        project: the project (default: the current one).
+        summary: the run's summary: polygons of a run with ``describe`` are styled by what CLIP said
+            (:func:`describe.style_described_polygons`).
+    """
+    project = project or QgsProject.instance()
+    root = project.layerTreeRoot()
+    apply_style(layer, kind)
+    if kind in VECTOR_OUTPUTS and summary and summary.get("describe"):
+        from .describe import style_described_polygons
+
+        style_described_polygons(layer, summary)
+    layer.setName(output_layer_name(kind, run_name))
+    layer.setCustomProperty(KIND_PROPERTY, kind)
+    layer.setCustomProperty(RUN_PROPERTY, run_key)
+    group = next((g for g in root.findGroups() if g.customProperty(RUN_PROPERTY) == run_key), None)
+    if group is None:
+        group = root.insertGroup(0, f"ChangeCLIP: {run_name}")
+        group.setCustomProperty(RUN_PROPERTY, run_key)
+    rank = [k for k, _ in OUTPUT_ORDER]
+    siblings = [n for n in group.findLayers() if n.layer() is not None and n.layer().id() != layer.id()]
+    index = sum(1 for n in siblings if rank.index(n.layer().customProperty(KIND_PROPERTY) or "probability")
+                < rank.index(kind))
+    old = root.findLayer(layer.id())
+    node = group.insertLayer(index, layer)  # before the old node goes, so the layer stays in the project
+    if old is not None and old.parent() is not None:
+        old.parent().removeChildNode(old)
+    node.setItemVisibilityChecked(kind not in HIDDEN_OUTPUTS)
+
+
+def load_outputs(summary: dict[str, Any], run_name: str, project: QgsProject | None = None,
+                 run_key: str | None = None) -> dict[str, QgsMapLayer]:
     """Load a run's outputs, styled, into a new group at the top of the layer tree (main thread).
 
     Args:
         summary: the run's summary (its ``outputs`` dict names the files).
         run_name: group name, e.g. ``"2015 → 2020 [building]"``.
         project: the project (default: the current one).
+        run_key: identifies the run's group (default: a new one).
 
     Returns:
         The loaded layers by output kind (``mask``, ``probability``, ``polygons``).
     """
     project = project or QgsProject.instance()
     outputs = summary.get("outputs") or {}
-    group = project.layerTreeRoot().insertGroup(0, f"ChangeCLIP: {run_name}")
+    run_key = run_key or uuid.uuid4().hex
     loaded: dict[str, QgsMapLayer] = {}
-    order = (("polygons", "change polygons"), ("mask", "change mask"), ("probability", "change probability"))
-    for kind, label in order:
+    for kind, _label in OUTPUT_ORDER:
         path = outputs.get(kind)
         if not path or not os.path.exists(path):
             continue
-        if kind == "polygons":
-            layer: QgsMapLayer = QgsVectorLayer(path, f"{label} — {run_name}", "ogr")
+        if kind in VECTOR_OUTPUTS:
+            layer: QgsMapLayer = QgsVectorLayer(path, output_layer_name(kind, run_name), "ogr")
         else:
-            layer = QgsRasterLayer(path, f"{label} — {run_name}", "gdal")
+            layer = QgsRasterLayer(path, output_layer_name(kind, run_name), "gdal")
         if not layer.isValid():
             log(f"output {path} could not be loaded", "warning")
             continue
-        apply_style(layer, kind)
         project.addMapLayer(layer, False)
-        node = group.addLayer(layer)
-        if kind == "probability":
-            node.setItemVisibilityChecked(False)
+        place_output(layer, kind, run_name, run_key, project, summary)
         loaded[kind] = layer
     return loaded
 

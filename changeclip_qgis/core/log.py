@@ -20,7 +20,8 @@ def log(message: str, level: str = "info") -> None:
     try:
         from qgis.core import Qgis, QgsMessageLog
 
-        qgis_level = {"info": Qgis.Info, "warning": Qgis.Warning, "critical": Qgis.Critical}.get(level, Qgis.Info)
+        qgis_level = {"info": Qgis.MessageLevel.Info, "warning": Qgis.MessageLevel.Warning,
+                      "critical": Qgis.MessageLevel.Critical}.get(level, Qgis.MessageLevel.Info)
         QgsMessageLog.logMessage(message, TAG, qgis_level)
     except ImportError:  # outside QGIS (pure unit tests)
         pass

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import output_safety, protocol
 from .errors import ConfigError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -21,10 +21,23 @@ LABELS = {
     "before": "Before raster", "after": "After raster", "output_dir": "Output folder",
     "engine": "Engine", "weights": "Weights file", "prompt": "Prompt", "prompt_mode": "Prompt mode",
     "bands": "Bands", "tile": "Tile size", "overlap": "Overlap", "device": "Device",
-    "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area",
+    "precision": "Precision", "threshold": "Threshold", "min_area": "Minimum area", "min_pixels": "Minimum size",
     "grid": "Output grid", "target_crs": "Target CRS", "resolution": "Resolution",
+    "mask_path": "Change mask", "probability_path": "Change probability", "polygons_path": "Change polygons",
+    "describe": "Describe changes", "query": "Find", "query_threshold": "Query threshold",
+    "keep_matching": "Keep matching", "vocabulary": "Vocabulary file", "describe_weights": "Describe weights",
+    "describe_model": "Describe model",
 }
 """What the UI calls each job parameter (used in error messages)."""
+
+
+ENGINE_NAMES = {"changeclip": "ChangeCLIP", "irmad": "IR-MAD"}
+"""What the UI calls each engine (the dock's combo, messages); the job and Processing use the keys."""
+
+
+def engine_name(engine: str) -> str:
+    """The user-facing name of an engine, e.g. ``IR-MAD`` for ``irmad`` (unknown ones as they are)."""
+    return ENGINE_NAMES.get(engine, engine)
 
 
 def resolve_weights(weights: str, weights_dir: str, engine: str) -> str | None:
@@ -53,8 +66,9 @@ def resolve_weights(weights: str, weights_dir: str, engine: str) -> str | None:
                               "(or put it in the weights folder set in the ChangeCLIP settings)")
         return str(path.resolve())
     if not weights_dir:
-        raise ConfigError("The changeclip engine needs a weights file: pick one, set a weights folder "
-                          "in the ChangeCLIP settings (or CHANGECLIP_WEIGHTS_DIR), or use the irmad engine")
+        raise ConfigError(f"The {engine_name('changeclip')} engine needs a weights file: pick one, set a weights "
+                          "folder in the ChangeCLIP settings (or CHANGECLIP_WEIGHTS_DIR), or use the "
+                          f"{engine_name('irmad')} engine, which needs none")
     folder = Path(weights_dir).expanduser()
     found = sorted(p for p in folder.glob("*") if p.suffix in WEIGHT_SUFFIXES) if folder.is_dir() else []
     if len(found) != 1:
@@ -109,12 +123,9 @@ def crs_text(crs: Any) -> str | None:
     authid = str(crs.authid())
     if authid and not authid.upper().startswith(("USER:", "INTERNAL:")):  # QGIS-only ids GDAL cannot read
         return authid
-    from qgis.core import Qgis, QgsCoordinateReferenceSystem
+    from ..compat import CRS_WKT_PREFERRED  # Qgis.CrsWktVariant since QGIS 3.36
 
-    variant = getattr(getattr(Qgis, "CrsWktVariant", None), "Preferred", None)  # QGIS >= 3.36
-    if variant is None:
-        variant = QgsCoordinateReferenceSystem.WKT_PREFERRED  # QGIS 3.22 ... 3.34
-    return str(crs.toWkt(variant)) or None
+    return str(crs.toWkt(CRS_WKT_PREFERRED)) or None
 
 
 def grid_choice(grid: str = "before", target_crs: Any = None,
@@ -167,9 +178,12 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
                  threshold: float | None = None, device: str = "auto", precision: str = "auto",
                  polygons: bool = False, grid: str = "before", target_crs: Any = None,
                  resolution: float | None = None,
-                 min_area_m2: float = 0.0, mask_path: str | None = None,
+                 min_area_m2: float = 0.0, min_pixels: int = protocol.DEFAULT_MIN_POLYGON_PIXELS,
+                 mask_path: str | None = None,
                  probability_path: str | None = None, polygons_path: str | None = None,
-                 overwrite: bool = False) -> protocol.DetectParams:
+                 overwrite: bool = False, describe: bool = False, query: str = "",
+                 query_threshold: float = protocol.DEFAULT_QUERY_THRESHOLD, keep_matching: bool = False,
+                 vocabulary: str = "", describe_weights: str | None = None) -> protocol.DetectParams:
     """A validated job from UI-level values.
 
     Args:
@@ -184,16 +198,23 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` (fp32 on the CPU, bf16/fp16 autocast on a GPU), ``fp32``, ``bf16``
             (also on CPUs with AMX or AVX-512 BF16, where it is 2-3x faster than fp32) or ``fp16``.
-        polygons, min_area_m2: write change polygons, dropping those under ``min_area_m2``.
+        polygons, min_area_m2, min_pixels: write change polygons, dropping those under
+            ``min_area_m2`` m² or of fewer than ``min_pixels`` output pixels.
         grid, target_crs, resolution: the output grid: the ``before`` raster's (default), the
             ``after`` raster's, or ``custom``: ``target_crs`` (a QgsCoordinateReferenceSystem or
             a CRS string; sent as its authid, else its WKT) at ``resolution`` CRS units per pixel.
             See :func:`grid_choice`.
         mask_path, probability_path, polygons_path: explicit output files (Processing).
         overwrite: replace existing outputs.
+        describe, query, query_threshold, keep_matching, vocabulary, describe_weights: describe every
+            polygon in words with CLIP and score it against ``query`` (see :mod:`.describe`;
+            ``describe_weights`` already resolved, None = the backend's default).
 
     Raises:
-        ConfigError: a value is invalid; the message names the field as the UI labels it.
+        ConfigError: a value is invalid, or an output path may not be written (a device, FIFO,
+            folder, link, an input of the job, a system folder, two outputs on one file: see
+            :mod:`output_safety`, the backend's own rule); the message names the field as the UI
+            labels it.
     """
     def absolute(path: str | None) -> str | None:  # the backend runs in another working directory
         return os.path.abspath(os.path.expanduser(path)) if path and path.strip() else None
@@ -210,12 +231,18 @@ def build_params(before: str, after: str, output_dir: str, *, engine: str = "cha
             threshold=threshold if threshold else None, device=(device or "auto").strip(),
             precision=(precision or "auto").strip(),
             grid=grid, target_crs=target_crs, resolution=resolution,
-            polygons=bool(polygons), min_area=float(min_area_m2), mask_path=absolute(mask_path),
+            polygons=bool(polygons), min_area=float(min_area_m2),
+            min_pixels=int(min_pixels), mask_path=absolute(mask_path),
             probability_path=absolute(probability_path), polygons_path=absolute(polygons_path),
-            overwrite=overwrite)
+            overwrite=overwrite, describe=bool(describe), query=(query or "").strip(),
+            query_threshold=float(query_threshold), keep_matching=bool(keep_matching),
+            vocabulary=absolute(vocabulary), describe_weights=absolute(describe_weights))
         params.validate()
+        output_safety.check_job(params)
     except protocol.ParamError as exc:
         raise ConfigError(f"{LABELS.get(exc.field, exc.field)}: {exc.message}") from None
+    except output_safety.OutputPathError as exc:
+        raise ConfigError(f"{LABELS.get(exc.field, exc.field)}: {exc.path}: {exc.message}") from None
     return params
 
 
@@ -225,7 +252,7 @@ def run_name(before_name: str, after_name: str, prompt: str = "", engine: str = 
     if prompt.strip():
         name += f" [{prompt.strip()[:40]}]"
     elif engine == "irmad":
-        name += " [IR-MAD]"
+        name += f" [{engine_name(engine)}]"
     return name
 
 

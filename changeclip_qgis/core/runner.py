@@ -12,10 +12,10 @@ from .settings import BackendConfig
 STAGE_LABELS = {
     "queued": "Waiting in the backend's queue", "preparing": "Opening and aligning rasters",
     "loading_model": "Loading the model", "scaling": "Scaling radiometry", "fitting": "Fitting IR-MAD",
-    "tiles": "Detecting changes", "polygons": "Making polygons", "finalising": "Writing outputs",
+    "tiles": "Detecting changes", "polygons": "Making polygons", "describing": "Describing changes",
+    "finalising": "Writing outputs",
     "done": "Done", "training": "Training",
 }
-TILE_LABELS = {"detect": "Detecting changes", "dataset": "Cutting training tiles"}
 
 
 def progress_text(progress: protocol.JobProgress) -> str:

@@ -27,6 +27,8 @@ KEY_TOKEN_FILE = "backend/token_file"  # nosec B105
 KEY_WEIGHTS_DIR = "weights_dir"
 KEY_START_TIMEOUT = "backend/start_timeout_s"
 KEY_OUTPUT_BASE = "output_base_dir"
+KEY_SETUP_PYTHON = "setup/python"  # the interpreter the last "Set up backend…" built from
+KEY_SETUP_REASON = "setup/python_reason"  # and why that one (shown by Diagnostics)
 KEY_DOCK_CHOICES = "dock/"  # + engine, prompt_mode, …: the dock's last-used choices
 
 ENV = {

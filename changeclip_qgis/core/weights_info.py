@@ -50,6 +50,31 @@ def _header(path: Path) -> dict:
     return header
 
 
+def unreadable_reason(path: str) -> str | None:
+    """Why ``path`` cannot be a weights file at all, in words (None when it may be one).
+
+    A ``.safetensors`` file needs a readable header; a ``.pth``/``.pt`` checkpoint starts with a
+    zip (``PK``) or pickle (``0x80``) signature, as the backend checks. Files that are readable but
+    not native ChangeCLIP weights are left to the backend (it identifies official checkpoints).
+    """
+    p = Path(path).expanduser()
+    try:
+        if p.suffix.lower() in (".pth", ".pt"):
+            with p.open("rb") as fh:
+                head = fh.read(2)
+            if head[:2] != b"PK" and head[:1] != b"\x80":
+                return "it is not a PyTorch checkpoint (no zip or pickle signature at its start)"
+            return None
+        _header(p)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    except UnicodeDecodeError:
+        return "its safetensors header is not text"
+    except ValueError as exc:
+        return str(exc) if str(exc).startswith(("it ", "its ", "the file")) else "its safetensors header is not JSON"
+    return None
+
+
 def summarize_weights(path: str) -> WeightsSummary:
     """A one-line description of ``path`` (never raises: problems become a warning line)."""
     p = Path(path).expanduser()

@@ -12,7 +12,6 @@ from typing import Any
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
     QgsUnitTypes,
@@ -24,7 +23,7 @@ from qgis.gui import (
     QgsMapLayerComboBox,
     QgsProjectionSelectionWidget,
 )
-from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtCore import Qt, QTimer, pyqtSignal
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -41,22 +40,26 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..compat import RASTER_LAYER_FILTER
 from ..core import protocol
+from ..core.describe import QUERY_HELP, matching_line, prompt_help, resolve_describe_weights
 from ..core.errors import ChangeClipPluginError
-from ..core.layers import ExportRequest, local_raster_path, prepare_input
+from ..core.layers import KIND_PROPERTY, ExportRequest, local_raster_path, prepare_input, same_raster_problem
 from ..core.log import log
+from ..core.pairing import choose_pair, layer_date
 from ..core.params import (
     build_params,
     crs_text,
     default_output_base,
     default_output_dir,
+    engine_name,
     grid_choice,
     resolve_weights,
     run_name,
 )
 from ..core.runner import device_line, result_line
 from ..core.settings import KEY_DOCK_CHOICES, KEY_OUTPUT_BASE, BackendConfig, get, set_value
-from ..core.weights_info import summarize_weights
+from ..core.weights_info import summarize_weights, unreadable_reason
 from ..tasks.detect_task import BackendCheckTask, DetectTask
 
 PROMPT_MODE_LABELS = (("auto", "Auto tags (+ my words)"), ("none", "None"), ("words", "My words only"))
@@ -86,10 +89,13 @@ class ChangeClipDock(QgsDockWidget):
         self.task: DetectTask | None = None
         self.check_task: BackendCheckTask | None = None
         self.last_summary: dict[str, Any] | None = None
+        self.user_chose_layers = False
         self._build()
         self._restore_choices()
         self._update_engine()
+        self._update_describe()
         self._update_grid()
+        self._follow_project()
 
     # -- construction --------------------------------------------------------------
 
@@ -98,11 +104,9 @@ class ChangeClipDock(QgsDockWidget):
         outer = QVBoxLayout(body)
         form = QFormLayout()
         self.before_combo = QgsMapLayerComboBox(body)
-        self.before_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.before_combo.setFilters(RASTER_LAYER_FILTER)
         self.after_combo = QgsMapLayerComboBox(body)
-        self.after_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        if self.after_combo.count() > 1:
-            self.after_combo.setLayer(self.after_combo.layer(1))
+        self.after_combo.setFilters(RASTER_LAYER_FILTER)
         form.addRow("Before", self.before_combo)
         form.addRow("After", self.after_combo)
         self.prompt_edit = QLineEdit(body)
@@ -114,9 +118,24 @@ class ChangeClipDock(QgsDockWidget):
         prompt_row.addWidget(self.prompt_edit, 1)
         prompt_row.addWidget(self.prompt_mode_combo)
         form.addRow("Prompt", prompt_row)
+        self.prompt_mode_combo.currentIndexChanged.connect(self._update_prompt_help)
+        self.describe_check = QCheckBox("Describe changes in words (CLIP)", body)
+        self.describe_check.setToolTip("CLIP names what each change polygon was and became (e.g. farmland → "
+                                       "building); needs change polygons")
+        self.describe_check.toggled.connect(self._update_describe)
+        form.addRow("Describe", self.describe_check)
+        self.query_edit = QLineEdit(body)
+        self.query_edit.setPlaceholderText("e.g. building, or farmland to building")
+        self.query_edit.setToolTip(QUERY_HELP)
+        self.keep_matching_check = QCheckBox("only matching", body)
+        self.keep_matching_check.setToolTip("also write a layer and a mask of only the changes that match")
+        query_row = QHBoxLayout()
+        query_row.addWidget(self.query_edit, 1)
+        query_row.addWidget(self.keep_matching_check)
+        form.addRow("Find", query_row)
         self.engine_combo = QComboBox(body)
-        self.engine_combo.addItem("ChangeCLIP (deep learning)", "changeclip")
-        self.engine_combo.addItem("IR-MAD (unsupervised, no weights)", "irmad")
+        self.engine_combo.addItem(f"{engine_name('changeclip')} (deep learning)", "changeclip")
+        self.engine_combo.addItem(f"{engine_name('irmad')} (unsupervised, no weights)", "irmad")
         self.engine_combo.currentIndexChanged.connect(self._update_engine)
         form.addRow("Engine", self.engine_combo)
         self.weights_widget = QgsFileWidget(body)
@@ -172,10 +191,21 @@ class ChangeClipDock(QgsDockWidget):
         self.polygons_check = QCheckBox("Also make change polygons", self.advanced_box)
         self.polygons_check.setChecked(True)
         adv.addRow("Polygons", self.polygons_check)
+        self.min_pixels_spin = QSpinBox(self.advanced_box)
+        self.min_pixels_spin.setRange(0, 1_000_000)
+        self.min_pixels_spin.setValue(protocol.DEFAULT_MIN_POLYGON_PIXELS)
+        self.min_pixels_spin.setSuffix(" px")
+        self.min_pixels_spin.setToolTip(
+            "Change polygons of fewer output pixels are dropped (default "
+            f"{protocol.DEFAULT_MIN_POLYGON_PIXELS} px, a 2x2 block: single-pixel specks are noise).\n"
+            "In m² that is this many times the output pixel's area, e.g. 4 px = 100 m² at 5 m pixels.\n"
+            "0 keeps every polygon.")
+        adv.addRow("Minimum size", self.min_pixels_spin)
         self.min_area_spin = QDoubleSpinBox(self.advanced_box)
         self.min_area_spin.setRange(0.0, 1e9)
         self.min_area_spin.setDecimals(1)
         self.min_area_spin.setSuffix(" m²")
+        self.min_area_spin.setToolTip("Change polygons smaller than this are dropped too (0 = no area limit)")
         adv.addRow("Minimum area", self.min_area_spin)
         self.grid_combo = QComboBox(self.advanced_box)
         for value, label in GRID_LABELS:
@@ -261,6 +291,53 @@ class ChangeClipDock(QgsDockWidget):
         self.tabs.setCurrentIndex(0)
         self._message(f"Detection now uses the trained weights {path}", "success")
 
+    # -- Before / After defaults -----------------------------------------------------
+
+    def _follow_project(self) -> None:
+        """Propose a Before/After pair now and whenever the project's rasters change.
+
+        The dock is usually built before QGIS loads the project's layers, so the pair is proposed
+        again when layers are added or removed and when a project is read or cleared (deferred to
+        the event loop, once per burst of signals). A choice the user made in either list is kept
+        until another project is loaded.
+        """
+        self._pair_timer = QTimer(self)
+        self._pair_timer.setSingleShot(True)
+        self._pair_timer.setInterval(0)
+        self._pair_timer.timeout.connect(self.propose_pair)
+        project = QgsProject.instance()
+        self._project_signals = [(project.layersAdded, self._pair_timer.start),
+                                 (project.layersRemoved, self._pair_timer.start),
+                                 (project.readProject, self._new_project),
+                                 (project.cleared, self._new_project)]
+        for signal, slot in self._project_signals:
+            signal.connect(slot)
+        self.before_combo.activated.connect(self._user_picked)
+        self.after_combo.activated.connect(self._user_picked)
+        self.propose_pair()
+
+    def _user_picked(self, *_args: object) -> None:
+        self.user_chose_layers = True
+
+    def _new_project(self, *_args: object) -> None:
+        self.user_chose_layers = False
+        self._pair_timer.start()
+
+    def propose_pair(self) -> None:
+        """Set Before and After to two different rasters, the older date first (see :mod:`core.pairing`).
+
+        Does nothing once the user picked a layer in either list, or with fewer than two rasters;
+        outputs of earlier runs are never proposed.
+        """
+        if self.user_chose_layers:
+            return
+        layers = [self.before_combo.layer(i) for i in range(self.before_combo.count())]
+        layers = [lyr for lyr in layers if lyr is not None and not lyr.customProperty(KIND_PROPERTY)]
+        pair = choose_pair([layer_date(lyr, local_raster_path(lyr)) for lyr in layers])
+        if pair is not None:
+            self.before_combo.setLayer(layers[pair[0]])
+            self.after_combo.setLayer(layers[pair[1]])
+
     # -- last-used choices ---------------------------------------------------------
 
     def _choices(self) -> dict[str, str]:
@@ -272,8 +349,10 @@ class ChangeClipDock(QgsDockWidget):
             "bands": self.bands_edit.text(), "tile": str(self.tile_spin.value()),
             "overlap": str(self.overlap_spin.value()), "threshold": str(self.threshold_spin.value()),
             "polygons": "1" if self.polygons_check.isChecked() else "0", "min_area": str(self.min_area_spin.value()),
+            "min_pixels": str(self.min_pixels_spin.value()),
             "grid": str(self.grid_combo.currentData()), "target_crs": crs_text(self.target_crs_widget.crs()) or "",
             "resolution": str(self.resolution_spin.value()),
+            "describe": "1" if self.describe_check.isChecked() else "0", "query": self.query_edit.text(),
         }
 
     def _save_choices(self) -> None:
@@ -315,6 +394,7 @@ class ChangeClipDock(QgsDockWidget):
         number(self.overlap_spin, stored["overlap"], int)
         number(self.threshold_spin, stored["threshold"], float)
         number(self.min_area_spin, stored["min_area"], float)
+        number(self.min_pixels_spin, stored["min_pixels"], int)
         if stored["polygons"] in ("0", "1"):
             self.polygons_check.setChecked(stored["polygons"] == "1")
         if stored["grid"]:
@@ -324,6 +404,9 @@ class ChangeClipDock(QgsDockWidget):
             if crs.createFromUserInput(stored["target_crs"]) and crs.isValid():
                 self.target_crs_widget.setCrs(crs)
         number(self.resolution_spin, stored["resolution"], float)
+        if stored["describe"] in ("0", "1"):
+            self.describe_check.setChecked(stored["describe"] == "1")
+        self.query_edit.setText(stored["query"])
 
     # -- helpers -------------------------------------------------------------------
 
@@ -337,7 +420,23 @@ class ChangeClipDock(QgsDockWidget):
         self.weights_widget.setEnabled(needs_weights)
         self.prompt_edit.setEnabled(needs_weights)
         self.prompt_mode_combo.setEnabled(needs_weights)
+        self._update_prompt_help()
+        if self.task is None and self.stage_label.text().startswith("Error: "):
+            self.stage_label.setText("Ready")  # e.g. "needs a weights file" is stale once the engine changed
         self.refresh_weights_info()
+
+    def _update_prompt_help(self, *_args: object) -> None:
+        """The prompt field says what it does for this engine and prompt mode."""
+        text = prompt_help(str(self.engine_combo.currentData()), str(self.prompt_mode_combo.currentData()))
+        self.prompt_edit.setToolTip(text)
+        self.prompt_mode_combo.setToolTip(text)
+
+    def _update_describe(self, *_args: object) -> None:
+        on = self.describe_check.isChecked()
+        self.query_edit.setEnabled(on)
+        self.keep_matching_check.setEnabled(on)
+        if on:
+            self.polygons_check.setChecked(True)  # describing describes the polygons
 
     def refresh_weights_info(self, *_args: object) -> None:
         """Describe the weights file a run would use (the chosen one, else the folder's default).
@@ -384,8 +483,8 @@ class ChangeClipDock(QgsDockWidget):
             return
         from qgis.core import Qgis
 
-        qlevel = {"info": Qgis.Info, "success": Qgis.Success, "warning": Qgis.Warning,
-                  "critical": Qgis.Critical}[level]
+        qlevel = {"info": Qgis.MessageLevel.Info, "success": Qgis.MessageLevel.Success,
+                  "warning": Qgis.MessageLevel.Warning, "critical": Qgis.MessageLevel.Critical}[level]
         bar = self.iface.messageBar()
         if not diagnostics:
             bar.pushMessage("ChangeCLIP", text, qlevel, 8)
@@ -429,8 +528,9 @@ class ChangeClipDock(QgsDockWidget):
         before, after = self.before_combo.currentLayer(), self.after_combo.currentLayer()
         if before is None or after is None:
             raise ChangeClipPluginError("Pick a before and an after raster (load them into the project first)")
-        if before.id() == after.id():
-            raise ChangeClipPluginError("Before and after are the same layer; pick two different dates")
+        same = same_raster_problem(before, after)  # the message Processing shows too
+        if same is not None:
+            raise ChangeClipPluginError(same)
         grid, target_crs, resolution = self._grid_choice()
         grid_choice(grid, target_crs, resolution)  # a bad grid choice is refused before any export
         inputs = {"before": self._input(before, after, target_crs, resolution),
@@ -452,8 +552,20 @@ class ChangeClipDock(QgsDockWidget):
             overlap=self.overlap_spin.value(), threshold=self.threshold_spin.value() or None,
             device=self.device_combo.currentText(), precision=self.precision_combo.currentText(),
             polygons=self.polygons_check.isChecked(), grid=grid, target_crs=target_crs, resolution=resolution,
-            min_area_m2=self.min_area_spin.value())
+            min_area_m2=self.min_area_spin.value(), min_pixels=self.min_pixels_spin.value(),
+            **self._describe_options())
+        unreadable = unreadable_reason(params.weights) if params.weights else None
+        if unreadable:  # refused here, in words, before a backend is started or a run folder made
+            raise ChangeClipPluginError(f"Weights file {params.weights} is not ChangeCLIP weights: {unreadable}; "
+                                        "pick a ChangeCLIP .safetensors file or an official .pth checkpoint")
         return params, exports, name
+
+    def _describe_options(self) -> dict[str, object]:
+        describe = self.describe_check.isChecked()
+        query = self.query_edit.text().strip() if describe else ""
+        return {"describe": describe, "query": query, "keep_matching": bool(query) and
+                self.keep_matching_check.isChecked(),
+                "describe_weights": resolve_describe_weights("", BackendConfig.load().weights_dir) if describe else None}
 
     # -- actions -------------------------------------------------------------------
 
@@ -498,7 +610,11 @@ class ChangeClipDock(QgsDockWidget):
         self.last_summary = summary
         self.progress_bar.setValue(100)
         warnings = [str(w) for w in summary.get("warnings") or []]
-        text = f"{result_line(summary)}\nEngine {summary.get('engine', '?')} on {summary.get('device', '?')}"
+        text = f"{result_line(summary)}\nEngine {engine_name(str(summary.get('engine', '?')))} on " \
+            f"{summary.get('device', '?')}"
+        matches = matching_line(summary)
+        if matches:
+            text += f"\n{matches}"
         self.summary_label.setText(text + "".join(f"\nWarning: {w}" for w in warnings))
         self.stage_label.setText("Done" + (f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})"
                                            if warnings else ""))
@@ -513,6 +629,8 @@ class ChangeClipDock(QgsDockWidget):
     def _fail(self, message: str) -> None:
         cancelled = self.task is not None and self.task.cancelled_by_user
         unavailable = self.task is not None and self.task.backend_unavailable
+        if self.task is not None:
+            self.task.remove_run_folder()  # a failed or cancelled run leaves no empty folder behind
         self.task = None
         self._set_running(False)
         if unavailable:  # point at the report that says why
@@ -522,6 +640,12 @@ class ChangeClipDock(QgsDockWidget):
         self.stage_label.setText(("Cancelled: " if cancelled else "Error: ") + message)
         self._message(message, "info" if cancelled else "critical", diagnostics=unavailable)
         self.runFailed.emit(message)
+
+    def refresh_backend_line(self, *_args: object) -> None:
+        """Show where the backend is configured now (after Settings or set-up changed it), not connected yet."""
+        if self.check_task is None:
+            self.backend_label.setText(f"Backend: {BackendConfig.load().describe()} (not connected)")
+            self.diagnostics_button.setStyleSheet("")
 
     def check_backend(self) -> BackendCheckTask:
         """Start/reach the backend in the background and show its device line."""
@@ -543,7 +667,14 @@ class ChangeClipDock(QgsDockWidget):
         self.diagnostics_button.setStyleSheet("font-weight: bold")
 
     def shutdown(self) -> None:
-        """Cancel a running job and detach from its tasks (before the dock is deleted)."""
+        """Cancel a running job and detach from its tasks and the project (before the dock is deleted)."""
+        self._pair_timer.stop()
+        for signal, slot in self._project_signals:
+            try:
+                signal.disconnect(slot)
+            except TypeError:  # already disconnected
+                pass
+        self._project_signals = []
         for task in (self.task, self.check_task):
             if task is None:
                 continue

@@ -14,15 +14,15 @@ from typing import Any
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputVectorLayer,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterCrs,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFile,
@@ -37,18 +37,31 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
-from ..core import protocol
+from ..compat import (
+    ALGORITHM_CAN_CANCEL,
+    ALGORITHM_SUPPORTS_BATCH,
+    NUMBER_DOUBLE,
+    NUMBER_INTEGER,
+    PARAMETER_ADVANCED,
+    SOURCE_VECTOR_POLYGON,
+)
+from ..core import output_safety, protocol
 from ..core.backend_launcher import LAUNCHER, configuration_problem
+from ..core.describe import matching_line, resolve_describe_weights
 from ..core.errors import ChangeClipPluginError, JobCancelledError
 from ..core.layers import (
     ExportRequest,
-    apply_style,
     local_raster_path,
+    no_sidecars_beside_inputs,
+    place_output,
     prepare_input,
+    restore_input_sidecars,
     run_export,
+    same_raster_problem,
+    suspend_input_sidecars,
     write_sidecar_style,
 )
-from ..core.params import build_params, grid_choice
+from ..core.params import build_params, grid_choice, run_name
 from ..core.paths import icon_path
 from ..core.runner import progress_percent, progress_text, result_line, run_detection
 from ..core.settings import BackendConfig
@@ -56,23 +69,30 @@ from ..core.settings import BackendConfig
 MIN_RESOLUTION = 1e-9
 """Smallest RESOLUTION Processing accepts (it must be > 0; 1e-9 is below any real pixel size)."""
 
+_QGIS_PROCESS_SIDECARS: list[str | None] = []
+"""Under qgis_process: the GDAL_PAM_ENABLED setting to restore once the run ends (see createInstance)."""
+
 _POST_PROCESSORS: list[QgsProcessingLayerPostProcessorInterface] = []
-"""Keeps the style post-processors alive until QGIS has called them (QGIS does not own them)."""
+"""Keeps the layer post-processors alive until QGIS has called them (QGIS does not own them)."""
 
 
-class _StyleOutput(QgsProcessingLayerPostProcessorInterface):
-    """Applies the bundled QML style to an output layer that Processing loads."""
+class _PlaceOutput(QgsProcessingLayerPostProcessorInterface):
+    """Styles, names and groups an output layer that Processing loads, by the dock's rule
+    (:func:`core.layers.place_output`): one group per run, probability present but hidden."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, run_name: str, run_key: str, summary: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.kind = kind
+        self.run_name = run_name
+        self.run_key = run_key
+        self.summary = summary
 
     def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: ANN001, N802, D102
-        apply_style(layer, self.kind)
+        place_output(layer, self.kind, self.run_name, self.run_key, context.project(), self.summary)
 
     @classmethod
-    def create(cls, kind: str) -> _StyleOutput:
-        processor = cls(kind)
+    def create(cls, kind: str, run_name: str, run_key: str, summary: dict[str, Any] | None = None) -> _PlaceOutput:
+        processor = cls(kind, run_name, run_key, summary)
         _POST_PROCESSORS.append(processor)
         del _POST_PROCESSORS[:-1000]  # bounded; a batch loads its rows at the end
         return processor
@@ -94,6 +114,7 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     PRECISION = "PRECISION"
     MIN_AREA = "MIN_AREA"
+    MIN_PIXELS = "MIN_PIXELS"
     OUTPUT_GRID = "OUTPUT_GRID"
     TARGET_CRS = "TARGET_CRS"
     RESOLUTION = "RESOLUTION"
@@ -104,6 +125,15 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     CHANGED_AREA_M2 = "CHANGED_AREA_M2"
     CHANGED_FRACTION = "CHANGED_FRACTION"
     SUMMARY = "SUMMARY"
+    DESCRIBE = "DESCRIBE"
+    QUERY = "QUERY"
+    QUERY_THRESHOLD = "QUERY_THRESHOLD"
+    KEEP_MATCHING = "KEEP_MATCHING"
+    VOCABULARY = "VOCABULARY"
+    DESCRIBE_WEIGHTS = "DESCRIBE_WEIGHTS"
+    MATCHING_POLYGONS = "MATCHING_POLYGONS"
+    MATCHING_COUNT = "MATCHING_COUNT"
+    MATCHING_AREA_M2 = "MATCHING_AREA_M2"
 
     # -- identity ------------------------------------------------------------------
 
@@ -145,22 +175,42 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             "DEVICE auto uses the first GPU, else the CPU. PRECISION auto is fp32 on the CPU and bf16 (or fp16) "
             "on a GPU; bf16 on a CPU with AMX or AVX-512 BF16 is 2-3x faster than fp32.\n\n"
             "Outputs: CHANGE_MASK (1 = change, 0 = no change, 255 = nodata), CHANGE_PROBABILITY (percent), "
-            "optional CHANGE_POLYGONS (GeoPackage, polygons smaller than MIN_AREA m² dropped), and the numbers "
+            "CHANGE_POLYGONS (GeoPackage; polygons of fewer than MIN_PIXELS output pixels, default "
+            f"{protocol.DEFAULT_MIN_POLYGON_PIXELS}, or smaller than MIN_AREA m² are dropped), and the numbers "
             "CHANGED_AREA_M2 (empty when the rasters have no CRS) and CHANGED_FRACTION (of the valid area) for "
             "models; SUMMARY optionally saves the run's summary.json. Warnings of the run (no CRS, resampled "
             "inputs, …) appear in the log.\n\n"
+            "DESCRIBE (needs CHANGE_POLYGONS): CLIP says what each change polygon was and became (before_class, "
+            "after_class, change_label). QUERY: words ('building') or a transition ('farmland to building'); "
+            "each polygon gets query_score (0-1) and matches_query (score >= QUERY_THRESHOLD); MATCHING_COUNT "
+            "and MATCHING_AREA_M2 count the matches; KEEP_MATCHING also writes MATCHING_POLYGONS (only the "
+            "matching changes). Advanced: VOCABULARY (a text file of class names, one per line; a line @default "
+            "keeps the 56 defaults), DESCRIBE_WEIGHTS (CLIP weights; default the tagger file of the weights folder, "
+            "else OpenAI CLIP ViT-B/16 downloaded when online).\n\n"
             "The computation runs in the ChangeCLIP backend process (started automatically; see the plugin's "
             "'Set up backend…' and Diagnostics).")
 
     def createInstance(self) -> DetectChangesAlgorithm:  # noqa: D102
         return type(self)()
 
-    def flags(self) -> QgsProcessingAlgorithm.Flags:  # noqa: D102
-        return super().flags() | QgsProcessingAlgorithm.FlagCanCancel | QgsProcessingAlgorithm.FlagSupportsBatch
+    def flags(self) -> Any:  # noqa: D102 - the flags type is QGIS-version specific (see compat)
+        return super().flags() | ALGORITHM_CAN_CANCEL | ALGORITHM_SUPPORTS_BATCH
 
     def canExecute(self) -> tuple[bool, str]:  # noqa: D102
         problem = configuration_problem()
         return (problem is None, problem or "")
+
+    def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS API
+                             context: QgsProcessingContext) -> tuple[bool, str]:
+        """QGIS's checks, then: Before and After must be two rasters (the dock refuses it too). The
+        input layers loaded for these checks write no sidecar files beside the inputs."""
+        with no_sidecars_beside_inputs():
+            ok, message = super().checkParameterValues(parameters, context)
+            if not ok:
+                return ok, message
+            problem = same_raster_problem(self.parameterAsRasterLayer(parameters, self.BEFORE, context),
+                                          self.parameterAsRasterLayer(parameters, self.AFTER, context))
+        return (False, problem) if problem else (True, message)
 
     # -- parameters ----------------------------------------------------------------
 
@@ -181,39 +231,87 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         advanced = [
             QgsProcessingParameterString(self.BANDS, "Bands (R,G,B, 1-based)", defaultValue="1,2,3"),
             QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (px, multiple of 32)",
-                                         QgsProcessingParameterNumber.Integer, 256, minValue=64, maxValue=4096),
-            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", QgsProcessingParameterNumber.Integer,
+                                         NUMBER_INTEGER, 256, minValue=64, maxValue=4096),
+            QgsProcessingParameterNumber(self.OVERLAP, "Tile overlap (px)", NUMBER_INTEGER,
                                          64, minValue=0, maxValue=2047),
             QgsProcessingParameterNumber(self.THRESHOLD, "Change threshold (0-1, empty = engine default)",
-                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         NUMBER_DOUBLE, None, optional=True,
                                          minValue=0.0, maxValue=1.0),
             QgsProcessingParameterString(self.DEVICE, f"Device ({protocol.DEVICES_HELP})", defaultValue="auto"),
             QgsProcessingParameterEnum(self.PRECISION, "Precision (auto: fp32 on CPU, bf16/fp16 on GPU)",
                                        options=list(protocol.PRECISIONS), defaultValue="auto",
                                        usesStaticStrings=True),
             QgsProcessingParameterNumber(self.MIN_AREA, "Minimum polygon area (m²)",
-                                         QgsProcessingParameterNumber.Double, 0.0, minValue=0.0),
+                                         NUMBER_DOUBLE, 0.0, minValue=0.0),
+            QgsProcessingParameterNumber(self.MIN_PIXELS, "Minimum polygon size (output pixels)",
+                                         NUMBER_INTEGER, protocol.DEFAULT_MIN_POLYGON_PIXELS, minValue=0),
             QgsProcessingParameterEnum(self.OUTPUT_GRID, "Output grid", options=list(protocol.GRIDS),
                                        defaultValue="before", usesStaticStrings=True),
             QgsProcessingParameterCrs(self.TARGET_CRS, "Target CRS (custom grid)", optional=True),
             QgsProcessingParameterNumber(self.RESOLUTION, "Resolution (custom grid, CRS units)",
-                                         QgsProcessingParameterNumber.Double, None, optional=True,
+                                         NUMBER_DOUBLE, None, optional=True,
                                          minValue=MIN_RESOLUTION),
             QgsProcessingParameterExtent(self.EXTENT, "Extent to export non-file layers (WMS/XYZ…)", optional=True),
         ]
         for param in advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            param.setFlags(param.flags() | PARAMETER_ADVANCED)
             self.addParameter(param)
         self.addParameter(QgsProcessingParameterRasterDestination(self.CHANGE_MASK, "Change mask"))
         self.addParameter(QgsProcessingParameterRasterDestination(self.CHANGE_PROBABILITY, "Change probability"))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            self.CHANGE_POLYGONS, "Change polygons", QgsProcessing.TypeVectorPolygon, optional=True,
-            createByDefault=False))
+            self.CHANGE_POLYGONS, "Change polygons", SOURCE_VECTOR_POLYGON, optional=True,
+            createByDefault=True))  # the dialog makes polygons unless skipped, as the dock does
+        self._add_describe_parameters()
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_AREA_M2, "Changed area (m²)"))
         self.addOutput(QgsProcessingOutputNumber(self.CHANGED_FRACTION, "Changed fraction of the valid area"))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.SUMMARY, "Run summary (JSON)", fileFilter="JSON files (*.json)", optional=True,
             createByDefault=False))
+
+    def _add_describe_parameters(self) -> None:
+        """DESCRIBE, QUERY, QUERY_THRESHOLD, KEEP_MATCHING (advanced: VOCABULARY, DESCRIBE_WEIGHTS) and outputs."""
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.DESCRIBE, "Describe changes in words (CLIP; needs change polygons)", defaultValue=False))
+        self.addParameter(QgsProcessingParameterString(
+            self.QUERY, "Find changes (e.g. 'building' or 'farmland to building'; needs Describe)",
+            defaultValue="", optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.KEEP_MATCHING, "Also write the matching changes only (needs Find)", defaultValue=False))
+        advanced = [
+            QgsProcessingParameterNumber(self.QUERY_THRESHOLD, "Query threshold (query_score at which a change "
+                                         "matches)", NUMBER_DOUBLE,
+                                         protocol.DEFAULT_QUERY_THRESHOLD, minValue=0.001, maxValue=0.999),
+            QgsProcessingParameterFile(self.VOCABULARY, "Vocabulary file (class names, one per line)",
+                                       optional=True, fileFilter="Text files (*.txt);;All files (*.*)"),
+            QgsProcessingParameterFile(self.DESCRIBE_WEIGHTS, "CLIP weights for describing", optional=True,
+                                       fileFilter="Weights (*.pt *.bin *.safetensors *.pth);;All files (*.*)"),
+        ]
+        for param in advanced:
+            param.setFlags(param.flags() | PARAMETER_ADVANCED)
+            self.addParameter(param)
+        self.addOutput(QgsProcessingOutputVectorLayer(self.MATCHING_POLYGONS, "Matching changes",
+                                                      SOURCE_VECTOR_POLYGON))
+        self.addOutput(QgsProcessingOutputNumber(self.MATCHING_COUNT, "Number of matching changes"))
+        self.addOutput(QgsProcessingOutputNumber(self.MATCHING_AREA_M2, "Area of the matching changes (m²)"))
+
+    def _describe_options(self, parameters: dict[str, Any], context: QgsProcessingContext,
+                          weights_dir: str, polygons: bool) -> dict[str, Any]:
+        """The describe keyword arguments of :func:`build_params`; refuses DESCRIBE without polygons."""
+        describe = self.parameterAsBoolean(parameters, self.DESCRIBE, context)
+        query = (self.parameterAsString(parameters, self.QUERY, context) or "").strip()
+        if describe and not polygons:
+            raise QgsProcessingException(f"{self.DESCRIBE} describes the change polygons: set the "
+                                         f"{self.CHANGE_POLYGONS} output (a .gpkg file or a temporary layer)")
+        if query and not describe:
+            raise QgsProcessingException(f"{self.QUERY} is scored on the polygons' descriptions: turn "
+                                         f"{self.DESCRIBE} on, or leave {self.QUERY} empty")
+        return {"describe": describe, "query": query,
+                "query_threshold": self.parameterAsDouble(parameters, self.QUERY_THRESHOLD, context),
+                "keep_matching": self.parameterAsBoolean(parameters, self.KEEP_MATCHING, context),
+                "vocabulary": self.parameterAsFile(parameters, self.VOCABULARY, context) or "",
+                "describe_weights": resolve_describe_weights(
+                    self.parameterAsFile(parameters, self.DESCRIBE_WEIGHTS, context) or "", weights_dir)
+                if describe else None}
 
     # -- running -------------------------------------------------------------------
 
@@ -227,7 +325,8 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
         grid; with the custom output grid (``target_crs``, ``resolution``) it is written straight
         onto that grid instead, so it is not resampled twice.
         """
-        layer = self.parameterAsRasterLayer(parameters, key, context)
+        with no_sidecars_beside_inputs():  # opening the file must not write <input>.aux.xml
+            layer = self.parameterAsRasterLayer(parameters, key, context)
         if layer is None:
             raise QgsProcessingException(self.invalidRasterError(parameters, key))
         extent = crs = pixel = None
@@ -236,7 +335,8 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             if parameters.get(self.EXTENT):
                 extent = self.parameterAsExtent(parameters, self.EXTENT, context)
                 crs = self.parameterAsExtentCrs(parameters, self.EXTENT, context)
-            other = self.parameterAsRasterLayer(parameters, other_key, context)
+            with no_sidecars_beside_inputs():
+                other = self.parameterAsRasterLayer(parameters, other_key, context)
             if isinstance(other, QgsRasterLayer) and local_raster_path(other) is not None:
                 if extent is None:
                     extent, crs = other.extent(), other.crs()
@@ -260,6 +360,15 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             return prepared
         except ChangeClipPluginError as exc:
             raise QgsProcessingException(f"{key}: {exc}") from None
+
+    def _run_name(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        """The run's name for its layer group, as the dock names it: ``"<before> → <after> [prompt]"``."""
+        names = []
+        for key in (self.BEFORE, self.AFTER):
+            layer = self.parameterAsRasterLayer(parameters, key, context)
+            names.append(layer.name() if layer is not None else key.lower())
+        return run_name(names[0], names[1], self.parameterAsString(parameters, self.PROMPT, context) or "",
+                        self.parameterAsEnumString(parameters, self.ENGINE, context))
 
     def processAlgorithm(self, parameters: dict[str, Any], context: QgsProcessingContext,
                          feedback: QgsProcessingFeedback) -> dict[str, Any]:  # noqa: D102
@@ -304,10 +413,17 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
                 precision=self.parameterAsEnumString(parameters, self.PRECISION, context) or "auto",
                 polygons=bool(polygons_path), grid=grid, target_crs=target_crs, resolution=resolution,
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+                min_pixels=self.parameterAsInt(parameters, self.MIN_PIXELS, context),
                 mask_path=mask_path, probability_path=probability_path, polygons_path=polygons_path,
-                overwrite=True)
+                overwrite=True, **self._describe_options(parameters, context, config.weights_dir, bool(polygons_path)))
+            if summary_path:  # the copy this algorithm writes obeys the same rule as the backend's outputs
+                output_safety.check_outputs([*output_safety.outputs_of(params),
+                                             output_safety.Output(self.SUMMARY, "json", summary_path)],
+                                            output_safety.inputs_of(params), overwrite=True)
         except ChangeClipPluginError as exc:
             raise QgsProcessingException(str(exc)) from None
+        except output_safety.OutputPathError as exc:
+            raise QgsProcessingException(f"{exc.field}: {exc.path}: {exc.message}") from None
 
         def on_progress(progress: protocol.JobProgress) -> None:
             feedback.setProgress(progress_percent(progress))
@@ -327,21 +443,67 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             if QgsApplication.platform() == "qgis_process":
                 # qgis_process exits without running Python's atexit hooks: stop the backend we started.
                 LAUNCHER.stop()
+                while _QGIS_PROCESS_SIDECARS:
+                    restore_input_sidecars(_QGIS_PROCESS_SIDECARS.pop())
         for warning in summary.get("warnings") or []:
             feedback.pushWarning(f"ChangeCLIP: {warning}")
         feedback.pushInfo(f"{result_line(summary)}; device {summary.get('device', '?')}")
         area = summary.get("changed_area_m2")  # None where the rasters have no CRS: unknown, not 0
         area = float(area) if area is not None else None
         fraction = float(summary.get("changed_fraction") or 0.0)
+        name, key = self._run_name(parameters, context), uuid.uuid4().hex
         for path, kind in ((mask_path, "mask"), (probability_path, "probability"), (polygons_path, "polygons")):
             if path:
                 write_sidecar_style(path, kind)  # the files open styled wherever they are opened later
             if path and context.willLoadLayerOnCompletion(path):
-                context.layerToLoadOnCompletionDetails(path).setPostProcessor(_StyleOutput.create(kind))
+                context.layerToLoadOnCompletionDetails(path).setPostProcessor(
+                    _PlaceOutput.create(kind, name, key, summary))
+        matching = self._matching_outputs(summary, context, feedback, name, key)
         return {self.CHANGE_MASK: mask_path, self.CHANGE_PROBABILITY: probability_path,
                 self.CHANGE_POLYGONS: polygons_path, self.CHANGED_AREA_M2: area,
                 self.CHANGED_FRACTION: fraction,
-                self.SUMMARY: _copy_summary(os.path.join(work_dir, protocol.SUMMARY_NAME), summary_path)}
+                self.SUMMARY: _copy_summary(os.path.join(work_dir, protocol.SUMMARY_NAME), summary_path),
+                **matching}
+
+    def _matching_outputs(self, summary: dict[str, Any], context: QgsProcessingContext,
+                          feedback: QgsProcessingFeedback, name: str, key: str) -> dict[str, Any]:
+        """MATCHING_COUNT, MATCHING_AREA_M2 and MATCHING_POLYGONS (loaded, styled) of a run with a query."""
+        line = matching_line(summary)
+        if line is None:
+            return {self.MATCHING_POLYGONS: None, self.MATCHING_COUNT: None, self.MATCHING_AREA_M2: None}
+        feedback.pushInfo(f"ChangeCLIP: {line}")
+        query = summary["describe"]["query"]
+        path = (summary.get("outputs") or {}).get("polygons_matching")
+        if path:
+            write_sidecar_style(path, "polygons")
+            context.addLayerToLoadOnCompletion(path, QgsProcessingContext.LayerDetails(
+                f"matching changes ({query.get('text', '')})", context.project(), self.MATCHING_POLYGONS))
+            context.layerToLoadOnCompletionDetails(path).setPostProcessor(
+                _PlaceOutput.create("polygons_matching", name, key, summary))
+        area = query.get("matching_area_m2")
+        return {self.MATCHING_POLYGONS: path, self.MATCHING_COUNT: int(query.get("matching", 0)),
+                self.MATCHING_AREA_M2: float(area) if area is not None else None}
+
+
+def protect_inputs_under_qgis_process() -> bool:
+    """Under ``qgis_process run changeclip:detectchanges``: no ``.aux.xml`` beside the inputs.
+
+    qgis_process opens the BEFORE and AFTER files itself while it reads its arguments, before
+    any method of this algorithm runs, and QGIS's statistics of those layers would be written by
+    GDAL to ``<input>.aux.xml`` at exit. The provider calls this when it loads, which qgis_process
+    does before reading its arguments: when the command runs this algorithm (and only then),
+    GDAL's PAM sidecars are turned off for the main thread until :meth:`processAlgorithm` ends.
+
+    Returns:
+        True when they were turned off.
+    """
+    if QgsApplication.platform() != "qgis_process" or _QGIS_PROCESS_SIDECARS:
+        return False
+    args = [str(a) for a in QgsApplication.arguments()]
+    if "run" not in args or args[args.index("run") + 1:args.index("run") + 2] != ["changeclip:detectchanges"]:
+        return False
+    _QGIS_PROCESS_SIDECARS.append(suspend_input_sidecars())
+    return True
 
 
 def _short_crs(text: str | None) -> str:

@@ -52,11 +52,12 @@ class ChangeClipProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: D102
         try:
-            from .detect_changes import DetectChangesAlgorithm
+            from .detect_changes import DetectChangesAlgorithm, protect_inputs_under_qgis_process
         except Exception as exc:  # noqa: BLE001 - never fail to load the provider
             log(f"the ChangeCLIP algorithm could not be loaded: {exc}", "critical")
             return
         self.addAlgorithm(DetectChangesAlgorithm())
+        protect_inputs_under_qgis_process()  # before qgis_process opens the input files
         try:
             from .create_training_data import CreateTrainingDataAlgorithm
             from .train_model import TrainModelAlgorithm

@@ -83,23 +83,46 @@ class DetectTask(QgsTask):
             self.backend_unavailable = isinstance(exc, BackendUnavailable)
         except Exception as exc:  # noqa: BLE001 - report anything instead of crashing QGIS
             self.error = f"unexpected error: {exc!r}"
-        return False
+        if self.isCanceled():
+            self.cancelled_by_user = True
+        # A cancel is not a failure: returning False would make QGIS announce "Task failed".
+        return self.cancelled_by_user
+
+    def remove_run_folder(self) -> None:
+        """After a failed or cancelled run: delete the inputs this task exported, then the output
+        folder if that left it empty (the backend already removed its partial outputs).
+
+        Only an empty folder is removed, so nothing the user or the backend put there is lost.
+        """
+        folder = os.path.abspath(self.params.output_dir)
+        for field_name in self.exports:
+            path = os.path.abspath(str(getattr(self.params, field_name, "") or ""))
+            if os.path.dirname(path) == folder and os.path.isfile(path):
+                try:
+                    os.remove(path)
+                except OSError as exc:
+                    log(f"could not remove the exported input {path}: {exc}", "warning")
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (or already gone): keep it
+            pass
 
     def _on_progress(self, progress: protocol.JobProgress) -> None:
         self.setProgress(progress_percent(progress))
         self.stageChanged.emit(progress_text(progress))
 
     def finished(self, result: bool) -> None:  # noqa: D102 - main thread
-        if result and self.summary is not None:
+        if result and self.summary is not None and not self.cancelled_by_user:
             if self.load_layers:
                 self.layers = load_outputs(self.summary, self.run_name, QgsProject.instance())
             log(f"run '{self.run_name}' done: {self.summary.get('changed_area_m2')} m² changed; "
                 f"outputs in {os.path.dirname(self.params.output_paths()['mask'])}")
             self.succeeded.emit(self.summary)
             return
+        if self.isCanceled():
+            self.cancelled_by_user = True
         if self.error is None:
-            self.error = "the run was cancelled" if self.isCanceled() else "the run stopped without a result"
-            self.cancelled_by_user = self.isCanceled()
+            self.error = "the run was cancelled" if self.cancelled_by_user else "the run stopped without a result"
         log(f"run '{self.run_name}' failed: {self.error}", "info" if self.cancelled_by_user else "warning")
         self.failedWith.emit(self.error)
 
@@ -126,7 +149,7 @@ class BackendCheckTask(QgsTask):
             self.error = str(exc)
         except Exception as exc:  # noqa: BLE001
             self.error = f"unexpected error: {exc!r}"
-        return False
+        return self.isCanceled()  # a cancel is not a failure (False would make QGIS say "Task failed")
 
     def finished(self, result: bool) -> None:  # noqa: D102
         if result and self.status is not None:

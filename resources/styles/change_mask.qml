@@ -28,7 +28,7 @@
     <provider>
       <resampling zoomedInResamplingMethod="nearestNeighbour" enabled="false" maxOversampling="2" zoomedOutResamplingMethod="nearestNeighbour"/>
     </provider>
-    <rasterrenderer alphaBand="-1" nodataColor="" type="paletted" band="1" opacity="0.7">
+    <rasterrenderer alphaBand="-1" nodataColor="" type="paletted" band="1" opacity="0.5">
       <minMaxOrigin>
         <limits>None</limits>
         <extent>WholeRaster</extent>

@@ -41,7 +41,7 @@
         <colorrampshader labelPrecision="6" clip="0" maximumValue="100" colorRampType="INTERPOLATED" classificationMode="1" minimumValue="0">
           <item alpha="0" label="0 %" value="0" color="#ffffb2"/>
           <item alpha="60" label="30 %" value="30" color="#fecc5c"/>
-          <item alpha="160" label="50 %" value="50" color="#fd8d3c"/>
+          <item alpha="160" label="50 % (default change threshold)" value="50" color="#fd8d3c"/>
           <item alpha="220" label="75 %" value="75" color="#f03b20"/>
           <item alpha="255" label="100 %" value="100" color="#bd0026"/>
           <rampLegendSettings direction="0" minimumLabel="" suffix="" orientation="2" useContinuousLegend="1" maximumLabel="" prefix="">

@@ -59,6 +59,7 @@ def test_detect_progress_bar_on_stderr(tmp_path: Path) -> None:
     (["--grid", "custom"], 2, "--target-crs: grid 'custom' needs a target CRS"),
     (["--engine", "changeclip", "--prompt-mode", "none"], 3, "needs weights"),
     (["--engine", "changeclip", "--prompt-mode", "none", "--weights", "/nonexistent.safetensors"], 3, "does not exist"),
+    (["--min-pixels", "-1"], 2, "--min-pixels: must be a whole number of output pixels >= 0"),
 ])
 def test_detect_errors(tmp_path: Path, args: list[str], code: int, message: str,
                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,6 +88,19 @@ def test_detect_existing_output_needs_overwrite(tmp_path: Path, capsys: pytest.C
     assert "--overwrite" in capsys.readouterr().err
     assert main(["detect", b, a, "-o", out, "--engine", "irmad", "--overwrite"]) == 0
     assert (Path(out) / MASK_NAME).exists()
+
+
+def test_detect_min_pixels_default_drops_specks(tmp_path: Path) -> None:
+    """By default polygons of fewer than 4 output pixels are dropped; --min-pixels 0 keeps them all."""
+    b, a, _ = change_pair(tmp_path, h=96, w=96)
+    counts = {}
+    for name, extra in (("default", []), ("all", ["--min-pixels", "0"])):
+        out = tmp_path / name
+        assert main(["detect", b, a, "-o", str(out), "--engine", "irmad", "--polygons", *extra]) == 0
+        counts[name] = json.loads((out / SUMMARY_NAME).read_text())["polygons"]
+    assert counts["default"]["min_pixels"] == 4 and counts["all"]["min_pixels"] == 0
+    assert counts["all"]["dropped"] == 0 and counts["default"]["dropped"] > 0, counts
+    assert counts["default"]["count"] + counts["default"]["dropped"] == counts["all"]["count"]
 
 
 def test_progress_printer_json(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_irmad_run_outputs(tmp_path: Path) -> None:
     ds = gdal.Open(str(out / MASK_NAME))
     assert tuple(ds.GetGeoTransform()) == GT and ds.GetRasterBand(1).GetNoDataValue() == 255
     assert s["engine"] == "irmad" and s["device"] == "cpu" and s["prompt_mode"] is None
-    assert s["threshold"] == 0.99 and s["model"]["name"] == "irmad"
+    assert s["threshold"] == 0.5 and s["model"]["name"] == "irmad"
     assert s["changed_area_m2"] == pytest.approx(s["changed_pixels"] * 100.0)
     assert s["valid_area_m2"] == pytest.approx(200 * 240 * 100.0)
     assert s["changed_fraction"] == pytest.approx(s["changed_pixels"] / (200 * 240))
@@ -65,7 +65,7 @@ def test_irmad_run_outputs(tmp_path: Path) -> None:
     gpkg = ogr.Open(str(out / POLYGONS_NAME))  # referenced while its features are read
     feat = gpkg.GetLayer(0).GetNextFeature()
     assert (feat["before"], feat["after"], feat["engine"], feat["model"], feat["prompt"], feat["threshold"]) == (
-        "before.tif", "after.tif", "irmad", "irmad", "", 0.99)
+        "before.tif", "after.tif", "irmad", "irmad", "", 0.5)
     assert feat["detected_at"].endswith("Z") and feat["detected_at"][:4].isdigit()
     # every polygon is made of pixels above the threshold (probabilities stored in whole percent)
     assert all(f["mean_prob"] >= s["threshold"] - 0.01 for f in gpkg.GetLayer(0))
@@ -317,7 +317,7 @@ def test_cancel_during_cog_conversion(tmp_path: Path) -> None:
 def test_polygons_overlay_mask(tmp_path: Path) -> None:
     b, a, _ = change_pair(tmp_path)
     out = tmp_path / "o"
-    run_detection(_params(b, a, out, polygons=True))
+    run_detection(_params(b, a, out, polygons=True, min_pixels=0))  # every change pixel in a polygon
     mask = read(out / MASK_NAME)
     mem = gdal.GetDriverByName("MEM").Create("", mask.shape[1], mask.shape[0], 1, gdal.GDT_Byte)
     ref = gdal.Open(str(out / MASK_NAME))
@@ -332,7 +332,7 @@ def test_geographic_crs_areas(tmp_path: Path) -> None:
     """On a grid in degrees the changed area (m²) is ellipsoidal and equals the polygons' total."""
     gt = (10.0, 0.0001, 0.0, 60.0, 0.0, -0.0001)
     b, a, truth = change_pair(tmp_path, h=150, w=160, gt=gt, epsg=4326)
-    s = run_detection(_params(b, a, tmp_path / "o", polygons=True))
+    s = run_detection(_params(b, a, tmp_path / "o", polygons=True, min_pixels=0))
     assert s["grid"]["epsg"] == 4326
     # a 0.0001° pixel at 60°N is about 11.1 m x 5.6 m
     px = s["valid_area_m2"] / s["valid_pixels"]

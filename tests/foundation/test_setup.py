@@ -43,3 +43,11 @@ def test_cli_help_lists_every_subcommand(repo_root: Path) -> None:
     assert verbs, "no subcommands registered"
     for verb in verbs:
         assert verb in proc.stdout, f"'{verb}' missing from changeclip --help"
+
+
+def test_setup_installs_what_the_desktop_smoke_test_needs(repo_root: Path) -> None:
+    """xvfb comes with QGIS from Debian's packages, and a machine without Xvfb gets it."""
+    text = (repo_root / "scripts" / "setup.sh").read_text(encoding="utf-8")
+    installs = [line for line in text.splitlines() if "apt-get install" in line and "$SUDO" in line]
+    assert installs and all("xvfb" in line.split() and "qgis" in line.split() for line in installs), installs
+    assert "[ -x /usr/bin/Xvfb ] || need_qgis=1" in text

@@ -69,20 +69,25 @@ def project(qgis_app: object) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def backend_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An executable ``python`` that runs this venv's interpreter with this checkout's backend first on
-    PYTHONPATH (the plugin starts the backend with PYTHONPATH cleaned, so a worktree would otherwise
-    run the backend the venv's editable install points at)."""
+def backend_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An interpreter for the plugin's backend setting: this venv's Python running the checkout's backend.
+
+    The launcher starts the backend with PYTHONPATH removed, so ``sys.executable`` alone would run
+    whatever ``changeclip`` the venv's editable install points at (another checkout, possibly);
+    this small wrapper puts this checkout's ``backend/`` first, so the tests exercise the code
+    under test on both sides of the protocol.
+    """
     wrapper = tmp_path_factory.mktemp("backend-python") / "python"
-    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO_ROOT}/backend" exec "{sys.executable}" "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO_ROOT / "backend"}" exec "{sys.executable}" "$@"\n',
+                       encoding="utf-8")
     wrapper.chmod(0o755)
-    return wrapper
+    return str(wrapper)
 
 
 @pytest.fixture()
-def backend_env(monkeypatch: pytest.MonkeyPatch, backend_python: Path) -> None:
-    """Point the plugin at this venv's interpreter (which has the backend installed)."""
-    monkeypatch.setenv("CHANGECLIP_BACKEND_PYTHON", str(backend_python))
+def backend_env(monkeypatch: pytest.MonkeyPatch, backend_python: str) -> None:
+    """Point the plugin at this venv's interpreter (which has the backend), running this checkout's backend."""
+    monkeypatch.setenv("CHANGECLIP_BACKEND_PYTHON", backend_python)
     monkeypatch.delenv("CHANGECLIP_BACKEND_URL", raising=False)
     monkeypatch.delenv("CHANGECLIP_TOKEN_FILE", raising=False)
 

@@ -52,7 +52,7 @@ time.sleep(600)
 """
 
 
-def test_backend_stops_when_its_parent_dies(repo_root, tmp_path) -> None:  # noqa: ANN001
+def test_backend_stops_when_its_parent_dies(repo_root, tmp_path, backend_python: str) -> None:  # noqa: ANN001
     """If QGIS is killed (no unload, no atexit), the backend it started stops by itself."""
     import os
     import signal
@@ -60,7 +60,7 @@ def test_backend_stops_when_its_parent_dies(repo_root, tmp_path) -> None:  # noq
     import sys
     import time
 
-    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(repo_root), sys.executable],
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(repo_root), backend_python],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = parent.stdout.readline()

@@ -44,6 +44,7 @@ def test_diagnostics_dialog_collects_report(qgis_app: object, pump, monkeypatch:
     pump(lambda: dialog.text.toPlainText().startswith("# ChangeCLIP diagnostics"), 120)
     report = dialog.text.toPlainText()
     assert "missing-python does not exist" in report and "## GPU" in report
+    assert "## Set-up interpreter" in report and "- QGIS's Python: " in report
     dialog.copy()
     from qgis.PyQt.QtGui import QGuiApplication
 

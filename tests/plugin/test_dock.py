@@ -180,7 +180,7 @@ def test_dock_refuses_bad_choices(dock, project, pump, backend_env: None, raster
     dock.before_combo.setLayer(before)
     dock.after_combo.setLayer(before)
     assert dock.start_run() is None
-    assert "same layer" in dock.stage_label.text()
+    assert "same raster" in dock.stage_label.text()
     dock.after_combo.setLayer(_after)
     dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
     dock.tile_spin.setValue(100)
@@ -208,12 +208,17 @@ def test_dock_cancel(dock, project, pump, backend_env: None, tiny_weights, repo_
     dock.runFinished.connect(lambda s: results.setdefault("summary", s))
     task = dock.start_run()
     assert task is not None
+    ends: list[str] = []  # QGIS announces "Task failed" for a terminated task: a cancel must complete
+    task.taskTerminated.connect(lambda: ends.append("terminated"))
+    task.taskCompleted.connect(lambda: ends.append("completed"))
     pump(lambda: dock.progress_bar.value() > 0 or results, 600)  # the job runs in the backend
     dock.cancel_button.click()
     pump(lambda: results, 300)
     assert "error" in results and "cancel" in results["error"]
     assert dock.stage_label.text().startswith("Cancelled")
+    assert ends == ["completed"], "a cancelled run is not a failed task"
     assert not Path(task.params.output_paths()["mask"]).exists()
+    assert not Path(task.params.output_dir).exists(), "a cancelled run leaves no empty run folder"
     assert dock.run_button.isEnabled()
 
 
@@ -412,3 +417,40 @@ def test_dock_describes_the_weights_file(dock, tiny_weights, tmp_path: Path,  # 
     assert "does not exist" in dock.weights_info.text()
     dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
     assert dock.weights_info.isHidden(), "IR-MAD uses no weights: nothing to describe"
+
+
+def test_dock_describes_changes_and_reports_the_matches(dock, project, pump, backend_env: None,  # noqa: ANN001
+                                                        raster_pair: tuple[Path, Path], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Describe + Find through a real backend (CLIP with seeded random weights from the weights folder's
+    tagger/ file): the summary line counts the matches and the polygons are styled by matches_query."""
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsProject
+    from safetensors.torch import save_file
+
+    from changeclip.model.tagger import random_clip_state_dict
+
+    (tmp_path / "weights" / "tagger").mkdir(parents=True)
+    save_file(random_clip_state_dict(seed=0, tiny=True), str(tmp_path / "weights" / "tagger" / "clip.safetensors"))
+    monkeypatch.setenv("CHANGECLIP_WEIGHTS_DIR", str(tmp_path / "weights"))
+    before, after = _add_pair(project, *raster_pair)
+    dock.before_combo.setLayer(before)
+    dock.after_combo.setLayer(after)
+    dock.engine_combo.setCurrentIndex(dock.engine_combo.findData("irmad"))
+    assert "IR-MAD uses no prompt" in dock.prompt_edit.toolTip()
+    assert not dock.query_edit.isEnabled()
+    dock.polygons_check.setChecked(False)
+    dock.describe_check.setChecked(True)
+    assert dock.polygons_check.isChecked() and dock.query_edit.isEnabled()
+    dock.query_edit.setText("farmland to building")
+    results = _run(dock, pump)
+    assert "summary" in results, results.get("error")
+    query = results["summary"]["describe"]["query"]
+    assert query["kind"] == "transition" and query["text"] == "farmland to building"
+    line = f"{query['matching']} of {results['summary']['describe']['polygons']} changes match 'farmland to building'"
+    assert line in dock.summary_label.text()
+    group = QgsProject.instance().layerTreeRoot().children()[0]
+    polygons = group.findLayers()[0].layer()
+    assert polygons.fields().indexOf("change_label") >= 0
+    renderer = polygons.renderer()
+    assert isinstance(renderer, QgsCategorizedSymbolRenderer) and renderer.classAttribute() == "matches_query"
+    assert polygons.attributeTableConfig().sortExpression() == '"query_score"'

@@ -438,3 +438,57 @@ def test_non_file_layer_is_exported_onto_the_custom_grid(provider: object, backe
     # the export was already on the custom grid: no resampling warning for it
     assert not any("the before raster's pixels" in w for w in feedback.warnings), feedback.warnings
     assert (_read(results["CHANGE_MASK"]) != 255).any(), "the exported layer and the after raster must overlap"
+
+
+def _seeded_clip(folder: Path) -> str:
+    from safetensors.torch import save_file
+
+    from changeclip.model.tagger import random_clip_state_dict
+
+    path = folder / "clip_seeded.safetensors"
+    save_file(random_clip_state_dict(seed=0, tiny=True), str(path))
+    return str(path)
+
+
+def test_describe_and_find_through_processing(provider: object, backend_env: None, project: object,
+                                              raster_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """DESCRIBE/QUERY/KEEP_MATCHING reach the backend; the numbers and the matching layer come back; the
+    polygons load styled by matches_query and sorted by query_score. A threshold of 0.001 makes every
+    polygon match (CLIP's probabilities with random weights are near 1/57), so the counts are known."""
+    import processing
+    from qgis.core import QgsCategorizedSymbolRenderer, QgsProject, QgsVectorLayer
+
+    params = _irmad_params(*raster_pair, tmp_path)
+    params.update({"DESCRIBE": True, "QUERY": "building", "QUERY_THRESHOLD": 0.001, "KEEP_MATCHING": True,
+                   "DESCRIBE_WEIGHTS": _seeded_clip(tmp_path)})
+    results = processing.runAndLoadResults(ALG, params)
+    polygons = QgsVectorLayer(results["CHANGE_POLYGONS"], "p", "ogr")
+    assert polygons.featureCount() > 0
+    assert results["MATCHING_COUNT"] == polygons.featureCount()
+    assert results["MATCHING_AREA_M2"] == pytest.approx(sum(f["area_m2"] for f in polygons.getFeatures()))
+    matching = QgsVectorLayer(results["MATCHING_POLYGONS"], "m", "ogr")
+    assert matching.featureCount() == polygons.featureCount()
+    for feat in polygons.getFeatures():
+        assert feat["change_label"] == f"{feat['before_class']} → {feat['after_class']}"
+        assert feat["matches_query"] and 0 < feat["query_score"] <= 1
+    loaded = {lyr.source().split("|")[0]: lyr for lyr in QgsProject.instance().mapLayers().values()}
+    styled = loaded[results["CHANGE_POLYGONS"]]
+    assert isinstance(styled.renderer(), QgsCategorizedSymbolRenderer)
+    assert styled.renderer().classAttribute() == "matches_query"
+    assert styled.attributeTableConfig().sortExpression() == '"query_score"'
+
+
+@pytest.mark.parametrize(("extra", "match"), [
+    ({"DESCRIBE": True}, "DESCRIBE describes the change polygons: set the CHANGE_POLYGONS output"),
+    ({"QUERY": "building"}, "QUERY is scored on the polygons' descriptions: turn DESCRIBE on"),
+])
+def test_describe_needs_polygons_and_query_needs_describe(provider: object, backend_env: None,
+                                                          raster_pair: tuple[Path, Path], tmp_path: Path,
+                                                          extra: dict, match: str) -> None:
+    import processing
+    from qgis.core import QgsProcessingException
+
+    params = _irmad_params(*raster_pair, tmp_path, polygons="QUERY" in extra)
+    params.update(extra)
+    with pytest.raises(QgsProcessingException, match=match):
+        processing.run(ALG, params)

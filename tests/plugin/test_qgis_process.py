@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -41,7 +40,8 @@ def _serve_pids() -> set[int]:
     return pids
 
 
-def test_qgis_process_run(staged_plugin: Path, raster_pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_qgis_process_run(staged_plugin: Path, raster_pair: tuple[Path, Path], tmp_path: Path,
+                          backend_python: str) -> None:
     before, after = raster_pair
     pids_before = _serve_pids()
     cmd = [QGIS_PROCESS, "--json", "run", "changeclip:detectchanges", "--",
@@ -49,7 +49,7 @@ def test_qgis_process_run(staged_plugin: Path, raster_pair: tuple[Path, Path], t
            f"CHANGE_MASK={tmp_path / 'mask.tif'}", f"CHANGE_PROBABILITY={tmp_path / 'prob.tif'}",
            f"CHANGE_POLYGONS={tmp_path / 'polygons.gpkg'}"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path, check=False,
-                          env=_env(staged_plugin, tmp_path, CHANGECLIP_BACKEND_PYTHON=sys.executable))
+                          env=_env(staged_plugin, tmp_path, CHANGECLIP_BACKEND_PYTHON=backend_python))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(done.stdout)["results"]
     assert results["CHANGE_MASK"] == str(tmp_path / "mask.tif") and (tmp_path / "mask.tif").is_file()

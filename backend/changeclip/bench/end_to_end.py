@@ -209,3 +209,36 @@ def bench_host_ceiling(size: int, batch: int, workdir: str | None = None) -> dic
             "tiles": tiles, "seconds": dt, "mpix_per_s": size * size / 1e6 / dt, "pairs_per_s": tiles / dt,
             "tile_stage_pairs_per_s": tiles / timings["tiles"] if timings.get("tiles") else None,
             "timings_s": timings}
+
+
+def bench_describe(size: int, clip: str = "vit-b-16", device: str = "cpu", workdir: str | None = None
+                   ) -> dict[str, Any]:
+    """``detect --polygons --describe`` with IR-MAD on a synthetic pair: polygons/s of the describe
+    stage and its share of the whole detection.
+
+    Args:
+        size: raster side (px).
+        clip: ``"vit-b-16"`` (CLIP ViT-B/16-shaped weights: the real cost) or ``"tiny"`` (quick profile).
+        device: where CLIP runs.
+    """
+    from safetensors.torch import save_file
+
+    from changeclip.model.tagger import random_clip_state_dict
+    from changeclip.pipeline import run_detection
+    from changeclip.protocol import DetectParams
+
+    with tempfile.TemporaryDirectory(prefix="changeclip-bench-", dir=workdir) as tmp:
+        before, after = write_synthetic_pair(Path(tmp), size)
+        weights = Path(tmp) / "clip.safetensors"
+        save_file(random_clip_state_dict(seed=0, tiny=clip != "vit-b-16"), str(weights))
+        params = DetectParams(before=str(before), after=str(after), output_dir=str(Path(tmp) / "out"),
+                              engine="irmad", device=device, polygons=True, describe=True,
+                              describe_weights=str(weights), query="building", overwrite=True)
+        t0 = time.perf_counter()
+        summary = run_detection(params)
+        dt = time.perf_counter() - t0
+    polygons = summary["describe"]["polygons"]
+    describe_s = summary["timings_s"].get("describing") or 0.0
+    return {"clip": clip, "device": device, "raster_px": size, "polygons": polygons, "seconds": dt,
+            "describe_s": describe_s, "polygons_per_s": polygons / describe_s if describe_s else None,
+            "share_of_detection": describe_s / dt if dt else None}

@@ -39,6 +39,8 @@ class Profile:
             ``stream`` (the overlapped prototype loop of :mod:`changeclip.bench.stream`).
         e2e_io: I/O back end of the stream loop (``gdal`` or ``tifffile``).
         budget_s: skip the sections that start after this many seconds (0 = no limit).
+        describe_size: raster side of the ``--describe`` run (IR-MAD + polygons + CLIP; 0 = skip).
+        describe_clip: CLIP of that run: ``vit-b-16`` (the default model's cost) or ``tiny``.
     """
 
     name: str
@@ -60,20 +62,24 @@ class Profile:
     e2e_paths: list[str] = field(default_factory=lambda: ["pipeline"])
     e2e_io: str = "gdal"
     budget_s: float = 0.0
+    describe_size: int = 0
+    describe_clip: str = "vit-b-16"
     notes: list[str] = field(default_factory=list)
 
 
 PROFILES = {
     "cpu": Profile("cpu", ["rn50", "vit-b-16"], [2], ["fp32", "bf16"], reps=3, naive_pairs=1,
                    e2e_variants=["rn50"], e2e_size=512, e2e_naive_size=512, e2e_batch=4,
-                   e2e_precisions=["fp32", "bf16"], hit_rate_tiles=16, irmad_size=2048, host_size=2048),
+                   e2e_precisions=["fp32", "bf16"], hit_rate_tiles=16, irmad_size=2048, host_size=2048,
+                   describe_size=1024),
     "quick": Profile("quick", ["tiny-rn50"], [2], ["fp32"], reps=1, naive_pairs=1,
                      e2e_variants=["tiny-rn50"], e2e_size=384, e2e_naive_size=384, e2e_batch=4,
-                     e2e_precisions=["fp32"], hit_rate_tiles=4, irmad_size=256, net_size=128, host_size=384),
+                     e2e_precisions=["fp32"], hit_rate_tiles=4, irmad_size=256, net_size=128, host_size=384,
+                     describe_size=256, describe_clip="tiny"),
     "gpu": Profile("gpu", ["rn50", "vit-b-16"], [16, 64, 128], ["fp32", "bf16"], reps=5, naive_pairs=8,
                    e2e_variants=["rn50", "vit-b-16"], e2e_size=6144, e2e_naive_size=1024, e2e_batch=64,
                    e2e_precisions=["bf16"], hit_rate_tiles=64, irmad_size=0, host_size=6144,
-                   e2e_paths=["pipeline", "stream"], budget_s=300.0),
+                   e2e_paths=["pipeline", "stream"], budget_s=300.0, describe_size=2048),
 }
 
 
@@ -81,15 +87,20 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
               workdir: str | None = None) -> dict[str, Any]:
     """Run every section of ``profile`` on ``device``; return the JSON-able report."""
     from changeclip.bench.common import random_pairs
-    from changeclip.bench.end_to_end import bench_end_to_end, bench_host_ceiling, bench_irmad_end_to_end
+    from changeclip.bench.end_to_end import (
+        bench_describe,
+        bench_end_to_end,
+        bench_host_ceiling,
+        bench_irmad_end_to_end,
+    )
     from changeclip.bench.network import bench_network
     from changeclip.bench.stream import bench_stream
     from changeclip.bench.text import bench_hit_rate, bench_text_cost
 
     t_start = time.perf_counter()
     report: dict[str, Any] = {"profile": asdict(profile), "environment": environment(device), "network": [],
-                              "text_cost": [], "text_cache_hit_rate": [], "end_to_end": [], "memory": {},
-                              "skipped": []}
+                              "text_cost": [], "text_cache_hit_rate": [], "end_to_end": [], "describe": [],
+                              "memory": {}, "skipped": []}
 
     def section(name: str) -> bool:
         if profile.budget_s and time.perf_counter() - t_start > profile.budget_s:
@@ -129,6 +140,8 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
         report["end_to_end"].append(bench_irmad_end_to_end(profile.irmad_size, workdir))
     if profile.host_size and section("end-to-end no-op engine (host ceiling)"):
         report["end_to_end"].append(bench_host_ceiling(profile.host_size, profile.e2e_batch, workdir))
+    if profile.describe_size and section("describe (CLIP words per polygon)"):
+        report["describe"].append(bench_describe(profile.describe_size, profile.describe_clip, device, workdir))
     report["memory"] = {"peak_host_rss_mib": peak_rss_mib(),
                         "peak_gpu_mib_max": max((r.get("gpu_peak_mib") or 0 for r in
                                                  report["network"] + report["end_to_end"]), default=0) or None}
@@ -189,6 +202,12 @@ def format_report(rep: dict[str, Any]) -> str:
              _f(r["mpix_per_s"], 3), _f(r.get("pairs_per_s")),
              _x(r.get("speedup_vs_naive"))] for r in rep["end_to_end"]]
     lines += _table(["variant", "path", "precision", "batch", "raster", "s", "MPix/s", "tiles/s", "vs naive"], rows)
+    if rep.get("describe"):
+        lines += ["", "Describing change polygons (IR-MAD + polygons + --describe, CLIP seeded weights)"]
+        rows = [[r["clip"], r["device"], f"{r['raster_px']}^2", str(r["polygons"]), _f(r["describe_s"], 1),
+                 _f(r["polygons_per_s"], 1), _f(100 * r["share_of_detection"], 0) + " %" if r["share_of_detection"]
+                 is not None else "-"] for r in rep["describe"]]
+        lines += _table(["CLIP", "device", "raster", "polygons", "describe s", "polygons/s", "share of run"], rows)
     for skipped in rep.get("skipped", []):
         lines.append(f"skipped: {skipped}")
     mem = rep["memory"]

@@ -8,11 +8,16 @@ import sys
 import time
 from typing import Any, TextIO
 
-from changeclip.errors import ChangeClipError, InputError
+from changeclip.errors import ChangeClipError, InputError, JobCancelled
+from changeclip.interrupts import Interrupts
 from changeclip.protocol import (
+    DEFAULT_MIN_POLYGON_PIXELS,
+    DEFAULT_QUERY_THRESHOLD,
     DEVICES_HELP,
     ENGINES,
     GRIDS,
+    MATCHING_MASK_NAME,
+    MATCHING_POLYGONS_NAME,
     PRECISIONS,
     PROBABILITY_DTYPES,
     PROMPT_MODES,
@@ -68,13 +73,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default %(default)s")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per batch (default %(default)s)")
     p.add_argument("--threshold", type=float, metavar="P",
-                   help="probability above which a pixel is change (default: changeclip 0.5, irmad 0.99)")
+                   help="probability above which a pixel is change (default 0.5; irmad: its calibrated change "
+                        "score, 0.5 = significant at 1 %%)")
     p.add_argument("--probability-dtype", choices=PROBABILITY_DTYPES, default="uint8",
                    help="uint8: percent 0-100 (255 nodata); float32: 0-1 (-1 nodata); default %(default)s")
     p.add_argument("--polygons", action="store_true", help="also write change_polygons.gpkg with area_m2")
     p.add_argument("--min-area", type=float, default=0.0, metavar="M2",
                    help="drop change polygons smaller than this many m² (default %(default)s)")
+    p.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_POLYGON_PIXELS, metavar="N",
+                   help="drop change polygons of fewer than N output pixels (default %(default)s; 0 keeps "
+                        "single pixels); applies together with --min-area")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    d = p.add_argument_group("describing changes in words (CLIP; needs --polygons)")
+    d.add_argument("--describe", action="store_true",
+                   help="CLIP names what each change polygon was and became (before_class, after_class, change_label)")
+    d.add_argument("--query", default="", metavar="TEXT",
+                   help="score every polygon against words ('building') or a transition ('farmland to building')")
+    d.add_argument("--query-threshold", type=float, default=DEFAULT_QUERY_THRESHOLD, metavar="P",
+                   help="query_score at or above which a polygon matches (default %(default)s)")
+    d.add_argument("--keep-matching", action="store_true",
+                   help=f"also write {MATCHING_POLYGONS_NAME} and {MATCHING_MASK_NAME} (only the matching changes)")
+    d.add_argument("--vocabulary", metavar="FILE",
+                   help="class names, one per line, replacing the 56 defaults (a line @default includes them)")
+    d.add_argument("--describe-weights", metavar="FILE",
+                   help="CLIP weights: OpenAI ViT-B-16 (default, as --tagger-weights) or a remote-sensing CLIP")
+    d.add_argument("--describe-model", metavar="NAME",
+                   help="open_clip architecture of --describe-weights, e.g. ViT-B-32 for RemoteCLIP/GeoRSCLIP")
 
 
 def add_pair_arguments(p: argparse.ArgumentParser, bands_help: str, grid_what: str) -> None:
@@ -113,7 +137,10 @@ def params_from_args(args: argparse.Namespace) -> DetectParams:
             grid=grid, target_crs=args.target_crs, resolution=args.resolution, tile=args.tile,
             overlap=args.overlap, device=args.device, precision=args.precision, batch_size=args.batch_size,
             threshold=args.threshold, probability_dtype=args.probability_dtype, polygons=args.polygons,
-            min_area=args.min_area, overwrite=args.overwrite)
+            min_area=args.min_area, min_pixels=args.min_pixels, overwrite=args.overwrite,
+            describe=args.describe, query=args.query, query_threshold=args.query_threshold,
+            keep_matching=args.keep_matching, vocabulary=args.vocabulary, describe_weights=args.describe_weights,
+            describe_model=args.describe_model)
         params.validate()
     except ParamError as exc:
         option = "--" + exc.field.replace("_", "-")
@@ -160,9 +187,15 @@ def run(args: argparse.Namespace) -> int:
     from changeclip.pipeline import run_detection
 
     printer = ProgressPrinter(args.json)
+    interrupts = Interrupts()
     try:
         params = params_from_args(args)
-        summary = run_detection(params, progress=printer)
+        with interrupts:
+            try:
+                summary = run_detection(params, progress=printer, is_cancelled=interrupts.is_set)
+            except JobCancelled:
+                raise JobCancelled(f"interrupted by {interrupts.received or 'a signal'}; partial outputs were "
+                                   "removed and no output was written") from None
     except ChangeClipError as exc:
         if args.json:
             printer.emit({"event": "error", "error": type(exc).__name__, "message": str(exc),

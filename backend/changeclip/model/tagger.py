@@ -183,6 +183,32 @@ def random_clip_state_dict(seed: int = 0, tiny: bool = True) -> dict[str, torch.
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def clip_preprocess(images: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """CLIP preprocessing on a batch, as OpenAI's PIL pipeline does it on 8-bit images.
+
+    Resize the shortest side to ``size`` (bicubic, antialiased), centre crop, normalise.
+
+    Args:
+        images: float (N, 3, H, W), RGB 0..255.
+        size: The model's input size S.
+        mean, std: CLIP's normalisation, shaped (1, 3, 1, 1) on the images' device.
+
+    Returns:
+        float32 (N, 3, S, S).
+    """
+    x = images.float().clamp(0, 255).round()  # PIL works on 8-bit images
+    h, w = x.shape[-2:]
+    s = size
+    new = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)  # shortest side -> s
+    if new != (h, w):
+        x = F.interpolate(x, size=new, mode="bicubic", align_corners=False, antialias=True)
+        x = x.clamp(0, 255).round()
+    top = int(round((new[0] - s) / 2.0))
+    left = int(round((new[1] - s) / 2.0))
+    x = x[..., top:top + s, left:left + s]
+    return (x / 255.0 - mean) / std
+
+
 class Tagger:
     """CLIP zero-shot tagger over the 56-class remote-sensing vocabulary.
 
@@ -267,25 +293,8 @@ class Tagger:
         return self._class_features
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """CLIP preprocessing on a batch, as OpenAI's PIL pipeline does it on 8-bit images.
-
-        Args:
-            images: float (N, 3, H, W), RGB 0..255.
-
-        Returns:
-            float32 (N, 3, S, S) normalised with CLIP mean/std, S = the model's input size.
-        """
-        x = images.float().clamp(0, 255).round()  # PIL works on 8-bit images
-        h, w = x.shape[-2:]
-        s = self.image_size
-        size = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)  # shortest side -> s
-        if size != (h, w):
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
-            x = x.clamp(0, 255).round()
-        top = int(round((size[0] - s) / 2.0))
-        left = int(round((size[1] - s) / 2.0))
-        x = x[..., top:top + s, left:left + s]
-        return (x / 255.0 - self._mean) / self._std
+        """CLIP preprocessing of a batch (see :func:`clip_preprocess`) at this model's input size."""
+        return clip_preprocess(images, self.image_size, self._mean, self._std)
 
     @torch.inference_mode()
     def probabilities(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import stat
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -55,6 +56,71 @@ class TempFiles:
         os.replace(temp, final)
         self._paths.remove(temp)
 
+    def publish(self, pairs: list[tuple[str, str]]) -> None:
+        """Rename every ``(temp, final)`` pair, all or nothing.
+
+        Each final path that exists (an earlier result that ``overwrite`` replaces) is first kept
+        under a hidden backup name (a hard link where the file system has them, so the final
+        name never disappears; else a rename). If any rename fails, the finals already renamed
+        are removed again and every backup is renamed back, so the folder is as it was; on
+        success the backups are deleted.
+
+        Raises:
+            PublishError: A rename failed; its message says whether the earlier state was
+                restored completely (and where a file that could not be restored was kept).
+        """
+        for _temp, final in pairs:  # only regular files are ever replaced (see changeclip.output_safety)
+            try:
+                mode = os.lstat(final).st_mode
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(mode):
+                raise PublishError(OSError(errno.EEXIST, "appeared during the run and is not a regular file", final),
+                                   [])
+        backups: list[tuple[str, str]] = []
+        done: list[str] = []
+        try:
+            for temp, final in pairs:
+                if os.path.lexists(final):
+                    backup = self.new(final, "bak")
+                    _keep_backup(final, backup)
+                    backups.append((backup, final))
+                os.replace(temp, final)
+                self._paths.remove(temp)
+                done.append(final)
+        except OSError as exc:
+            kept = self._roll_back(done, backups)
+            raise PublishError(exc, kept) from None
+        for backup, _final in backups:
+            self._paths.remove(backup)
+            try:
+                os.remove(backup)
+            except OSError as exc:  # pragma: no cover - best effort
+                log.warning("could not remove the backup %s: %s", backup, exc)
+
+    def _roll_back(self, done: list[str], backups: list[tuple[str, str]]) -> list[str]:
+        """Undo a partial :meth:`publish`; return the backups that could not be restored."""
+        backed_up = {final for _b, final in backups}
+        for final in done:
+            if final not in backed_up:
+                try:
+                    os.remove(final)
+                except OSError as exc:
+                    log.error("rolling back: could not remove the new %s: %s", final, exc)
+        kept = []
+        for backup, final in backups:
+            try:
+                if os.path.exists(final) and os.path.samefile(backup, final):
+                    os.remove(backup)  # a hard link to the untouched final (renaming would do nothing)
+                else:
+                    os.replace(backup, final)
+                self._paths.remove(backup)
+            except OSError as exc:
+                log.error("rolling back: could not restore %s from %s: %s", final, backup, exc)
+                self._paths.remove(backup)  # never deleted by cleanup(): it holds the earlier result
+                kept.append(backup)
+        return kept
+
     def cleanup(self) -> None:
         """Remove every temporary file still present (and GDAL/SQLite side files)."""
         for path in self._paths:
@@ -66,6 +132,28 @@ class TempFiles:
                 except OSError as exc:  # pragma: no cover - best effort
                     log.warning("could not remove temporary file %s: %s", p, exc)
         self._paths.clear()
+
+
+class PublishError(OSError):
+    """The final renames failed and were rolled back (see :meth:`TempFiles.publish`)."""
+
+    def __init__(self, cause: OSError, kept_backups: list[str]) -> None:
+        what = f"{cause.strerror or cause} ({cause.filename})" if cause.filename else str(cause)
+        if kept_backups:
+            state = ("the new outputs were removed, but earlier outputs could not be put back; they are kept as "
+                     + ", ".join(kept_backups))
+        else:
+            state = "no output was written and any earlier outputs are as they were"
+        super().__init__(cause.errno, f"renaming the outputs to their final names failed: {what}; {state}")
+        self.kept_backups = kept_backups
+
+
+def _keep_backup(final: str, backup: str) -> None:
+    """Keep ``final``'s current file as ``backup``: a hard link if possible, else a rename."""
+    try:
+        os.link(final, backup, follow_symlinks=False)
+    except OSError:
+        os.replace(final, backup)
 
 
 def write_error(what: str, message: object) -> OSError:
@@ -160,8 +248,7 @@ def to_cog(src: str, dst: str, resampling: str, progress: Callable[[float], None
         out = None
         _check_gdal_write(dst)
     except RuntimeError as exc:
-        if is_cancelled is not None and is_cancelled():
-            raise JobCancelled("the run was cancelled; partial outputs were removed") from None
+        _gdal_failed(callback, is_cancelled)
         raise write_error(dst, exc) from None
 
 
@@ -241,7 +328,7 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
                progress: Callable[[float], None] | None = None,
                is_cancelled: Callable[[], bool] | None = None,
                attributes: Mapping[str, str | float] | None = None,
-               probability_path: str | None = None) -> dict[str, Any]:
+               probability_path: str | None = None, min_pixels: int = 0) -> dict[str, Any]:
     """Change polygons (mask == 1, 4-connected) into a GeoPackage with ``area_m2`` (and ``mean_prob``).
 
     Args:
@@ -258,6 +345,9 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
         probability_path: The finished change-probability GeoTIFF (uint8 percent or float32
             0..1) on the same grid: adds ``mean_prob``, the mean change probability (0..1) of each
             polygon's pixels, the number to sort or filter polygons by confidence.
+        min_pixels: Polygons of fewer than this many grid pixels are dropped too (counted from
+            the polygon's planar area over the pixel's area, exact because polygons follow pixel
+            edges; works without a CRS).
 
     Returns:
         ``{"count", "dropped", "area_m2"}``.
@@ -268,6 +358,7 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
     callback = _gdal_callback(progress, is_cancelled)
 
     vrt = _lut_vrt(mask_path, grid)
+    src = band = ds = layer = None
     try:
         src = gdal.Open(vrt)
         band = src.GetRasterBand(1)
@@ -289,13 +380,17 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
             layer.CreateField(ogr.FieldDefn("mean_prob", ogr.OFTReal))
             means = _mean_per_polygon(ds, layer.GetName(), grid, probability_path, out_path, is_cancelled)
         measure = PolygonArea(grid)
+        gt = grid.geotransform
+        pixel_area = abs(gt[1] * gt[5] - gt[2] * gt[4]) or 1.0
         kept, dropped, total = 0, 0, 0.0
         drop: list[int] = []
         ds.StartTransaction()
         layer.ResetReading()
         for feat in layer:
-            area = measure.area_m2(feat.GetGeometryRef())
-            if area is not None and area < min_area_m2:
+            geometry = feat.GetGeometryRef()
+            area = measure.area_m2(geometry)
+            too_few = min_pixels > 0 and geometry.GetArea() / pixel_area < min_pixels - 0.5
+            if too_few or (area is not None and area < min_area_m2):
                 drop.append(feat.GetFID())
                 continue
             feat.SetField("area_m2", area)
@@ -317,10 +412,10 @@ def polygonize(mask_path: str, out_path: str, grid: Grid, min_area_m2: float,
         ds = None
         src = None
     except RuntimeError as exc:
-        if is_cancelled is not None and is_cancelled():
-            raise JobCancelled("the run was cancelled; partial outputs were removed") from None
+        _gdal_failed(callback, is_cancelled)
         raise write_error(out_path, exc) from None
     finally:
+        layer = ds = band = src = None  # closed here, not when an exception's traceback is freed later
         gdal.Unlink(vrt)
     return {"count": kept, "dropped": dropped, "area_m2": total}
 
@@ -340,6 +435,7 @@ def _mean_per_polygon(ds: ogr.DataSource, layer_name: str, grid: Grid, probabili
     ids_path = f"{out_path}.fid.tif"
     geom = ds.GetLayerByName(layer_name).GetGeometryColumn()
     sql = ds.ExecuteSQL(f'SELECT fid + 0 AS pid, "{geom}" FROM "{layer_name}"')
+    ids = prob_ds = band = id_band = None
     try:
         ids = gdal.GetDriverByName("GTiff").Create(ids_path, grid.width, grid.height, 1, gdal.GDT_Int32,
                                                    options=["TILED=YES", "COMPRESS=DEFLATE", "ZLEVEL=1",
@@ -347,8 +443,12 @@ def _mean_per_polygon(ds: ogr.DataSource, layer_name: str, grid: Grid, probabili
         ids.SetGeoTransform(grid.geotransform)
         if grid.wkt:
             ids.SetProjection(grid.wkt)
-        gdal.RasterizeLayer(ids, [1], sql, options=["ATTRIBUTE=pid"],
-                            callback=_gdal_callback(None, is_cancelled))
+        burn_callback = _gdal_callback(None, is_cancelled)
+        try:
+            gdal.RasterizeLayer(ids, [1], sql, options=["ATTRIBUTE=pid"], callback=burn_callback)
+        except RuntimeError:
+            _gdal_failed(burn_callback, is_cancelled)
+            raise
         top = ds.ExecuteSQL(f'SELECT MAX(fid) FROM "{layer_name}"')
         count = int(top.GetNextFeature().GetField(0) or 0) + 1
         ds.ReleaseResultSet(top)
@@ -371,6 +471,7 @@ def _mean_per_polygon(ds: ogr.DataSource, layer_name: str, grid: Grid, probabili
                 pixels += np.bincount(fid[inside], minlength=count)
         ids = prob_ds = None
     finally:
+        band = id_band = ids = prob_ds = None  # closed before the file is removed
         ds.ReleaseResultSet(sql)
         if os.path.exists(ids_path):
             os.remove(ids_path)
@@ -401,10 +502,27 @@ def _gdal_callback(progress: Callable[[float], None] | None,
     last = [-1]
 
     def callback(fraction: float, _msg: object, _data: object) -> int:
-        pct = int(fraction * 100)
-        if progress is not None and pct != last[0]:
-            last[0] = pct
-            progress(fraction)
-        return 0 if is_cancelled is not None and is_cancelled() else 1
+        try:
+            pct = int(fraction * 100)
+            if progress is not None and pct != last[0]:
+                last[0] = pct
+                progress(fraction)
+            return 0 if is_cancelled is not None and is_cancelled() else 1
+        except KeyboardInterrupt:  # raised by a signal handler: stop GDAL, re-raised by _gdal_failed
+            _INTERRUPTED.add(callback)
+            return 0
 
     return callback
+
+
+_INTERRUPTED: set[object] = set()
+"""GDAL callbacks that caught a KeyboardInterrupt (GDAL cannot carry a Python exception)."""
+
+
+def _gdal_failed(callback: object, is_cancelled: Callable[[], bool] | None) -> None:
+    """After GDAL failed: re-raise an interruption the callback caught, or report a cancellation."""
+    if callback in _INTERRUPTED:
+        _INTERRUPTED.discard(callback)
+        raise KeyboardInterrupt
+    if is_cancelled is not None and is_cancelled():
+        raise JobCancelled("the run was cancelled; partial outputs were removed")

@@ -36,7 +36,8 @@ class AlignedPair:
 
 
 def open_pair(before: str, after: str, bands: Sequence[int], grid_kind: str = "before",
-              target_crs: str | None = None, resolution: float | None = None) -> AlignedPair:
+              target_crs: str | None = None, resolution: float | None = None,
+              check_files: Callable[[str, list[str]], None] | None = None) -> AlignedPair:
     """Open, check and align both rasters.
 
     Args:
@@ -44,6 +45,8 @@ def open_pair(before: str, after: str, bands: Sequence[int], grid_kind: str = "b
         bands: 1-based band mapping used for both dates.
         grid_kind: ``before``, ``after`` or ``custom`` (see :func:`align.reference_grid`).
         target_crs, resolution: The custom grid's CRS and pixel size.
+        check_files: Called as ``check_files(role, files)`` with every file GDAL reads for each
+            raster (its .aux.xml, .ovr, a VRT's sources ...) right after opening it; raises to refuse.
 
     Raises:
         InputError: Missing/unreadable rasters, bad bands, GCP/RPC-only georeferencing, one CRS
@@ -51,6 +54,9 @@ def open_pair(before: str, after: str, bands: Sequence[int], grid_kind: str = "b
     """
     ds_b = io.open_raster(before, "before")
     ds_a = io.open_raster(after, "after")
+    if check_files is not None:
+        for role, ds in (("before", ds_b), ("after", ds_a)):
+            check_files(role, list(ds.GetFileList() or []))
     io.check_bands(ds_b, bands, "before")
     io.check_bands(ds_a, bands, "after")
     align.check_georeferenced(ds_b, before, "before")

@@ -54,7 +54,8 @@ class JobConflict(RuntimeError):
 
 # Overall-progress fraction at the start of each stage; "tiles" spans 0.10 .. 0.90.
 _STAGE_START = {"queued": 0.0, "preparing": 0.01, "loading_model": 0.03, "scaling": 0.06,
-                "fitting": 0.08, "tiles": 0.10, "polygons": 0.90, "finalising": 0.95, "done": 1.0}
+                "fitting": 0.08, "tiles": 0.10, "polygons": 0.90, "describing": 0.92, "finalising": 0.95,
+                "done": 1.0}
 _TILES_SPAN = 0.80
 
 

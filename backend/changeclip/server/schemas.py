@@ -63,10 +63,23 @@ class DetectRequest(BaseModel):
     probability_dtype: Literal[protocol.PROBABILITY_DTYPES] = "uint8"  # type: ignore[valid-type]
     polygons: bool = False
     min_area: float = Field(default=0.0, ge=0)
+    min_pixels: Int = Field(default=protocol.DEFAULT_MIN_POLYGON_PIXELS, ge=0)
     overwrite: bool = False
     mask_path: str | None = Field(default=None, min_length=1, max_length=4096)
     probability_path: str | None = Field(default=None, min_length=1, max_length=4096)
     polygons_path: str | None = Field(default=None, min_length=1, max_length=4096)
+    describe: bool = Field(default=False, description="CLIP words for every change polygon (needs polygons)")
+    query: str = Field(default="", max_length=2000,
+                       description="words ('building') or a transition ('farmland to building'); needs describe")
+    query_threshold: float = Field(default=protocol.DEFAULT_QUERY_THRESHOLD, gt=0, lt=1,
+                                   description="query_score at or above which a polygon matches")
+    keep_matching: bool = Field(default=False, description="also write the matching polygons and mask; needs query")
+    vocabulary: str | None = Field(default=None, min_length=1, max_length=4096,
+                                   description="absolute path of a vocabulary file (one class name per line)")
+    describe_weights: str | None = Field(default=None, min_length=1, max_length=4096,
+                                         description="absolute path of CLIP weights for describing")
+    describe_model: str | None = Field(default=None, min_length=1, max_length=200,
+                                       description="open_clip architecture of describe_weights, e.g. ViT-B-32")
     kind: Literal["detect"] = Field(default="detect", description="job kind; may be left out for a detection")
 
     def to_params(self) -> DetectParams:

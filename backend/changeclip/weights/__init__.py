@@ -91,7 +91,12 @@ def detect_format(path: str | Path) -> str:
     (header_len,) = struct.unpack("<Q", head[:8])
     if head[8:9] == b"{" and 2 <= header_len < 100_000_000:
         return "native"
-    raise ModelError(f"{p} is neither a safetensors file nor a PyTorch checkpoint (first bytes {head[:8]!r})")
+    # say what the file looks like in words: raw bytes mean nothing to a user (and end up in the dock)
+    looks = "text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else "binary data"
+    raise ModelError(f"{p} is neither a safetensors file nor a PyTorch checkpoint: it starts with {looks} that "
+                     "is neither a safetensors header nor a PyTorch zip/pickle signature (a different file, a web "
+                     "page saved instead of the download, or a damaged download); pass a ChangeCLIP .safetensors "
+                     "file or an official .pth checkpoint")
 
 
 def _load_native(path: Path) -> tuple[ChangeCLIPConfig, dict[str, torch.Tensor], dict[str, Any]]:

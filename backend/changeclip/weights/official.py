@@ -106,6 +106,13 @@ def split_checkpoint(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], di
     return state, summarise_meta(meta)
 
 
+def _state_dict_of(obj: Any) -> Any:
+    """The tensors :func:`split_checkpoint` will keep (copied out of the mapped file by the loader)."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        return obj["state_dict"]
+    return obj
+
+
 def load_official(path: str | Path, variant: str = "auto") -> tuple[ChangeCLIPConfig, dict[str, torch.Tensor],
                                                                       dict[str, Any]]:
     """Load an official mmengine checkpoint safely and identify its network.
@@ -123,7 +130,7 @@ def load_official(path: str | Path, variant: str = "auto") -> tuple[ChangeCLIPCo
             checkpoint, or a variant mismatch.
     """
     source = Path(path).name
-    state, meta = split_checkpoint(safe_torch_load(path), source)
+    state, meta = split_checkpoint(safe_torch_load(path, own=_state_dict_of), source)
     hint = backbone_from_cfg_text(meta.get("cfg", "")) if meta.get("cfg") else None
     cfg = match_preset(state, variant, source, hint_backbone=hint)
     log.info("%s: official checkpoint, %s network, %d tensors", source, cfg.name, len(state))

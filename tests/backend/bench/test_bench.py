@@ -43,7 +43,7 @@ def test_naive_geotiff_covers_the_grid(tmp_path: Path) -> None:
 def test_cli_bench_miniature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str]) -> None:
     mini = dataclasses.replace(suite.PROFILES["quick"], net_size=64, e2e_size=256, e2e_naive_size=256,
-                               e2e_batch=2, hit_rate_tiles=4, irmad_size=128, host_size=256)
+                               e2e_batch=2, hit_rate_tiles=4, irmad_size=128, host_size=256, describe_size=256)
     monkeypatch.setitem(suite.PROFILES, "quick", mini)
     out = tmp_path / "bench.json"
     code = main(["bench", "--quick", "--device", "cpu", "--out", str(out)])
@@ -63,6 +63,10 @@ def test_cli_bench_miniature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert all(r["mpix_per_s"] > 0 for r in rep["end_to_end"])
     ceiling = rep["end_to_end"][-1]
     assert ceiling["tiles"] == 4 and ceiling["tile_stage_pairs_per_s"] >= ceiling["pairs_per_s"] > 0
+    (described,) = rep["describe"]
+    assert described["clip"] == "tiny" and described["polygons"] > 0 and described["polygons_per_s"] > 0
+    assert 0 < described["share_of_detection"] < 1
+    assert "Describing change polygons" in printed.out
     assert rep["memory"]["peak_host_rss_mib"] > 0
     assert rep["environment"]["torch"] and rep["environment"]["device"] == "cpu"
     assert printed.out.rstrip().splitlines()[-1].startswith("peak host RSS")

@@ -7,7 +7,7 @@ import pytest
 
 from changeclip.engines import IRMADEngine, build_engine
 from changeclip.engines.base import ChangeEngine
-from changeclip.engines.irmad import chi2_cdf
+from changeclip.engines.irmad import SIGNIFICANCE, change_score, chi2_cdf, chi2_sf
 from changeclip.errors import InputError
 from changeclip.protocol import DetectParams
 
@@ -28,6 +28,24 @@ def test_chi2_cdf_edges() -> None:
     assert np.all(np.diff(v) >= -1e-7)
     with pytest.raises(ValueError):
         chi2_cdf(np.array([1.0]), 0)
+
+
+@pytest.mark.parametrize("x,k,expected", TABLE)
+def test_chi2_sf_is_the_upper_tail(x: float, k: int, expected: float) -> None:
+    assert chi2_sf(np.array([x]), k)[0] == pytest.approx(1.0 - expected, abs=2e-4)
+    far = chi2_sf(np.array([60.0], np.float32), k)[0]  # p ~ 1e-10..1e-13: 1 - cdf would round to 0
+    assert far.dtype == np.float32 and 0.0 < far < 1e-8
+
+
+def test_score_is_one_half_at_the_mask_threshold() -> None:
+    """The value shown as "probability" crosses 50 % exactly where the mask starts (p = 1 %)."""
+    for x, k, cdf in TABLE:
+        if cdf == 0.99:  # the 1 % critical values of chi-square
+            assert change_score(chi2_sf(np.array([x]), k))[0] == pytest.approx(0.5, abs=2e-3)
+    assert change_score(np.array([SIGNIFICANCE]))[0] == pytest.approx(0.5)
+    assert change_score(np.array([1.0]))[0] < 0.01 and change_score(np.array([0.0]))[0] == 1.0
+    z = np.linspace(0, 40, 400)
+    assert np.all(np.diff(change_score(chi2_sf(z, 3))) >= 0), "monotone in the statistic"
 
 
 def _scene(n: int = 40000, changed: int = 4000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,6 +78,22 @@ def test_irmad_detects_change_and_ignores_radiometric_differences() -> None:
     assert d["name"] == "irmad" and d["iterations"] == eng.iterations and len(d["canonical_correlations"]) == 3
 
 
+def test_probability_layer_reads_like_the_mask() -> None:
+    """10 % of the scene changed: about 10 % of the pixels read >= 0.5, not half of them (the raw
+    chi-square CDF is uniform over unchanged pixels, so ~55 % of this scene read >= 0.5 before)."""
+    x, y, truth = _scene(changed=4000)
+    eng = IRMADEngine()
+    eng.fit(x, y)
+    prob = eng.predict_proba(_as_tiles(x), _as_tiles(y), np.ones((1, 400, 100), bool)).ravel()
+    mask = prob > eng.default_threshold
+    assert (prob >= 0.5).mean() == pytest.approx(mask.mean(), abs=1e-3)
+    assert (prob >= 0.5).mean() < 0.15 and (prob >= 0.9).mean() < 0.12
+    assert np.median(prob[~truth]) < 0.05, "a typical unchanged pixel reads as unlikely change"
+    z = eng.statistic(_as_tiles(x), _as_tiles(y)).ravel()
+    same = mask == (chi2_cdf(z.astype(np.float64), 3) > 0.99)
+    assert same.mean() > 0.9995, "the default mask is the 1 % significance test it always was"
+
+
 def test_irmad_is_pixelwise() -> None:
     x, y, _ = _scene(n=10000)
     eng = IRMADEngine()
@@ -90,4 +124,4 @@ def test_predict_before_fit() -> None:
 
 def test_build_engine_irmad() -> None:
     eng = build_engine(DetectParams("a.tif", "b.tif", "out", engine="irmad"))
-    assert eng.name == "irmad" and eng.default_threshold == 0.99 and not eng.needs_context
+    assert eng.name == "irmad" and eng.default_threshold == 0.5 and not eng.needs_context

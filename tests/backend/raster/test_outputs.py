@@ -81,6 +81,25 @@ def test_polygons_area_and_min_area(tmp_path: Path) -> None:
     assert info["count"] == 2 and info["area_m2"] == pytest.approx(20400.0)
 
 
+def test_polygons_smaller_than_min_pixels_are_dropped(tmp_path: Path) -> None:
+    """min_pixels counts output pixels (so it also works without a CRS) and adds to min_area."""
+    mask = np.zeros((40, 60), np.uint8)
+    mask[5:15, 5:25] = 1  # 200 px
+    mask[30:32, 40:42] = 1  # 4 px
+    mask[20, 10:13] = 1  # 3 px
+    mask[35, 5] = 1  # 1 px
+    for crs_wkt, name in ((UTM.wkt, "utm"), ("", "nocrs")):
+        grid = Grid(60, 40, UTM.geotransform, crs_wkt)
+        path = _mask_file(tmp_path, grid, mask)
+        info = polygonize(path, str(tmp_path / f"{name}4.gpkg"), grid, 0, min_pixels=4)
+        assert (info["count"], info["dropped"]) == (2, 2), name
+        info = polygonize(path, str(tmp_path / f"{name}0.gpkg"), grid, 0, min_pixels=0)
+        assert (info["count"], info["dropped"]) == (4, 0), name
+    grid = Grid(60, 40, UTM.geotransform, UTM.wkt)
+    both = polygonize(_mask_file(tmp_path, grid, mask), str(tmp_path / "both.gpkg"), grid, 1000, min_pixels=2)
+    assert (both["count"], both["dropped"]) == (1, 3), "either rule drops a polygon"
+
+
 def test_polygons_carry_the_run_attributes(tmp_path: Path) -> None:
     grid = Grid(60, 40, UTM.geotransform, UTM.wkt)
     mask = np.zeros((40, 60), np.uint8)

@@ -194,7 +194,7 @@ def test_existing_outputs_need_overwrite(inprocess_server: tuple[LiveServer, Scr
     server, _ = inprocess_server
     out = tmp_path / "done"
     out.mkdir()
-    (out / protocol.MASK_NAME).write_bytes(b"old")
+    (out / protocol.MASK_NAME).write_bytes(b"II*\x00old")  # looks like a GeoTIFF: overwrite may replace it
     with pytest.raises(RequestRejected, match="overwrite"):
         server.client.submit({**inputs, "output_dir": str(out)})
     info = server.client.submit({**inputs, "output_dir": str(out), "overwrite": True})

@@ -131,8 +131,14 @@ def test_missing_corrupt_and_truncated_files(tmp_path: Path,
         load_weights(empty)
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"GIF89a" + bytes(100))
-    with pytest.raises(ModelError, match="neither a safetensors file nor a PyTorch checkpoint"):
+    with pytest.raises(ModelError, match="neither a safetensors file nor a PyTorch checkpoint") as refused:
         load_weights(junk)
+    assert "b'" not in str(refused.value) and "\\x" not in str(refused.value), "no raw bytes in a user's message"
+    assert "starts with binary data" in str(refused.value)
+    page = tmp_path / "page.safetensors"
+    page.write_bytes(b"<!DOCTYPE html><html>Not Found</html>")
+    with pytest.raises(ModelError, match="starts with text"):
+        load_weights(page)
     native = tiny_weights("tiny-rn50").read_bytes()
     cut = tmp_path / "cut.safetensors"
     cut.write_bytes(native[: len(native) // 2])

@@ -1,0 +1,1 @@
+../../backend/changeclip/output_safety.py

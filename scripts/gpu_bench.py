@@ -11,6 +11,8 @@ What it does, in order (full numbers go to ``$OUT/gpu_bench.json``, a table is p
    per pair); text-side cost and cache hit rate; end to end on a 6144² synthetic pair through
    the real pipeline (needs GDAL's Python bindings) and through the overlapped prototype loop
    (reader threads + batched bf16 + writer thread); peak host RSS and GPU memory.
+   Training throughput: one optimizer step (forward, backward, AdamW) per variant x batch
+   (12/20) x precision (fp32/bf16) in pairs/s, with peak host RSS and peak GPU memory.
    Sections that would start after ``--budget-s`` seconds are skipped and listed.
 
 The device image has PyTorch but neither open_clip (our tokenizer) nor GDAL. Carry the
@@ -113,7 +115,8 @@ def main() -> int:
     base = PROFILES["gpu"]
     if args.smoke:
         base = dataclasses.replace(base, variants=variants, batches=[2], reps=1, naive_pairs=1, net_size=64,
-                                   e2e_variants=variants, e2e_naive_size=256, e2e_batch=4, hit_rate_tiles=4)
+                                   e2e_variants=variants, e2e_naive_size=256, e2e_batch=4, hit_rate_tiles=4,
+                                   train_variants=variants, train_batches=[2], train_size=64, train_reps=1)
         args.e2e_size = min(args.e2e_size, 384)
         base = dataclasses.replace(base, host_size=min(base.host_size, 384), describe_size=256, describe_clip="tiny")
     profile = dataclasses.replace(base, compile_model=args.compile, e2e_size=args.e2e_size,

@@ -41,6 +41,11 @@ class Profile:
         budget_s: skip the sections that start after this many seconds (0 = no limit).
         describe_size: raster side of the ``--describe`` run (IR-MAD + polygons + CLIP; 0 = skip).
         describe_clip: CLIP of that run: ``vit-b-16`` (the default model's cost) or ``tiny``.
+        train_variants: variants of the training-throughput section (empty = skip).
+        train_batches: batch sizes of the training section.
+        train_precisions: precisions of the training section.
+        train_size: crop side of the training section (px).
+        train_reps: timed steps per training configuration.
     """
 
     name: str
@@ -65,21 +70,30 @@ class Profile:
     describe_size: int = 0
     describe_clip: str = "vit-b-16"
     notes: list[str] = field(default_factory=list)
+    train_variants: list[str] = field(default_factory=list)
+    train_batches: list[int] = field(default_factory=lambda: [2])
+    train_precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    train_size: int = 256
+    train_reps: int = 2
 
 
 PROFILES = {
     "cpu": Profile("cpu", ["rn50", "vit-b-16"], [2], ["fp32", "bf16"], reps=3, naive_pairs=1,
                    e2e_variants=["rn50"], e2e_size=512, e2e_naive_size=512, e2e_batch=4,
                    e2e_precisions=["fp32", "bf16"], hit_rate_tiles=16, irmad_size=2048, host_size=2048,
-                   describe_size=1024),
+                   describe_size=1024, train_variants=["rn50", "vit-b-16"], train_batches=[2],
+                   train_precisions=["fp32", "bf16"], train_reps=1),
     "quick": Profile("quick", ["tiny-rn50"], [2], ["fp32"], reps=1, naive_pairs=1,
                      e2e_variants=["tiny-rn50"], e2e_size=384, e2e_naive_size=384, e2e_batch=4,
                      e2e_precisions=["fp32"], hit_rate_tiles=4, irmad_size=256, net_size=128, host_size=384,
-                     describe_size=256, describe_clip="tiny"),
+                     describe_size=256, describe_clip="tiny", train_variants=["tiny-rn50"], train_batches=[2],
+                     train_precisions=["fp32"], train_size=64, train_reps=1),
     "gpu": Profile("gpu", ["rn50", "vit-b-16"], [16, 64, 128], ["fp32", "bf16"], reps=5, naive_pairs=8,
                    e2e_variants=["rn50", "vit-b-16"], e2e_size=6144, e2e_naive_size=1024, e2e_batch=64,
                    e2e_precisions=["bf16"], hit_rate_tiles=64, irmad_size=0, host_size=6144,
-                   e2e_paths=["pipeline", "stream"], budget_s=300.0, describe_size=2048),
+                   e2e_paths=["pipeline", "stream"], budget_s=300.0, describe_size=2048,
+                   train_variants=["rn50", "vit-b-16"], train_batches=[12, 20], train_precisions=["fp32", "bf16"],
+                   train_reps=5),
 }
 
 
@@ -96,11 +110,12 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
     from changeclip.bench.network import bench_network
     from changeclip.bench.stream import bench_stream
     from changeclip.bench.text import bench_hit_rate, bench_text_cost
+    from changeclip.bench.training import bench_training
 
     t_start = time.perf_counter()
     report: dict[str, Any] = {"profile": asdict(profile), "environment": environment(device), "network": [],
                               "text_cost": [], "text_cache_hit_rate": [], "end_to_end": [], "describe": [],
-                              "memory": {}, "skipped": []}
+                              "training": [], "memory": {}, "skipped": []}
 
     def section(name: str) -> bool:
         if profile.budget_s and time.perf_counter() - t_start > profile.budget_s:
@@ -128,6 +143,10 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
     if section("text-cache hit rate"):
         a, b = random_pairs(profile.hit_rate_tiles, 64, seed=1)  # random tiles: only none/words rates are exact
         report["text_cache_hit_rate"] = bench_hit_rate(device, a, b, batch=2, tagger_weights=tagger_weights)
+    for variant in profile.train_variants:
+        if section(f"training {variant}"):
+            report["training"] += bench_training(variant, device, profile.train_batches, profile.train_precisions,
+                                                 profile.train_reps, size=profile.train_size)
     for variant in profile.e2e_variants:
         if "pipeline" in profile.e2e_paths and section(f"end-to-end pipeline {variant}"):
             report["end_to_end"] += bench_end_to_end(variant, device, profile.e2e_size, profile.e2e_precisions,
@@ -144,7 +163,8 @@ def run_suite(profile: Profile, device: str, tagger_weights: str | None = None,
         report["describe"].append(bench_describe(profile.describe_size, profile.describe_clip, device, workdir))
     report["memory"] = {"peak_host_rss_mib": peak_rss_mib(),
                         "peak_gpu_mib_max": max((r.get("gpu_peak_mib") or 0 for r in
-                                                 report["network"] + report["end_to_end"]), default=0) or None}
+                                                 report["network"] + report["end_to_end"] + report["training"]),
+                                                default=0) or None}
     report["environment"]["load_avg_end"] = list(os.getloadavg())
     report["seconds"] = time.perf_counter() - t_start
     return report
@@ -208,6 +228,14 @@ def format_report(rep: dict[str, Any]) -> str:
                  _f(r["polygons_per_s"], 1), _f(100 * r["share_of_detection"], 0) + " %" if r["share_of_detection"]
                  is not None else "-"] for r in rep["describe"]]
         lines += _table(["CLIP", "device", "raster", "polygons", "describe s", "polygons/s", "share of run"], rows)
+    lines += ["", f"Training throughput, one optimizer step (forward + backward + AdamW, train mode, accumulate 1), "
+                  f"{rep['profile'].get('train_size', 256)} px crops"]
+    rows = [[r["variant"], str(r["batch"]), r["precision"],
+             "out of memory" if r.get("out_of_memory") else _f(r["pairs_per_s"]),
+             _f(r.get("pairs_per_s_best")), _f(r.get("step_ms"), 0), _f(r.get("peak_rss_mib"), 0),
+             _f(r.get("gpu_peak_mib"), 0)] for r in rep.get("training", [])]
+    lines += _table(["variant", "batch", "precision", "pairs/s", "best pairs/s", "step ms", "peak RSS MiB",
+                     "GPU MiB"], rows)
     for skipped in rep.get("skipped", []):
         lines.append(f"skipped: {skipped}")
     mem = rep["memory"]

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from changeclip.errors import InputError
@@ -65,57 +67,90 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"micro-batches per step (default: the official effective batch, {rn.effective_batch} rn50 / "
                         f"{vit.effective_batch} vit-b-16, over batch x processes)")
     p.add_argument("--lr", type=float, default=None, help=f"base learning rate (default {rn.lr:g})")
-    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW weight decay (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=None, help=f"AdamW weight decay (default {WEIGHT_DECAY})")
     p.add_argument("--warmup", type=int, default=None, metavar="N",
                    help=f"linear warm-up iterations (default {rn.warmup}, at most a tenth of the run)")
-    p.add_argument("--crop", type=int, default=256, help="training crop in px, multiple of 32 (default %(default)s)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+    p.add_argument("--crop", type=int, default=None, help="training crop in px, multiple of 32 (default 256)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="auto: bf16 autocast on GPUs with bf16, fp16 + grad scaler on others, fp32 on the CPU")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--prompt-mode", choices=PROMPT_MODES, default="none",
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--prompt-mode", choices=PROMPT_MODES, default=None,
                    help="none: constant prompts; words: --prompt words; auto: each date's CLIP tags (needs "
-                        "--tagger-weights; tags are cached in RUN_DIR). Default %(default)s")
-    p.add_argument("--prompt", default="", metavar="WORDS", help="words of the foreground prompt (words/auto)")
+                        "--tagger-weights; tags are cached in RUN_DIR). Default none")
+    p.add_argument("--prompt", default=None, metavar="WORDS", help="words of the foreground prompt (words/auto)")
     p.add_argument("--tagger-weights", metavar="FILE", help="CLIP ViT-B/16 weights for --prompt-mode auto")
-    p.add_argument("--freeze", choices=FREEZE_CHOICES, default="none",
+    p.add_argument("--freeze", choices=FREEZE_CHOICES, default=None,
                    help="parts not trained (default none, as officially)")
-    p.add_argument("--encoder-lr-mult", type=float, default=1.0, metavar="M",
+    p.add_argument("--encoder-lr-mult", type=float, default=None, metavar="M",
                    help="learning-rate factor of the image encoder (default 1 as officially; 0.1 is a common "
                         "choice when fine-tuning on little data)")
-    p.add_argument("--loss", choices=LOSSES, default="ce", help="ce (official) or ce+dice (sparse change)")
+    p.add_argument("--loss", choices=LOSSES, default=None, help="ce (official) or ce+dice (sparse change)")
     p.add_argument("--class-weights", type=_floats, default=None, metavar="W0,W1",
                    help="cross-entropy weights of no change and change, e.g. 1,5")
     p.add_argument("--val-every", type=int, default=None, metavar="N",
                    help=f"validate (and checkpoint) every N iterations (default {rn.val_every})")
     p.add_argument("--patience", type=int, default=None, metavar="P",
                    help="stop after P validations without a better score (default: never)")
-    p.add_argument("--select", choices=SELECT, default="f1", help="best checkpoint by change f1 or iou (default f1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data order, augmentations and init (default 0)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default %(default)s)")
-    p.add_argument("--no-augment", action="store_true", help="no augmentations (debugging, overfitting tests)")
+    p.add_argument("--select", choices=SELECT, default=None, help="best checkpoint by change f1 or iou (default f1)")
+    p.add_argument("--seed", type=int, default=None, help="seed of data order, augmentations and init (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default 2)")
+    p.add_argument("--no-augment", action="store_true", default=None, help="no augmentations (debugging, overfitting tests)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its state.pt")
     p.add_argument("--overwrite", action="store_true", help="replace the run in RUN_DIR")
     p.add_argument("--json", action="store_true", help="print progress as JSON lines on stdout, not a bar")
     p.set_defaults(func=run)
 
 
+_OPTION_FIELDS = ("iters", "epochs", "batch_size", "accumulate", "lr", "weight_decay", "warmup", "crop", "precision",
+                  "device", "prompt_mode", "prompt", "tagger_weights", "freeze", "encoder_lr_mult", "loss",
+                  "class_weights", "val_every", "patience", "select", "seed", "workers")
+"""TrainConfig fields set by the option of the same name (None = not given on the command line)."""
+
+
+def _saved_options(run_dir: str) -> dict[str, Any]:
+    """The options of the run in RUN_DIR (its config.json), or {} when there is none."""
+    path = Path(run_dir).expanduser() / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8"))["options"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--resume: cannot read {path} ({exc}); it is not a changeclip run folder") from None
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`TrainConfig` of parsed arguments."""
+    """The :class:`TrainConfig` of parsed arguments.
+
+    With ``--resume``, every option not given on the command line comes from the run's
+    config.json, so ``changeclip train -o RUN_DIR --resume`` continues a run as it was started;
+    options that are given are checked against the run (a resume that would change the run is
+    refused by the trainer).
+    """
     from changeclip.training.config import TrainConfig
 
-    if not args.resume:
-        missing = [o for o, v in (("DATASET_DIR", args.datasets), ("--variant", args.variant), ("--init", args.init))
-                   if not v]
+    given: dict[str, Any] = {f: getattr(args, f) for f in _OPTION_FIELDS if getattr(args, f) is not None}
+    if args.no_augment is not None:
+        given["augment"] = not args.no_augment
+    if args.datasets:
+        given["datasets"] = [str(Path(d).expanduser().resolve()) for d in args.datasets]
+    if args.variant:
+        given["variant"] = args.variant
+    if args.init:
+        given["init"] = args.init
+    base: dict[str, Any] = {}
+    if args.resume:
+        base = {k: v for k, v in _saved_options(args.run_dir).items() if k not in ("resume", "overwrite", "run_dir")}
+    else:
+        missing = [o for o, k in (("DATASET_DIR", "datasets"), ("--variant", "variant"), ("--init", "init"))
+                   if k not in given]
         if missing:
             raise InputError(f"train needs {', '.join(missing)} (only --resume takes them from the run)")
-    return TrainConfig(datasets=list(args.datasets), run_dir=args.run_dir, variant=args.variant or "",
-                       init=args.init or "", iters=args.iters, epochs=args.epochs, batch_size=args.batch_size,
-                       accumulate=args.accumulate, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
-                       crop=args.crop, precision=args.precision, device=args.device, prompt_mode=args.prompt_mode,
-                       prompt=args.prompt, tagger_weights=args.tagger_weights, freeze=args.freeze,
-                       encoder_lr_mult=args.encoder_lr_mult, loss=args.loss, class_weights=args.class_weights,
-                       val_every=args.val_every, patience=args.patience, select=args.select, seed=args.seed,
-                       workers=args.workers, augment=not args.no_augment, resume=args.resume,
+    merged = {**base, **given}
+    merged.setdefault("datasets", [])
+    merged.setdefault("variant", "")
+    merged.setdefault("init", "")
+    known = set(TrainConfig.__dataclass_fields__)
+    return TrainConfig(**{k: v for k, v in merged.items() if k in known}, run_dir=args.run_dir, resume=args.resume,
                        overwrite=args.overwrite)
 
 
@@ -178,7 +213,8 @@ class StopSignals:
     """SIGINT/SIGTERM set a flag (the trainer then checkpoints and stops) instead of killing the run;
     a second signal restores the default behaviour (a second Ctrl-C kills at once)."""
 
-    def __init__(self) -> None:
+    def __init__(self, verbose: bool = True) -> None:
+        self.verbose = verbose
         self.stop = False
         self.signal_name = ""
         self._previous: dict[int, Any] = {}
@@ -192,8 +228,9 @@ class StopSignals:
         self.stop = True
         self.signal_name = signal.Signals(signum).name
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        sys.stderr.write(f"\n{self.signal_name}: saving a resumable checkpoint after this iteration "
-                         "(signal again to stop at once)\n")
+        if self.verbose:
+            sys.stderr.write(f"\n{self.signal_name}: saving a resumable checkpoint after this iteration "
+                             "(signal again to stop at once)\n")
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -209,8 +246,11 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     printer = ProgressPrinter(args.json)
-    with StopSignals() as stop:
+    main_process = os.environ.get("RANK", "0") in ("", "0")  # under torchrun only rank 0 reports
+    with StopSignals(verbose=main_process) as stop:
         result = train(config, progress_cb=printer, cancel_cb=stop)
+    if not main_process:
+        return 130 if result.status == "interrupted" else 0
     out = result.to_dict()
     if args.json:
         sys.stdout.write(json.dumps({"event": "result", **out}, sort_keys=True) + "\n")

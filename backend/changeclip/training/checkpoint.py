@@ -125,10 +125,16 @@ def check_run_dir(path: Path, resume: bool, overwrite: bool) -> None:
 
 
 def create_run_dir(path: Path, overwrite: bool) -> None:
-    """Create RUN_DIR; with ``overwrite`` remove the previous run's files (only those)."""
+    """Create RUN_DIR; with ``overwrite`` remove the previous run's files (only those).
+
+    Temporary files a killed run left behind (``.NAME.tmp-PID``) are removed too: the files they
+    were meant to replace are complete.
+    """
     path.mkdir(parents=True, exist_ok=True)
-    if overwrite:
-        for name in RUN_FILES:
+    for name in RUN_FILES:
+        for stale in path.glob(f".{name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+        if overwrite:
             (path / name).unlink(missing_ok=True)
 
 
@@ -188,6 +194,15 @@ def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return out
 
 
+def check_plotting() -> None:
+    """Raise before any work when matplotlib (for ``curves.png``) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InputError("changeclip train draws curves.png with matplotlib, which is not installed in this "
+                         "Python: pip install 'matplotlib>=3.6' (Debian: apt install python3-matplotlib)")
+
+
 def write_curves(path: Path, rows: list[dict[str, Any]]) -> Path:
     """``curves.png``: training loss and validation F1/IoU of the change class against iteration."""
     import matplotlib
@@ -199,7 +214,8 @@ def write_curves(path: Path, rows: list[dict[str, Any]]) -> Path:
     vals = [r for r in rows if r.get("kind") == "val"]
     fig = Figure(figsize=(9, 3.6), dpi=100)
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot([r["iteration"] for r in steps], [r["loss"] for r in steps], lw=1)
+    ax1.plot([r["iteration"] for r in steps], [r["loss"] for r in steps], lw=1,
+             marker="." if len(steps) < 50 else None)
     ax1.set_xlabel("iteration")
     ax1.set_ylabel("training loss")
     ax1.grid(alpha=0.3)

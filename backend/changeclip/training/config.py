@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from changeclip.errors import InputError
@@ -106,7 +106,6 @@ class TrainConfig:
     log_every: int = 10
     resume: bool = False
     overwrite: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able copy of every field."""

@@ -225,6 +225,7 @@ class Trainer:
         def run_dir_checks() -> None:
             if ctx.is_main:
                 ck.check_run_dir(self.run_dir, cfg.resume, cfg.overwrite)
+                ck.check_plotting()
 
         self._agreed(run_dir_checks)
 
@@ -307,6 +308,9 @@ class Trainer:
         self.channels_last = net.cfg.backbone == "rn50"
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
+            for name, p in net.named_parameters():  # only convolution weights keep the channels-last layout:
+                if p.ndim == 4 and not name.endswith(".weight"):  # their gradients come back in it (DDP buckets)
+                    p.data = p.data.contiguous()
         self.net = net
         set_train_mode(net, cfg.freeze)
         self.model = dd.wrap(StepModule(net), ctx, self.device)

@@ -67,6 +67,10 @@ def test_cli_bench_miniature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert described["clip"] == "tiny" and described["polygons"] > 0 and described["polygons_per_s"] > 0
     assert 0 < described["share_of_detection"] < 1
     assert "Describing change polygons" in printed.out
+    (train,) = rep["training"]  # one optimizer step of the tiny network, with its own peak RSS
+    assert (train["variant"], train["batch"], train["precision"], train["size"]) == ("tiny-rn50", 2, "fp32", 64)
+    assert train["pairs_per_s"] > 0 and train["peak_rss_mib"] > 0 and train["gpu_peak_mib"] is None
+    assert "Training throughput" in printed.out
     assert rep["memory"]["peak_host_rss_mib"] > 0
     assert rep["environment"]["torch"] and rep["environment"]["device"] == "cpu"
     assert printed.out.rstrip().splitlines()[-1].startswith("peak host RSS")

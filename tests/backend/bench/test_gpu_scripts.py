@@ -39,6 +39,10 @@ def test_gpu_bench_writes_every_section(session_out: Path) -> None:
     timed = [r for r in report["end_to_end"] if r["variant"] != "no-op engine"]
     assert all(r["speedup_vs_naive"] > 0 for r in timed if not r["path"].startswith("naive"))
     assert [r["raster_px"] for r in report["end_to_end"] if r["variant"] == "no-op engine"] == [384]
+    train = report["training"]  # the training-throughput section, tiny network in smoke mode
+    assert [(r["variant"], r["batch"], r["precision"]) for r in train] == [("tiny-rn50", 2, "fp32"),
+                                                                          ("tiny-rn50", 2, "bf16")]
+    assert all(r["pairs_per_s"] > 0 and r["peak_rss_mib"] > 0 for r in train)
     assert report["memory"]["peak_host_rss_mib"] > 0
     log = (session_out / "gpu_bench.txt").read_text(encoding="utf-8")
     assert log.rstrip().splitlines()[-1].startswith("peak host RSS")  # the table comes last

@@ -226,3 +226,34 @@ def test_submit_dataset_and_submit_train_from_the_command_line(tmp_path: Path) -
         assert status["params"]["datasets"] == [str(tmp_path / "ds")]
     finally:
         stop_server_process(server)
+
+
+def test_a_training_whose_server_is_killed_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    """``kill -9`` of the server mid-run (no chance to save anything): the run folder still holds the
+    checkpoint of its last validation, complete, and a resume job on a new server finishes the run."""
+    import signal
+
+    from .conftest import start_server_process, stop_server_process
+
+    server = start_server_process(tmp_path, env={"OMP_NUM_THREADS": "1"})
+    try:
+        dataset = make_dataset(server, tmp_path)
+        run = tmp_path / "run"
+        job = server.client.submit(train_params(dataset, run, iters=12, val_every=3))
+        wait_for(lambda: (server.client.job(job.job_id).progress.iteration or 0) >= 4, 300, "iteration 4")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(30)
+    finally:
+        stop_server_process(server)
+    assert (run / protocol.RUN_STATE_NAME).is_file() and (run / protocol.RUN_LAST_NAME).is_file()
+    server = start_server_process(tmp_path, env={"OMP_NUM_THREADS": "1"})
+    try:
+        resumed = server.client.submit(train_params(dataset, run, iters=12, val_every=3, resume=True))
+        final = server.client.wait(resumed.job_id, poll_s=0.1, timeout_s=300)
+        assert final.state == "succeeded", final.error
+        events, _ = server.client.events(resumed.job_id)
+        assert events[0]["event"] == "start" and events[0]["iteration"] >= 3 and events[0]["iteration"] % 3 == 0
+        assert server.client.result(resumed.job_id)["summary"]["iteration"] == 12
+    finally:
+        stop_server_process(server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Every server a test starts (directly or through the plugin) keeps its job journal in a
+# private folder of this test session, never in the user's ~/.local/state/changeclip.
+os.environ.setdefault("CHANGECLIP_STATE_DIR", tempfile.mkdtemp(prefix="changeclip-test-state-"))
 
 
 def _shared_dir() -> Path:

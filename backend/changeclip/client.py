@@ -34,6 +34,10 @@ class ServerUnavailable(ServerError):
     """No server answers at the URL (not started, stopped, or wrong URL)."""
 
 
+class WaitTimeout(ServerError):
+    """:meth:`ChangeClipClient.wait` gave up: the job is still queued or running."""
+
+
 class AuthenticationError(ServerError):
     """The server refused the token (401)."""
 
@@ -146,7 +150,8 @@ class ChangeClipClient:
             on_progress: called with every polled info.
 
         Raises:
-            ServerError: the server went away or ``timeout_s`` passed.
+            WaitTimeout: ``timeout_s`` passed (the job goes on).
+            ServerError: the server went away.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
@@ -156,8 +161,8 @@ class ChangeClipClient:
             if info.state in protocol.FINAL_JOB_STATES:
                 return info
             if deadline is not None and time.monotonic() > deadline:
-                raise ServerError(f"job {job_id} still {info.state} after {timeout_s:.0f} s")
-            time.sleep(poll_s)
+                raise WaitTimeout(f"job {job_id} still {info.state} after {timeout_s:g} s")
+            time.sleep(poll_s if deadline is None else max(0.0, min(poll_s, deadline - time.monotonic())))
 
     # -- transport -------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
+import stat
 import time
 import traceback
 from collections.abc import Callable
@@ -45,7 +47,16 @@ from changeclip.folder_lock import FolderLocks
 from changeclip.inference.cache import ModelCache
 from changeclip.prefetch import BatchReader, TileSource
 from changeclip.preflight import confirm_writable, preflight
-from changeclip.protocol import DetectParams, ParamError
+from changeclip.protocol import (
+    MASK_NAME,
+    MATCHING_MASK_NAME,
+    MATCHING_POLYGONS_NAME,
+    POLYGONS_NAME,
+    PROBABILITY_NAME,
+    SUMMARY_NAME,
+    DetectParams,
+    ParamError,
+)
 from changeclip.raster import align, scaling
 from changeclip.raster.area import ground_pixel_size_m, row_pixel_areas
 from changeclip.raster.outputs import (
@@ -75,6 +86,10 @@ WRITE_THREAD = True
 (:mod:`changeclip.writeback`); False does it on the main thread. An internal switch (tests compare
 both); outputs are identical either way."""
 _GDAL_CACHE_BYTES = 256 * 1024 * 1024
+
+
+_DISK_FULL_BYTES = 1 << 20
+"""An output disk with less free space than this (1 MiB) right after a failed write was full."""
 
 
 def run_detection(params: DetectParams, progress: ProgressFn | None = None,
@@ -206,6 +221,8 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         finals += [(tmp, paths[key]) for key, tmp in matching_tmp.items()]
         temp.publish([*finals, (tmp_summary, paths["summary"])])
         temp.cleanup()
+        if params.overwrite:
+            _remove_stale_outputs(params.output_dir, paths)
         locks.release()
         report("done", 1, 1)
         log.info("engine %s: %.4f %% of the valid area changed (%.1f m²); outputs in %s", engine.name,
@@ -216,14 +233,19 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         raise InputError(f"writing the outputs failed: {exc.strerror}; check the folder, or choose another "
                          "output folder") from None
     except OSError as exc:
+        full = _disk_full(paths) if exc.errno != errno.ENOSPC else ""  # measured before the cleanup frees space
         _abandon(temp, locks, created_dirs)
-        hint = "the disk is full: free some space" if exc.errno == errno.ENOSPC else "check the folder"
-        raise InputError(f"writing the outputs failed ({exc.strerror or exc}); {hint}, or choose another "
-                         "output folder; no output was written") from None
+        if exc.errno == errno.ENOSPC or full:
+            raise _disk_full_error(exc, full) from None
+        raise InputError(f"writing the outputs failed ({exc.strerror or exc}); check the folder, or choose "
+                         "another output folder; no output was written") from None
     except RuntimeError as exc:
+        full = _disk_full(paths) if _raised_by_gdal(exc) else ""
         _abandon(temp, locks, created_dirs)
         if not _raised_by_gdal(exc):  # e.g. torch (CUDA out of memory): not a problem of the input files
             raise
+        if full:
+            raise _disk_full_error(exc, full) from None
         raise InputError(f"reading the rasters failed: {str(exc).strip()}; check that both files are "
                          "complete and readable") from None
     except BaseException:
@@ -236,6 +258,55 @@ def _abandon(temp: TempFiles, locks: FolderLocks, created_dirs: list[str]) -> No
     temp.cleanup()
     locks.release()
     remove_empty_dirs(created_dirs)
+
+
+_KNOWN_OUTPUTS = (MASK_NAME, PROBABILITY_NAME, POLYGONS_NAME, SUMMARY_NAME, MATCHING_POLYGONS_NAME, MATCHING_MASK_NAME)
+
+
+def _remove_stale_outputs(output_dir: str, paths: dict[str, str | None]) -> None:
+    """After an ``overwrite`` run: delete our own output names in ``output_dir`` that this run did
+    not write (e.g. an earlier run's ``change_polygons.gpkg`` beside a run without polygons), so
+    the folder never mixes two runs. Only regular files are removed (never links or folders)."""
+    written = {os.path.normcase(os.path.abspath(p)) for p in paths.values() if p}
+    for name in _KNOWN_OUTPUTS:
+        path = os.path.join(output_dir, name)
+        if os.path.normcase(os.path.abspath(path)) in written:
+            continue
+        for victim in (path, *(path + s for s in ("-wal", "-shm", "-journal", ".aux.xml"))):
+            try:
+                if stat.S_ISREG(os.lstat(victim).st_mode):
+                    os.remove(victim)
+                    log.info("removed %s, an output of an earlier run that this run did not make", victim)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("could not remove %s, an output of an earlier run: %s", victim, exc)
+
+
+def _disk_full(paths: dict[str, str | None]) -> str:
+    """``"<folder> has N bytes free"`` when the disk of an output folder is (nearly) full, else ``""``.
+
+    GDAL reports a full disk in its own words ("TIFFAppendToStrip: Seek error", "Write error"),
+    so a failed write is told apart by the free space left right after it failed.
+    """
+    for path in paths.values():
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        while folder and not os.path.isdir(folder):
+            folder = os.path.dirname(folder)
+        try:
+            free = shutil.disk_usage(folder).free if folder else None
+        except OSError:
+            continue
+        if free is not None and free < _DISK_FULL_BYTES:
+            return f"{folder} has {free} bytes free"
+    return ""
+
+
+def _disk_full_error(exc: BaseException, full: str) -> InputError:
+    said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip()
+    detail = "; ".join(part for part in (full, said if "no space left" not in said.lower() else "") if part)
+    return InputError(f"writing the outputs failed (No space left on device{': ' + detail if detail else ''}); "
+                      "the disk is full: free some space, or choose another output folder; no output was written")
 
 
 def _raised_by_gdal(exc: BaseException) -> bool:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+from xml.etree import ElementTree  # nosec B405 - see _check_vrt_sources
 
 from changeclip import output_safety
 from changeclip.errors import InputError
@@ -137,6 +138,9 @@ def _checked_path(field_name: str, path: str, server: bool) -> str:
     """``path`` as checked: NUL-free, absolute where the server requires it, else made absolute."""
     if "\x00" in path:
         raise PreflightError(field_name, path, "contains a NUL character")
+    if not _is_utf8(path):
+        raise PreflightError(field_name, path, "contains bytes that are not valid UTF-8 (shown as \\udcXX "
+                             "escapes), which GDAL cannot open; rename the file or folder to a UTF-8 name")
     if os.path.isabs(path):
         return path
     if server:
@@ -169,8 +173,89 @@ def _readable_file(field_name: str, path: str, server: bool, raster: bool) -> No
         raise PreflightError(field_name, path, "does not exist")
     if stat.S_ISDIR(st.st_mode):
         raise PreflightError(field_name, path, "is a folder; give the path of a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise PreflightError(field_name, path, f"is not a regular file but {file_kind(st.st_mode)}, which could "
+                             "block the run forever; give the path of a raster file (a VRT file is fine)")
     if not os.access(checked, os.R_OK):
         raise PreflightError(field_name, path, "is not readable by the backend's user")
+    if raster:
+        _check_vrt_sources(field_name, path, checked, depth=0)
+
+
+_VRT_MAX_BYTES = 16 << 20
+"""VRT files larger than this (16 MiB) are left to GDAL unchecked."""
+_VRT_MAX_DEPTH = 8
+"""How deep VRTs nested in VRTs are followed."""
+
+
+def _check_vrt_sources(field_name: str, path: str, vrt: str, depth: int) -> None:
+    """The local sources of a VRT (and of VRTs in it) must not be FIFOs, devices or sockets either:
+    a VRT opens without touching them, and its first read would then block the run for good.
+
+    Sources GDAL resolves itself (``/vsi…`` paths, subdataset names, missing files) are left to it.
+    """
+    try:
+        with open(vrt, "rb") as handle:
+            text = handle.read(_VRT_MAX_BYTES + 1)
+    except OSError:
+        return
+    if len(text) > _VRT_MAX_BYTES or not text.lstrip().startswith(b"<VRTDataset"):
+        return
+    try:
+        # Justification: a local file the user named, size-bounded; expat refuses entity expansion bombs.
+        root = ElementTree.fromstring(text)  # nosec B314
+    except ElementTree.ParseError:
+        return  # GDAL says what is wrong with it
+    folder = os.path.dirname(vrt)
+    for element in (*root.iter("SourceFilename"), *root.iter("SourceDataset")):
+        name = (element.text or "").strip()
+        if not name or name.startswith("/vsi"):
+            continue
+        source = os.path.join(folder, name) if element.get("relativeToVRT") == "1" else name
+        try:
+            st = os.stat(source)
+        except (OSError, ValueError):
+            continue
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            raise PreflightError(field_name, path, f"is a VRT whose source {source!r} is not a regular file but "
+                                 f"{file_kind(st.st_mode)}, which would block the run forever at its first "
+                                 "read; point the VRT at raster files")
+        if stat.S_ISREG(st.st_mode) and source.lower().endswith(".vrt") and depth < _VRT_MAX_DEPTH:
+            _check_vrt_sources(field_name, path, source, depth + 1)
+
+
+def regular_file_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as a regular file (``"does not exist"``, ``"is not a regular
+    file but a character device"`` ...), or ``None`` when it can be. Follows symbolic links."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except (OSError, ValueError) as exc:
+        return f"cannot be accessed: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not a file"
+    if not stat.S_ISREG(st.st_mode):
+        return f"is not a regular file but {file_kind(st.st_mode)}"
+    return None
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (``a FIFO (named pipe)``, ``a character device`` ...)."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "another kind of special file"
+
+
+def _is_utf8(path: str) -> bool:
+    """Whether ``path`` is valid Unicode (command-line bytes that are not UTF-8 arrive as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _writable_folder(field_name: str, path: str, folder: str) -> None:

@@ -64,8 +64,11 @@ PROBABILITY_DTYPES = ("uint8", "float32")
 """``uint8``: change probability in percent (0-100, 255 = nodata); ``float32``: 0-1,
 nodata -1."""
 
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_JOB_STATES = ("succeeded", "failed", "cancelled")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
+FINAL_JOB_STATES = ("succeeded", "failed", "cancelled", "lost")
+"""``lost``: the server stopped (killed, crashed, or a job that would not stop) while the job
+was queued or running; its ``error`` says when and what to do. Only a server with a job
+journal reports it, for jobs of an earlier run (see ``docs/backend-service.md``)."""
 
 STAGES = ("queued", "preparing", "loading_model", "scaling", "fitting", "tiles",
           "polygons", "describing", "finalising", "done")
@@ -252,6 +255,9 @@ class DetectParams:
                 raise ParamError("target_crs", "grid 'custom' needs a target CRS, e.g. 'EPSG:32633'")
             if not _is_number(self.resolution) or not self.resolution > 0:
                 raise ParamError("resolution", "grid 'custom' needs a positive resolution in CRS units")
+        elif self.target_crs is not None:
+            raise ParamError("target_crs", f"a target CRS only applies to grid 'custom' but grid is '{self.grid}'; "
+                             "set grid to 'custom' (--grid custom) with a resolution, or leave target_crs out")
         elif self.resolution is not None and (not _is_number(self.resolution) or not self.resolution > 0):
             raise ParamError("resolution", "must be a positive number")
         if not _is_int(self.tile) or self.tile < 64 or self.tile % 32:
@@ -666,6 +672,14 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ParamError(name, f"must be one of {', '.join(allowed)}; got {value!r}")
 
 
+_VALUE_LIMIT = 1e30
+"""Largest magnitude of a ``value_range`` bound (imagery is scaled in 32-bit floats)."""
+_RELATIVE_SPAN = 1e-6
+"""Smallest ``max - min`` of a ``value_range`` pair relative to its larger bound (float32 resolution)."""
+_MIN_SPAN = 1e-30
+"""Smallest ``max - min`` of a ``value_range`` pair at all (a 32-bit float must hold it)."""
+
+
 def _check_value_range(value_range: Any, n_bands: int) -> None:
     ok = isinstance(value_range, list) and all(
         isinstance(r, list) and len(r) == 2 and all(_is_number(x) for x in r) and r[0] < r[1]
@@ -673,6 +687,14 @@ def _check_value_range(value_range: Any, n_bands: int) -> None:
     if not ok or len(value_range) not in (1, n_bands):
         raise ParamError("value_range", "must be one [min, max] pair for all bands or one per band "
                          f"({n_bands}), each with min < max, e.g. [[0, 3000]]")
+    for low, high in value_range:
+        if max(abs(low), abs(high)) > _VALUE_LIMIT:
+            raise ParamError("value_range", f"[{low!r}, {high!r}] is beyond what imagery holds (bounds must be "
+                             f"within +-{_VALUE_LIMIT:g}); give the range of the raster's values, e.g. [[0, 3000]]")
+        if high - low < max(_MIN_SPAN, _RELATIVE_SPAN * max(abs(low), abs(high))):
+            raise ParamError("value_range", f"[{low!r}, {high!r}] is too narrow to scale the imagery (max - min "
+                             f"must be at least {_MIN_SPAN:g} and {_RELATIVE_SPAN:g} of the larger bound); give the range of the "
+                             "raster's values, e.g. [[0, 3000]]")
 
 
 def parse_bands(text: str) -> list[int]:

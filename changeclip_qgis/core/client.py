@@ -138,7 +138,7 @@ class BackendClient:
             The summary dict (``changed_area_m2``, ``changed_fraction``, ``outputs``, …).
 
         Raises:
-            JobFailed: the backend reported the job as failed (with its reason).
+            JobFailed: the backend reported the job as failed or lost (with its reason).
             JobCancelledError: the job was cancelled (by ``is_cancelled`` or on the server).
             BackendUnavailable / BackendError: the backend went away or refused the request.
         """
@@ -172,6 +172,8 @@ class BackendClient:
             raise JobCancelledError(info.error)
         if info.state == "failed":
             raise JobFailed(info.error or "the backend reported a failure without a reason; see its log")
+        if info.state == "lost":  # the backend stopped while the job ran and was started again
+            raise JobFailed(info.error or "the backend lost the job (it stopped while the job ran); run it again")
         return self.result(info.job_id)
 
 

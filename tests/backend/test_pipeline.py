@@ -476,3 +476,24 @@ def test_pipeline_and_irmad_do_not_import_torch() -> None:
     code = "import sys, changeclip.pipeline, changeclip.engines.irmad; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_non_finite_probabilities_stop_the_run_with_nothing_written(tmp_path: Path) -> None:
+    """An engine that returns NaN (fp16 overflow, broken weights) must not be written as a mask of
+    garbage: the run stops with a ModelError naming the fix, and no output appears."""
+    from changeclip.bench.end_to_end import NoOpEngine
+    from changeclip.errors import ModelError
+    from changeclip.pipeline import run_detection
+    from changeclip.protocol import DetectParams
+
+    class NaNEngine(NoOpEngine):
+        def predict_proba(self, before, after, valid):  # noqa: ANN001, ANN201
+            out = super().predict_proba(before, after, valid)
+            out[:, 5, 5] = np.nan
+            return out
+
+    before, after, _ = change_pair(tmp_path, h=96, w=96)
+    out = tmp_path / "out"
+    with pytest.raises(ModelError, match="non-finite change probabilities.*fp32"):
+        run_detection(DetectParams(before, after, str(out), engine="irmad", tile=64, overlap=16), engine=NaNEngine())
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]

@@ -64,3 +64,27 @@ def test_job_cycle(server, raster_pair: tuple[Path, Path], tmp_path: Path) -> No
     assert seen[-1] == "done" and summary["changed_area_m2"] > 0
     assert set(protocol.SUMMARY_KEYS) <= set(summary)
     assert Path(summary["outputs"]["mask"]).is_file()
+
+
+def test_a_lost_job_ends_the_wait_as_a_failure_with_its_reason(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    """A backend restarted while the job ran reports it 'lost' (from its job journal): the plugin
+    stops waiting and shows the reason, instead of asking for a result that does not exist."""
+    from changeclip_qgis.core import protocol
+    from changeclip_qgis.core.client import BackendClient
+    from changeclip_qgis.core.errors import JobFailed
+
+    assert "lost" in protocol.FINAL_JOB_STATES
+    reason = "lost: the server (pid 4711) stopped while this job was running (stage tiles); submit it again"
+    job = protocol.JobInfo(job_id="f" * 32, state="queued", params={}, progress=protocol.JobProgress(),
+                           device="cpu", created=0.0)
+    lost = protocol.JobInfo(job_id=job.job_id, state="lost", params={}, progress=protocol.JobProgress(stage="tiles"),
+                            device="cpu", created=0.0, error=reason)
+    client = BackendClient("http://127.0.0.1:9", "t" * 32)
+    monkeypatch.setattr(client, "submit", lambda params: job)
+    monkeypatch.setattr(client, "job", lambda job_id: lost)
+    monkeypatch.setattr(client, "result", lambda job_id: pytest.fail("a lost job has no result"))
+    params = protocol.DetectParams(before=str(tmp_path / "b.tif"), after=str(tmp_path / "a.tif"),
+                                   output_dir=str(tmp_path / "out"), engine="irmad", prompt_mode="none")
+    with pytest.raises(JobFailed, match="pid 4711.*submit it again"):
+        client.run_job(params, poll_s=0.01)

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 ENV_URL = "CHANGECLIP_BACKEND_URL"
 ENV_TOKEN_FILE = "CHANGECLIP_TOKEN_FILE"
+EXIT_STILL_RUNNING = 4
+"""Exit status of ``submit --wait`` / ``cancel --wait`` that stopped waiting (Ctrl-C or
+``--timeout``) while the job goes on on the server."""
 _PATH_FIELDS = ("before", "after", "output_dir", "weights", "tagger_weights", "mask_path", "probability_path",
                 "polygons_path")
 
@@ -41,8 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     detect.add_arguments(p)
     _server_options(p)
     p.add_argument("--wait", action="store_true", help="wait for the job; exit 0 if it succeeded, 1 if it "
-                                                      "failed, 130 if it was cancelled")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", help="with --wait: give up after S seconds")
+                                                      "failed or was lost, 130 if it was cancelled, "
+                                                      f"{EXIT_STILL_RUNNING} if waiting stopped (Ctrl-C, "
+                                                      "--timeout) while the job runs on")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="with --wait: stop waiting after S seconds (the job runs on; exit "
+                        f"{EXIT_STILL_RUNNING})")
+    p.add_argument("--cancel-on-interrupt", action="store_true",
+                   help="with --wait: Ctrl-C cancels the job (exit 130) instead of leaving it running")
     p.add_argument("--json", action="store_true",
                    help="with --wait: progress as JSON lines on stdout (like 'changeclip detect --json')")
     p.set_defaults(func=run_submit)
@@ -63,6 +72,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _server_options(p)
     p.add_argument("job_id", metavar="JOB", help="job id printed by 'changeclip submit'")
     p.add_argument("--wait", action="store_true", help="wait until the job has stopped")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help=f"with --wait: stop waiting after S seconds (exit {EXIT_STILL_RUNNING} if the job "
+                        "has not stopped by then)")
     p.set_defaults(func=run_cancel)
 
 
@@ -283,20 +295,47 @@ def _final(client: Any, info: protocol.JobInfo) -> int:
     _print(info)
     if info.state == "cancelled":
         raise JobCancelled(f"job {info.job_id} was cancelled: {info.error or ''}".rstrip(": "))
+    if info.state == "lost":
+        raise ChangeClipError(f"job {info.job_id} was {info.error}")
     raise ChangeClipError(f"job {info.job_id} failed: {info.error}")
+
+
+def _check_timeout(value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise InputError(f"--timeout must be a positive number of seconds, got {value:g}")
+
+
+def _still_running(job_id: str, why: str) -> int:
+    """Say that waiting stopped but the job goes on, and how to follow or cancel it."""
+    sys.stderr.write(f"{why}: job {job_id} keeps running on the server; follow it with 'changeclip status "
+                     f"{job_id}', cancel it with 'changeclip cancel {job_id} --wait' (or submit with "
+                     "--cancel-on-interrupt next time)\n")
+    return EXIT_STILL_RUNNING
 
 
 def run_submit(args: argparse.Namespace) -> int:
     """Queue the job; optionally wait for it."""
+    from changeclip.client import WaitTimeout
+
     params = params_from_args(args)
+    _check_timeout(args.timeout)
     client = _client(args)
     info = client.submit(params)
     if not args.wait:
         _print(info)
         return 0
-    log.info("job %s queued on %s", info.job_id, info.device)
-    final = client.wait(info.job_id, poll_s=1.0, timeout_s=args.timeout,
-                        on_progress=_json_progress if args.json else _show_progress)
+    try:
+        log.info("job %s queued on %s", info.job_id, info.device)
+        final = client.wait(info.job_id, poll_s=1.0, timeout_s=args.timeout,
+                            on_progress=_json_progress if args.json else _show_progress)
+    except WaitTimeout:
+        return _still_running(info.job_id, f"stopped waiting after {args.timeout:g} s")
+    except KeyboardInterrupt:
+        if not args.cancel_on_interrupt:
+            return _still_running(info.job_id, "interrupted")
+        sys.stderr.write(f"interrupted: cancelling job {info.job_id}\n")
+        client.cancel(info.job_id)
+        final = client.wait(info.job_id, poll_s=0.5, timeout_s=args.timeout)
     return _final(client, final)
 
 
@@ -314,9 +353,19 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_cancel(args: argparse.Namespace) -> int:
     """Cancel a job; optionally wait until it has stopped."""
+    from changeclip.client import WaitTimeout
+
+    _check_timeout(args.timeout)
     client = _client(args)
     info = client.cancel(args.job_id)
     if args.wait:
-        info = client.wait(args.job_id, poll_s=0.5)
+        try:
+            info = client.wait(args.job_id, poll_s=0.5, timeout_s=args.timeout)
+        except WaitTimeout:
+            _print(client.job(args.job_id))
+            sys.stderr.write(f"job {args.job_id} has not stopped after {args.timeout:g} s; it stops at its next "
+                             "batch, and the server gives up a job that does not stop within 10 s of being "
+                             f"cancelled; check with 'changeclip status {args.job_id}'\n")
+            return EXIT_STILL_RUNNING
     _print(info)
     return 0

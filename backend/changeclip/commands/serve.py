@@ -37,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="stop (as on SIGTERM: jobs cancelled, partial outputs and the temporary token removed) "
                         "within about a second of process PID exiting; for launchers such as the QGIS plugin, "
                         "so that a crashed launcher leaves no server behind")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="folder of the durable job journal (jobs.sqlite3: every job's last state, kept across "
+                        "restarts); default: $CHANGECLIP_STATE_DIR, else ~/.local/state/changeclip (Windows: "
+                        "%%LOCALAPPDATA%%\\changeclip, macOS: ~/Library/Application Support/changeclip)")
     p.set_defaults(func=run)
 
 
@@ -46,4 +50,5 @@ def run(args: argparse.Namespace) -> int:
 
     return run_server(host=args.host, port=args.port, token_file=args.token_file, device=args.device,
                       max_models=args.max_models, max_model_memory_gb=args.max_model_memory_gb,
-                      verbose=bool(getattr(args, "verbose", False)), parent_pid=args.parent_pid)
+                      verbose=bool(getattr(args, "verbose", False)), parent_pid=args.parent_pid,
+                      state_dir=args.state_dir)

@@ -10,6 +10,7 @@ import numpy as np
 from changeclip.errors import ModelError
 from changeclip.inference.devices import resolve_device
 from changeclip.inference.predictor import ChangeCLIPPredictor, load_model
+from changeclip.preflight import regular_file_problem
 from changeclip.weights.training_data import training_data
 
 if TYPE_CHECKING:
@@ -44,8 +45,9 @@ class ChangeCLIPEngine:
         if not params.weights:
             raise ModelError("the changeclip engine needs weights: pass --weights FILE (a ChangeCLIP "
                              ".safetensors or official .pth file), or use --engine irmad, which needs none")
-        if not os.path.isfile(params.weights):
-            raise ModelError(f"weights file {params.weights!r} does not exist; check the path, or use "
+        problem = regular_file_problem(params.weights)
+        if problem:
+            raise ModelError(f"weights file {params.weights!r} {problem}; check the path, or use "
                              "--engine irmad, which needs no weights")
         device = resolve_device(params.device)
         key = ("changeclip", *_file_key(params.weights), params.variant, device, params.precision)

@@ -125,6 +125,10 @@ def chi2_cdf(x: np.ndarray, k: int) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+_UNUSABLE_SAMPLE = ("IR-MAD cannot estimate change statistics from the scaled imagery; check --value-range "
+                    "(value_range), which must cover the raster's values, e.g. 0:3000, or leave it out")
+
+
 class IRMADEngine:
     """The IR-MAD change engine (no weights, CPU, pixelwise).
 
@@ -151,7 +155,8 @@ class IRMADEngine:
         """Iterated CCA on ``(P, C)`` samples of both dates (pixels valid in both).
 
         Raises:
-            InputError: Too few valid pixels to estimate the statistics.
+            InputError: Too few valid pixels to estimate the statistics, or scaled values that
+                are not finite or defeat the statistics (e.g. an absurd value range).
         """
         x = np.asarray(before_sample, dtype=np.float64)
         y = np.asarray(after_sample, dtype=np.float64)
@@ -159,6 +164,16 @@ class IRMADEngine:
         if p < max(50, 10 * c):
             raise InputError(f"only {p} pixels are valid in both rasters, too few for IR-MAD "
                              f"(needs at least {max(50, 10 * c)}); use a larger overlapping area")
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise InputError(_UNUSABLE_SAMPLE + " (the scaled values are not finite)")
+        try:
+            self._iterate(x, y)
+        except np.linalg.LinAlgError as exc:
+            raise InputError(f"{_UNUSABLE_SAMPLE} ({exc})") from None
+
+    def _iterate(self, x: np.ndarray, y: np.ndarray) -> None:
+        """The IR-MAD iterations and the robust calibration of :meth:`fit`."""
+        p, c = x.shape
         w = np.ones(p)
         rho_prev: np.ndarray | None = None
         for it in range(1, self.max_iter + 1):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from changeclip.errors import InputError, ModelError
 from changeclip.model.prompts import RS_CLASSES, TOP_K_TAGS
+from changeclip.preflight import regular_file_problem
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,9 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ModelError: missing or unreadable file, or not a CLIP state dict.
     """
     p = Path(path)
-    if not p.is_file():
-        raise ModelError(f"CLIP weights file {p} does not exist")
+    problem = regular_file_problem(p)
+    if problem:
+        raise ModelError(f"CLIP weights file {p} {problem}")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from osgeo import gdal, ogr
 
-from changeclip.errors import JobCancelled
+from changeclip.errors import JobCancelled, ModelError
 from changeclip.protocol import MASK_CHANGE, MASK_NO_CHANGE, MASK_NODATA
 from changeclip.raster.align import Grid
 from changeclip.raster.area import PolygonArea
@@ -281,6 +281,10 @@ class ChangeRasterWriter:
             ``(changed_per_row, valid_per_row)`` pixel counts, ``(n,)`` int64 each.
         """
         invalid = ~valid
+        if not np.isfinite(prob[valid]).all():
+            raise ModelError("the engine produced non-finite change probabilities (NaN or infinity); with "
+                             "--precision fp16 or bf16 try fp32, otherwise the weights are broken (check them "
+                             "with 'changeclip weights info'); no output was written")
         change = prob > self.threshold
         change &= valid
         mask = np.where(change, np.uint8(MASK_CHANGE), np.uint8(MASK_NO_CHANGE))  # uint8, no wide temporaries

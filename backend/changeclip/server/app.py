@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -27,9 +30,11 @@ from starlette.routing import Match
 from changeclip import __version__, protocol
 from changeclip.errors import ChangeClipError
 from changeclip.server.auth import token_matches
+from changeclip.server.input_probe import probe_inputs
 from changeclip.server.job_kinds import preflight_job, run_dataset, run_train
 from changeclip.server.job_request import JOB_REQUEST_OPENAPI, install_job_request_schemas, read_job_request
 from changeclip.server.jobs import JobConflict, JobManager, Runner, UnknownJob
+from changeclip.server.journal import JobJournal
 from changeclip.server.middleware import GuardMiddleware
 from changeclip.server.preflight import PreflightError, preflight
 from changeclip.server.schemas import (
@@ -67,6 +72,9 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
         runners: the runners of the ``dataset`` and ``train`` kinds (default: the dataset maker
             and the trainer, :mod:`changeclip.server.job_kinds`; tests inject scripted ones).
 
+    Raises:
+        InputError: ``settings.state_dir`` cannot hold the job journal.
+
     Returns:
         The FastAPI app. ``app.state.manager`` is its :class:`JobManager`;
         ``app.state.request_shutdown`` is set by the process that serves it.
@@ -76,13 +84,19 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
         cache = cache if cache is not None else system.new_cache(settings)
         runner = _pipeline_runner(cache, system, settings.max_model_memory_gb)
     kinds: dict[str, Runner] = {"dataset": run_dataset, "train": run_train, **(runners or {})}  # type: ignore[dict-item]
-    manager = JobManager(runner, system.resolve_device, max_finished=settings.max_finished_jobs, runners=kinds)
+    journal = JobJournal(settings.state_dir, uuid.uuid4().hex) if settings.state_dir is not None else None
+    manager = JobManager(runner, system.resolve_device, max_finished=settings.max_finished_jobs, journal=journal,
+                         stuck_grace_s=settings.stuck_job_grace_s, runners=kinds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        log.info("stopping: cancelling jobs")
-        await asyncio.to_thread(manager.shutdown, settings.shutdown_timeout_s)
+        try:
+            yield
+            log.info("stopping: cancelling jobs")
+            await asyncio.to_thread(manager.shutdown, settings.shutdown_timeout_s)
+        finally:
+            if journal is not None:
+                journal.close()
 
     app = FastAPI(title="ChangeCLIP backend", version=__version__, lifespan=lifespan,
                   openapi_url=None, docs_url=None, redoc_url=None,
@@ -112,8 +126,19 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
     async def _conflict(request: Request, exc: JobConflict) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own handler echoes each bad value back, and a NaN, an infinity or a lone
+        # surrogate cannot be written as JSON (that was an HTTP 500): answer with JSON-safe copies.
+        return JSONResponse({"detail": [_safe_error(e) for e in exc.errors()]}, status_code=422)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.detail == _BODY_PARSE_ERROR:
+            problem = _undecodable(await request.body())
+            if problem:  # not JSON at all: the same 422 as malformed JSON, saying why
+                return JSONResponse({"detail": [{"loc": ["body"], "msg": problem, "type": "json_invalid"}]},
+                                    status_code=422)
         if exc.status_code == 405:  # name every method of the path, not just the first route's
             allowed = _allowed_methods(app, request)
             return JSONResponse({"detail": f"method {request.method} not allowed here; use {', '.join(allowed)}"},
@@ -230,6 +255,50 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods)
 
 
+_BODY_PARSE_ERROR = "There was an error parsing the body"
+"""FastAPI's 400 detail for a body it could not decode (e.g. bytes that are not UTF-8)."""
+
+
+def _undecodable(body: bytes) -> str | None:
+    """Why ``body`` is not UTF-8 text, or ``None`` if it is."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (f"the body is not valid UTF-8 (byte 0x{body[exc.start]:02x} at offset {exc.start}); "
+                "send the job as JSON encoded in UTF-8")
+    return None
+
+
+def _safe_error(error: Any) -> dict[str, Any]:
+    """One pydantic error as JSON-safe data: ``loc``, ``msg``, ``type`` and the received ``input``
+    (non-finite numbers as strings such as ``"nan"``, lone surrogates escaped)."""
+    out = {"loc": [_json_safe(part) for part in error.get("loc", ())], "msg": str(error.get("msg", "")),
+           "type": str(error.get("type", ""))}
+    if error.get("type") == "finite_number":
+        out["msg"] = "must be a finite number (NaN and infinities, e.g. 1e999, are not allowed)"
+    elif error.get("type") == "string_unicode":
+        out["msg"] = ("must be valid Unicode text: it holds a lone surrogate (such as \\udcff, from a name that "
+                      "is not UTF-8); rename the file or folder to a UTF-8 name")
+    if "input" in error:
+        out["input"] = _json_safe(error["input"])
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float turned into its name and every string made encodable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _json_safe(str(value))
+
+
 def _info(info: protocol.JobInfo) -> dict[str, Any]:
     return dataclasses.asdict(info)
 
@@ -241,13 +310,16 @@ def _param_error(field_name: str, message: str) -> HTTPException:
 
 
 def _pipeline_runner(cache: ModelCacheLike, system: SystemInfo, max_model_memory_gb: float | None) -> Runner:
-    """The real runner: :func:`changeclip.pipeline.run_detection` with ``cache``, then the
-    GPU memory bound on the cached models."""
+    """The real runner: :func:`input_probe.probe_inputs` (cancellable), then
+    :func:`changeclip.pipeline.run_detection` with ``cache``, then the GPU memory bound on the
+    cached models."""
 
     def run(params: protocol.DetectParams, progress: Callable[[str, int, int], None],
             is_cancelled: Callable[[], bool]) -> dict[str, Any]:
         from changeclip.pipeline import run_detection
 
+        progress("preparing", 0, 1)
+        probe_inputs(params, is_cancelled)  # a read that would block GDAL for good blocks only a child
         try:
             return run_detection(params, progress=progress, is_cancelled=is_cancelled, cache=cache)
         finally:

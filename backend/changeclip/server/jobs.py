@@ -5,6 +5,14 @@ A job runs the detection pipeline (an injectable ``runner`` with the signature o
 and a cancellation flag the pipeline polls between batches. Whatever a job raises
 fails that job only; the manager and its workers keep running.
 
+Each job runs in a thread of its own, watched by its device's worker: a job that does not
+stop within ``stuck_grace_s`` of being cancelled (blocked in a call that never returns) is
+given up as ``cancelled``, so the queue and shutting down go on; the abandoned thread stops
+at its next cancellation check, if it ever returns, and publishes nothing. (A read blocked
+inside GDAL would hold GDAL's global lock and stall the next job anyway: the server's runner
+first probes the inputs in a child process, see :mod:`changeclip.server.input_probe`.) With a :class:`~changeclip.server.journal.JobJournal` every state change is
+recorded, and jobs of earlier server runs are answered from it.
+
 Jobs of every kind (:data:`protocol.JOB_KINDS`: detect, dataset, train) share the same
 per-device queue, so one device runs one job at a time whatever its kind; each kind has its
 runner (``runners``). A runner may pass a fourth argument to its progress callback, an event
@@ -28,6 +36,7 @@ from typing import Any, Protocol
 from changeclip import protocol
 from changeclip.errors import ChangeClipError, JobCancelled
 from changeclip.protocol import DetectParams, JobInfo, JobParams, JobProgress, job_kind
+from changeclip.server.journal import JobJournal, lost_reason
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,9 @@ _STAGE_START = {"queued": 0.0, "preparing": 0.01, "loading_model": 0.03, "scalin
 _TILES_SPAN = 0.80
 
 
+TRAIN_STOP_GRACE_S = 300.0
+"""A cancelled training (or dataset) job is given up only after this long (see :meth:`JobManager._grace`)."""
+
 MAX_EVENTS = 20_000
 """Events kept per job; older ones are dropped first (their sequence numbers stay counted)."""
 
@@ -84,6 +96,7 @@ class Job:
     result: dict[str, Any] | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     tiles_started: float | None = None
+    cancel_requested: float | None = None
     kind: str = "detect"
     events: list[dict[str, Any]] = field(default_factory=list)
     events_dropped: int = 0
@@ -104,16 +117,24 @@ class JobManager:
             concrete device whose queue runs it; raises ``ChangeClipError`` for a device
             that does not exist.
         max_finished: finished jobs remembered; the oldest finished ones are forgotten.
+        journal: where every state change is recorded, and earlier runs' jobs are looked up
+            (``None``: jobs are only kept in memory).
+        stuck_grace_s: how long a cancelled job may take to stop before it is given up.
         runners: the runner of each other job kind (``dataset``, ``train``); ``runner`` runs
             ``detect`` jobs.
     """
 
     def __init__(self, runner: Runner, resolve_device: Callable[[str], str], max_finished: int = 500,
+                 journal: JobJournal | None = None, stuck_grace_s: float = 10.0,
                  runners: dict[str, Runner] | None = None) -> None:
         self._runner = runner
         self._runners = dict(runners or {})
         self._resolve_device = resolve_device
         self._max_finished = max_finished
+        self._journal = journal
+        self._stuck_grace_s = stuck_grace_s
+        self._recovered: OrderedDict[str, JobInfo] = OrderedDict(
+            (info.job_id, info) for info in (journal.recovered if journal is not None else []))
         self._lock = threading.Lock()
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._queues: dict[str, queue.Queue[Job | None]] = {}
@@ -147,6 +168,7 @@ class JobManager:
             if ahead:
                 job.progress.message = ahead
             self._jobs[job.job_id] = job
+            self._record(job)
             self._queue_for(device).put(job)
             self._forget_old()
             log.info("job %s (%s) queued on %s%s", job.job_id, kind, device, f"; {ahead}" if ahead else "")
@@ -163,9 +185,14 @@ class JobManager:
             return [dict(e) for e in job.events[start:]], job.events_dropped + len(job.events)
 
     def get(self, job_id: str) -> JobInfo:
-        """Info of one job. Raises :class:`UnknownJob`."""
+        """Info of one job (from the journal for jobs this run no longer or never held).
+
+        Raises :class:`UnknownJob`."""
         with self._lock:
-            return self._job(job_id).info()
+            job = self._jobs.get(job_id)
+            if job is not None:
+                return job.info()
+        return self._journaled(job_id)[0]
 
     def result(self, job_id: str) -> dict[str, Any]:
         """The summary of a succeeded job.
@@ -175,27 +202,34 @@ class JobManager:
             JobConflict: the job has not succeeded (message says its state).
         """
         with self._lock:
-            job = self._job(job_id)
-            if job.state != "succeeded" or job.result is None:
-                hint = f": {job.error}" if job.error else ""
-                raise JobConflict(f"job {job_id} is {job.state}{hint}; a result exists only once it has succeeded")
-            return dict(job.result)
+            job = self._jobs.get(job_id)
+            if job is not None:
+                state, error, result = job.state, job.error, job.result
+        if job is None:
+            info, result = self._journaled(job_id)
+            state, error = info.state, info.error
+        if state != "succeeded" or result is None:
+            hint = f": {error}" if error else ""
+            raise JobConflict(f"job {job_id} is {state}{hint}; a result exists only once it has succeeded")
+        return dict(result)
 
     def list(self) -> list[JobInfo]:
-        """All remembered jobs, oldest first."""
+        """All remembered jobs, oldest first: those found lost at start-up, then this run's."""
         with self._lock:
-            return [job.info() for job in self._jobs.values()]
+            return list(self._recovered.values()) + [job.info() for job in self._jobs.values()]
 
     def cancel(self, job_id: str) -> JobInfo:
         """Cancel a job: a queued one at once, a running one at its next batch.
 
-        Cancelling a finished job changes nothing (its info is returned as is).
-        Raises :class:`UnknownJob`.
+        Cancelling a finished job (or one of an earlier run, from the journal) changes
+        nothing: its info is returned as is. Raises :class:`UnknownJob`.
         """
         with self._lock:
-            job = self._job(job_id)
-            self._cancel_locked(job)
-            return job.info()
+            job = self._jobs.get(job_id)
+            if job is not None:
+                self._cancel_locked(job)
+                return job.info()
+        return self._journaled(job_id)[0]
 
     def queue_lengths(self) -> dict[str, int]:
         """Jobs waiting (not running) per device."""
@@ -244,20 +278,33 @@ class JobManager:
         stopped = not any(w.is_alive() for w in workers)
         if not stopped:
             log.error("a running job did not stop within %.0f s of being cancelled", timeout_s)
+        with self._lock:
+            for job in self._jobs.values():
+                if job.state not in protocol.FINAL_JOB_STATES:
+                    self._finish(job, "lost", error=lost_reason(job.state, job.progress.stage, os.getpid(),
+                                                                "shut down and the job did not stop in time"))
         return stopped
 
     # -- internals ---------------------------------------------------------------------
 
-    def _job(self, job_id: str) -> Job:
-        try:
-            return self._jobs[job_id]
-        except KeyError:
-            raise UnknownJob(job_id) from None
+    def _journaled(self, job_id: str) -> tuple[JobInfo, dict[str, Any] | None]:
+        """A job of an earlier run (or one forgotten by this one) from the journal."""
+        found = self._journal.get(job_id) if self._journal is not None else None
+        if found is None:
+            raise UnknownJob(job_id)
+        return found
+
+    def _record(self, job: Job) -> None:
+        """Write the job's state to the journal, if there is one (call under the lock)."""
+        if self._journal is not None:
+            self._journal.record(job.info(), job.result if job.state == "succeeded" else None)
 
     def _cancel_locked(self, job: Job) -> None:
         if job.state in protocol.FINAL_JOB_STATES:
             return
         job.cancel_event.set()
+        if job.cancel_requested is None:
+            job.cancel_requested = time.monotonic()
         if job.state == "queued":
             self._finish(job, "cancelled", error="cancelled before it started")
         else:
@@ -311,6 +358,7 @@ class JobManager:
             job.progress.stage, job.progress.fraction, job.progress.message = "done", 1.0, ""
         else:
             job.progress.message = error or state
+        self._record(job)
 
     def _work(self, device: str, q: queue.Queue[Job | None]) -> None:
         while True:
@@ -325,7 +373,36 @@ class JobManager:
                 job.progress.message = ""
                 job.progress.stage = "preparing"
                 job.progress.fraction = _STAGE_START["preparing"]
-            self._run(job)
+                self._record(job)
+            self._watch(job)
+
+    def _watch(self, job: Job) -> None:
+        """Run ``job`` in a thread of its own; give it up if it does not stop once cancelled."""
+        thread = threading.Thread(target=self._run, args=(job,), name=f"changeclip-job-{job.job_id[:8]}",
+                                  daemon=True)
+        thread.start()
+        while True:
+            thread.join(0.1)
+            if not thread.is_alive():
+                return
+            with self._lock:
+                requested = job.cancel_requested
+                if requested is None or time.monotonic() - requested < self._grace(job):
+                    continue
+                stage = job.progress.stage
+                self._finish(job, "cancelled", error=(
+                    f"cancelled, but the job did not stop within {self._grace(job):g} s (stuck in stage "
+                    f"{stage}, e.g. in a call that never returns); it was "
+                    "given up so that the queue goes on, and publishes no outputs if it ever resumes"))
+                self._forget_old()
+            log.error("job %s did not stop within %.0f s of being cancelled (stage %s); given up",
+                      job.job_id, self._grace(job), stage)
+            return
+
+    def _grace(self, job: Job) -> float:
+        """How long ``job`` may take to stop once cancelled: a training job first finishes its
+        iteration and saves a resumable checkpoint, which can take far longer than a batch."""
+        return self._stuck_grace_s if job.kind == "detect" else max(self._stuck_grace_s, TRAIN_STOP_GRACE_S)
 
     def _run(self, job: Job) -> None:
         log.info("job %s (%s) started on %s", job.job_id, job.kind, job.device)
@@ -347,6 +424,9 @@ class JobManager:
             log.exception("job %s crashed", job.job_id)
             error = f"{type(exc).__name__}: {exc}"
         with self._lock:
+            if job.state in protocol.FINAL_JOB_STATES:  # given up by _watch while it was stuck
+                log.info("abandoned job %s ended late (%s)", job.job_id, state)
+                return
             self._finish(job, state, error=error, result=result)
             self._forget_old()
         log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
@@ -360,7 +440,9 @@ class JobManager:
             if event is not None:
                 self._event(job, stage, done, total, event)
                 return
-            p.stage = stage if stage in _STAGE_START else p.stage
+            if stage in _STAGE_START and stage != p.stage:
+                p.stage = stage
+                self._record(job)
             p.done, p.total = int(done), int(total)
             start = _STAGE_START.get(stage, p.fraction)
             if stage == "tiles":
@@ -387,7 +469,9 @@ class JobManager:
             del job.events[:drop]
             job.events_dropped += drop
         p.events = seq
-        p.stage = stage
+        if stage != p.stage:
+            p.stage = stage
+            self._record(job)
         p.done, p.total = int(done), int(total)
         if total > 0:
             p.fraction = round(max(p.fraction, min(1.0, done / total)), 4)

@@ -26,6 +26,7 @@ from changeclip import __version__, protocol
 from changeclip.errors import InputError
 from changeclip.server.app import create_app
 from changeclip.server.auth import prepare_token_file
+from changeclip.server.journal import default_state_dir
 from changeclip.server.parent_watch import ParentWatch
 from changeclip.server.settings import ServerSettings
 from changeclip.server.system import SystemInfo
@@ -97,7 +98,8 @@ def _is_loopback(host: str) -> bool:
 
 def run_server(host: str = "127.0.0.1", port: int = 0, token_file: str | None = None, device: str = "auto",
                max_models: int = 2, max_model_memory_gb: float | None = None, verbose: bool = False,
-               out: TextIO | None = None, parent_pid: int | None = None) -> int:
+               out: TextIO | None = None, parent_pid: int | None = None,
+               state_dir: str | None = None) -> int:
     """Serve until ``/v1/shutdown``, SIGINT, SIGTERM or, with ``parent_pid``, that process's end.
 
     Args:
@@ -112,12 +114,13 @@ def run_server(host: str = "127.0.0.1", port: int = 0, token_file: str | None = 
         out: where the handshake goes (default: stdout).
         parent_pid: when given, stop (cleanly, as on SIGTERM) within about a second of this
             process being gone; it must be running when the server starts.
+        state_dir: folder of the job journal (default: :func:`journal.default_state_dir`).
 
     Returns:
         Exit status (0 after a clean shutdown).
 
     Raises:
-        InputError: bad host, port, token file or parent pid.
+        InputError: bad host, port, token file, parent pid or state folder.
     """
     if not 0 <= port <= 65535:
         raise InputError(f"--port must be 0..65535, got {port}")
@@ -131,7 +134,8 @@ def run_server(host: str = "127.0.0.1", port: int = 0, token_file: str | None = 
     tokens = prepare_token_file(token_file)
     try:
         settings = ServerSettings(token=tokens.token, default_device=device, max_models=max_models,
-                                  max_model_memory_gb=max_model_memory_gb)
+                                  max_model_memory_gb=max_model_memory_gb,
+                                  state_dir=str(state_dir or default_state_dir()))
         sock = bind_socket(host, port)
         bound_host, bound_port = sock.getsockname()[:2]
         if not _is_loopback(bound_host):

@@ -29,6 +29,16 @@ def _integral(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_integral)]
 """A strict integer that also accepts integral JSON numbers such as ``8.0``."""
 
+ABSOLUTE_PATH = r"^(/|[A-Za-z]:[\\/]|\\\\)"
+"""An absolute path: POSIX ``/...``, Windows ``C:\\...`` or ``C:/...``, or UNC ``\\\\server\\...``
+(the server's own file system decides the rest; a relative path is meaningless to it)."""
+
+AbsolutePath = Annotated[str, Field(min_length=1, max_length=4096, pattern=ABSOLUTE_PATH)]
+"""A path on the server's machine, absolute."""
+
+Band = Annotated[int, Field(ge=1, le=65535), BeforeValidator(_integral)]
+"""A 1-based band number (the bounds before the validator, so the JSON schema states them)."""
+
 
 class DetectRequest(BaseModel):
     """Body of ``POST /v1/jobs``: the parameters of ``changeclip detect``.
@@ -38,46 +48,48 @@ class DetectRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    before: str = Field(min_length=1, max_length=4096, description="absolute path of the 'before' raster")
-    after: str = Field(min_length=1, max_length=4096, description="absolute path of the 'after' raster")
-    output_dir: str = Field(min_length=1, max_length=4096, description="absolute path of the output folder")
+    before: str = Field(min_length=1, max_length=4096, pattern=ABSOLUTE_PATH,
+                        description="absolute path of the 'before' raster")
+    after: str = Field(min_length=1, max_length=4096, pattern=ABSOLUTE_PATH,
+                       description="absolute path of the 'after' raster")
+    output_dir: str = Field(min_length=1, max_length=4096, pattern=ABSOLUTE_PATH,
+                            description="absolute path of the output folder")
     engine: Literal[protocol.ENGINES] = "changeclip"  # type: ignore[valid-type]
-    weights: str | None = Field(default=None, min_length=1, max_length=4096,
-                                description="ChangeCLIP weights file (engine changeclip)")
+    weights: AbsolutePath | None = Field(default=None, description="ChangeCLIP weights file (engine changeclip)")
     variant: Literal[protocol.VARIANTS] = "auto"  # type: ignore[valid-type]
     prompt: str = Field(default="", max_length=2000)
     prompt_mode: Literal[protocol.PROMPT_MODES] = "auto"  # type: ignore[valid-type]
-    tagger_weights: str | None = Field(default=None, min_length=1, max_length=4096)
+    tagger_weights: AbsolutePath | None = None
     official_test_prompts: bool = False
-    bands: list[Int] = Field(default_factory=lambda: [1, 2, 3], min_length=1, max_length=64)
-    value_range: list[list[float]] | None = Field(default=None, min_length=1, max_length=64)
+    bands: list[Band] = Field(default_factory=lambda: [1, 2, 3], min_length=1, max_length=64)
+    value_range: list[Annotated[list[float], Field(min_length=2, max_length=2)]] | None = Field(
+        default=None, min_length=1, max_length=64, description="[min, max] pairs, finite numbers, min < max")
     grid: Literal[protocol.GRIDS] = "before"  # type: ignore[valid-type]
     target_crs: str | None = Field(default=None, min_length=1, max_length=10000)
-    resolution: float | None = Field(default=None, gt=0)
+    resolution: float | None = Field(default=None, gt=0, le=1e15, description="finite, in target-CRS units")
     tile: Int = Field(default=256, ge=64, le=8192, multiple_of=32)
     overlap: Int = Field(default=64, ge=0, le=4096)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d{1,3})?)$")
     precision: Literal[protocol.PRECISIONS] = "auto"  # type: ignore[valid-type]
     batch_size: Int = Field(default=8, ge=1, le=1024)
-    threshold: float | None = Field(default=None, gt=0, lt=1)
+    threshold: float | None = Field(default=None, gt=0, lt=1, description="finite number, 0 < threshold < 1")
     probability_dtype: Literal[protocol.PROBABILITY_DTYPES] = "uint8"  # type: ignore[valid-type]
     polygons: bool = False
-    min_area: float = Field(default=0.0, ge=0)
+    min_area: float = Field(default=0.0, ge=0, le=1e15, description="square metres, a finite number >= 0")
     min_pixels: Int = Field(default=protocol.DEFAULT_MIN_POLYGON_PIXELS, ge=0)
     overwrite: bool = False
-    mask_path: str | None = Field(default=None, min_length=1, max_length=4096)
-    probability_path: str | None = Field(default=None, min_length=1, max_length=4096)
-    polygons_path: str | None = Field(default=None, min_length=1, max_length=4096)
+    mask_path: AbsolutePath | None = None
+    probability_path: AbsolutePath | None = None
+    polygons_path: AbsolutePath | None = None
     describe: bool = Field(default=False, description="CLIP words for every change polygon (needs polygons)")
     query: str = Field(default="", max_length=2000,
                        description="words ('building') or a transition ('farmland to building'); needs describe")
     query_threshold: float = Field(default=protocol.DEFAULT_QUERY_THRESHOLD, gt=0, lt=1,
                                    description="query_score at or above which a polygon matches")
     keep_matching: bool = Field(default=False, description="also write the matching polygons and mask; needs query")
-    vocabulary: str | None = Field(default=None, min_length=1, max_length=4096,
-                                   description="absolute path of a vocabulary file (one class name per line)")
-    describe_weights: str | None = Field(default=None, min_length=1, max_length=4096,
-                                         description="absolute path of CLIP weights for describing")
+    vocabulary: AbsolutePath | None = Field(default=None,
+                                            description="a vocabulary file (one class name per line)")
+    describe_weights: AbsolutePath | None = Field(default=None, description="CLIP weights for describing")
     describe_model: str | None = Field(default=None, min_length=1, max_length=200,
                                        description="open_clip architecture of describe_weights, e.g. ViT-B-32")
     kind: Literal["detect"] = Field(default="detect", description="job kind; may be left out for a detection")

@@ -24,6 +24,10 @@ class ServerSettings:
             ones are forgotten first.
         shutdown_timeout_s: how long shutting down waits for a running job to stop after
             it was cancelled, in seconds.
+        state_dir: folder of the durable job journal (``jobs.sqlite3``); ``None``: no journal,
+            jobs are only remembered in memory (``changeclip serve`` always gives one).
+        stuck_job_grace_s: how long a cancelled job may take to stop before it is given up
+            (marked cancelled, its thread abandoned) so that the queue and shutting down go on.
     """
 
     token: str
@@ -32,6 +36,8 @@ class ServerSettings:
     max_model_memory_gb: float | None = None
     max_finished_jobs: int = 500
     shutdown_timeout_s: float = 60.0
+    state_dir: str | None = None
+    stuck_job_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
         if len(self.token) < 16:
@@ -42,8 +48,11 @@ class ServerSettings:
             raise ValueError(f"max_model_memory_gb must be > 0, got {self.max_model_memory_gb}")
         if self.max_finished_jobs < 1:
             raise ValueError(f"max_finished_jobs must be >= 1, got {self.max_finished_jobs}")
+        if not self.stuck_job_grace_s > 0:
+            raise ValueError(f"stuck_job_grace_s must be > 0, got {self.stuck_job_grace_s}")
 
     def __repr__(self) -> str:  # never log the token
         return (f"ServerSettings(token=<hidden>, default_device={self.default_device!r}, "
                 f"max_models={self.max_models}, max_model_memory_gb={self.max_model_memory_gb}, "
-                f"max_finished_jobs={self.max_finished_jobs})")
+                f"max_finished_jobs={self.max_finished_jobs}, state_dir={self.state_dir!r}, "
+                f"stuck_job_grace_s={self.stuck_job_grace_s})")

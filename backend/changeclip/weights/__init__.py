@@ -27,6 +27,7 @@ import torch
 
 from changeclip.errors import ModelError
 from changeclip.model.config import ChangeCLIPConfig
+from changeclip.preflight import regular_file_problem
 from changeclip.weights.checks import check_variant, diff_state_dict, require_variant
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,10 @@ def detect_format(path: str | Path) -> str:
         ModelError: missing, empty or unrecognised file.
     """
     p = Path(path)
-    if not p.exists():
-        raise ModelError(f"weights file {p} does not exist; pass the path of a ChangeCLIP .safetensors or "
+    problem = regular_file_problem(p)
+    if problem:
+        raise ModelError(f"weights file {p} {problem}; pass the path of a ChangeCLIP .safetensors or "
                          "official .pth file")
-    if not p.is_file():
-        raise ModelError(f"weights path {p} is not a file")
     with p.open("rb") as fh:
         head = fh.read(16)
     if len(head) < 8:

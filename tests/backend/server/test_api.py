@@ -178,7 +178,6 @@ def test_unusable_paths_are_400_with_the_path(inprocess_server: tuple[LiveServer
     missing = str(tmp_path / "nope.tif")
     cases = [
         ({"before": missing, "output_dir": str(tmp_path / "o")}, missing),
-        ({"after": "relative.tif", "output_dir": str(tmp_path / "o")}, "relative.tif"),
         ({"output_dir": inputs["before"] + "/sub"}, inputs["before"] + "/sub"),
         ({"output_dir": str(tmp_path), "mask_path": str(tmp_path)}, str(tmp_path)),
         ({"output_dir": str(tmp_path / "o"), "weights": missing}, missing),
@@ -187,6 +186,9 @@ def test_unusable_paths_are_400_with_the_path(inprocess_server: tuple[LiveServer
         status, answer = _raw(server, "POST", protocol.PATH_JOBS, {**inputs, **patch})
         assert status == 400, (patch, answer)
         assert path in answer["detail"], (patch, answer)
+    # a relative path breaks the schema itself (pattern of an absolute path): 422 naming the field
+    status, answer = _raw(server, "POST", protocol.PATH_JOBS, {**inputs, "after": "relative.tif"})
+    assert status == 422 and answer["detail"][0]["loc"] == ["body", "after"], answer
 
 
 def test_existing_outputs_need_overwrite(inprocess_server: tuple[LiveServer, ScriptedRunner],

@@ -133,7 +133,7 @@ def test_preflight_accepts_good_paths(stub_pair: tuple[str, str], tmp_path: Path
     ({"weights": "/nope.safetensors"}, "weights", "does not exist"),
     ({"tagger_weights": "/nope.pt"}, "tagger_weights", "does not exist"),
     ({"before": "/tmp/a\x00b"}, "before", "NUL"),
-    ({"before": "/tmp/\ud800.tif"}, "before", "cannot be accessed"),
+    ({"before": "/tmp/\ud800.tif"}, "before", "not valid UTF-8"),
     ({"before": "/" + "x" * 5000}, "before", "cannot be accessed"),
 ])
 def test_preflight_refuses_bad_inputs(stub_pair: tuple[str, str], tmp_path: Path, patch: dict, field: str,

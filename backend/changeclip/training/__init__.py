@@ -9,7 +9,20 @@ groups, AdamW, warm-up + poly schedule, loss), ``prompting.py`` (prompts and cac
 
 from __future__ import annotations
 
-from changeclip.training.config import TrainConfig
-from changeclip.training.loop import TrainResult, train
+from typing import Any
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import lazily: ``changeclip --help`` and every other command import this package's
+    ``config`` through the CLI, and must not pay for torch (seconds) to do so."""
+    if name == "TrainConfig":
+        from changeclip.training.config import TrainConfig
+
+        return TrainConfig
+    if name in ("TrainResult", "train"):
+        from changeclip.training import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'changeclip.training' has no attribute {name!r}")

@@ -175,14 +175,18 @@ class JobManager:
             return job.info()
 
     def events(self, job_id: str, since: int = 0) -> tuple[list[dict[str, Any]], int]:
-        """The job's events with a sequence number above ``since``, and the number of events so far.
+        """The job's events with a sequence number above ``since``, and the number of events so far
+        (none for a job of an earlier server run: only the journal's state survives a restart).
 
         Raises :class:`UnknownJob`.
         """
         with self._lock:
-            job = self._job(job_id)
-            start = max(0, since - job.events_dropped)
-            return [dict(e) for e in job.events[start:]], job.events_dropped + len(job.events)
+            job = self._jobs.get(job_id)
+            if job is not None:
+                start = max(0, since - job.events_dropped)
+                return [dict(e) for e in job.events[start:]], job.events_dropped + len(job.events)
+        self._journaled(job_id)  # a job of an earlier run: known, but its events were not kept
+        return [], 0
 
     def get(self, job_id: str) -> JobInfo:
         """Info of one job (from the journal for jobs this run no longer or never held).

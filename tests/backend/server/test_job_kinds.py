@@ -257,3 +257,25 @@ def test_a_training_whose_server_is_killed_resumes_from_its_last_checkpoint(tmp_
         assert server.client.result(resumed.job_id)["summary"]["iteration"] == 12
     finally:
         stop_server_process(server)
+
+
+def test_a_cancelled_dataset_job_leaves_no_folder(inprocess_server: tuple[LiveServer, ScriptedRunner],
+                                                  tmp_path: Path) -> None:
+    """Cancelled while it cuts tiles (64 px every 8 px: thousands of them), the job stops at its next
+    tile and its staging folder is removed: no dataset folder, half or whole, is left."""
+    server, _ = inprocess_server
+    changes = write_changes(tmp_path / "changes.gpkg")
+    out = tmp_path / "dataset"
+    job = server.client.submit(DatasetParams(str(BEFORE), str(AFTER), str(changes), str(out), tile=64, stride=8,
+                                             val_fraction=0.3))
+    def cutting() -> bool:
+        info = server.client.job(job.job_id)
+        assert info.state in ("queued", "running"), f"the dataset job ended before it could be cancelled: {info}"
+        return info.progress.stage == "tiles" and info.progress.done > 0
+
+    wait_for(cutting, 120, "the first tiles")
+    server.client.cancel(job.job_id)
+    final = server.client.wait(job.job_id, poll_s=0.1, timeout_s=120)
+    assert final.state == "cancelled", (final.state, final.error)
+    assert "partial dataset folder was removed" in (final.error or "")
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".dataset")]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "changeclip_qgis"
-RESOURCE_DIRS = ("icons", "styles", "help")
+RESOURCE_DIRS = ("icons", "styles", "help", "models")
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".ruff_cache", "tests", "sample"}
 SKIP_SUFFIXES = {".pyc", ".pyo", ".tif", ".tiff", ".npz", ".pth", ".pt", ".safetensors"}
 

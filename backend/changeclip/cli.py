@@ -43,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``changeclip`` console script."""
+    from changeclip.commands.jobs import route_submit_kind
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(route_submit_kind(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

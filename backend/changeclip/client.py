@@ -18,7 +18,7 @@ from typing import Any
 
 from changeclip import protocol
 from changeclip.errors import ChangeClipError, InputError
-from changeclip.protocol import DetectParams, JobInfo
+from changeclip.protocol import JobInfo
 
 
 class ServerError(ChangeClipError):
@@ -104,10 +104,16 @@ class ChangeClipClient:
         """Version, devices, loaded models and queue lengths."""
         return self._request("GET", protocol.PATH_STATUS)
 
-    def submit(self, params: DetectParams | dict[str, Any]) -> JobInfo:
-        """Queue a detection job; returns its info (state ``queued``)."""
-        body = params.to_dict() if isinstance(params, DetectParams) else dict(params)
+    def submit(self, params: protocol.JobParams | dict[str, Any]) -> JobInfo:
+        """Queue a job (detection, dataset or training parameters, or a raw body); returns its
+        info (state ``queued``)."""
+        body = dict(params) if isinstance(params, dict) else protocol.job_body(params)
         return JobInfo.from_dict(self._request("POST", protocol.PATH_JOBS, body))
+
+    def events(self, job_id: str, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """The job's events after sequence number ``since``, and the count so far (the next ``since``)."""
+        answer = self._request("GET", protocol.PATH_JOB_EVENTS.format(job_id=job_id) + f"?since={int(since)}")
+        return list(answer.get("events") or []), int(answer.get("next", since))
 
     def job(self, job_id: str) -> JobInfo:
         """State and progress of one job."""

@@ -10,6 +10,10 @@ QGIS's own Python, without torch or the backend installed) uses the very same fi
 (``changeclip_qgis/core/protocol.py`` is a link to it, copied into the plugin zip),
 and the backend's command line, pipeline and HTTP schemas are built from it.
 Bump :data:`PROTOCOL_VERSION` on any incompatible change.
+
+Three kinds of job share the server's queue (:data:`JOB_KINDS`): ``detect``
+(:class:`DetectParams`), ``dataset`` (:class:`DatasetParams`, ``changeclip dataset
+from-vectors``) and ``train`` (:class:`TrainParams`, ``changeclip train``).
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+"""1: detection jobs only. 2: detection's ``min_pixels`` and describe fields. 3: job kinds
+``dataset`` and ``train`` (``kind`` in the job body and in :class:`JobInfo`), training fields in
+:class:`JobProgress` and the job event log (:data:`PATH_JOB_EVENTS`). A detection body of an
+earlier version is still valid, but an older client cannot read version-3 progress, hence the bump."""
+
+JOB_KINDS = ("detect", "dataset", "train")
+"""What a job runs: a change detection, a training-data folder, or a training run."""
 
 # --- choices -----------------------------------------------------------------------
 
@@ -71,6 +82,20 @@ STAGES = ("queued", "preparing", "loading_model", "scaling", "fitting", "calibra
 ``calibrating`` the int8 calibration on sample tiles, ``describing`` the optional CLIP
 description of the polygons)."""
 
+DATASET_STAGES = ("queued", "preparing", "tiles", "done")
+"""Stages of a ``dataset`` job (``tiles``: cutting tiles, ``done``/``total`` count them)."""
+
+TRAIN_STAGES = ("queued", "preparing", "training", "validating", "done")
+"""Stages of a ``train`` job (``training``: ``done``/``total`` are iterations)."""
+
+TRAIN_VARIANTS = ("rn50", "vit-b-16", "tiny-rn50", "tiny-vit")
+"""Networks ``train`` builds; the two ``tiny-*`` ones exist for tests and demos only."""
+TRAIN_PROMPT_MODES = ("none", "words", "auto")
+FREEZE_CHOICES = ("none", "backbone", "text", "backbone+text")
+TRAIN_LOSSES = ("ce", "ce+dice")
+SELECT_CHOICES = ("f1", "iou")
+""":class:`TrainParams` choices (the same as ``changeclip train``'s options)."""
+
 # --- output file names inside the output folder -------------------------------------
 
 MASK_NAME = "change_mask.tif"
@@ -81,6 +106,16 @@ MATCHING_POLYGONS_NAME = "change_polygons_matching.gpkg"
 MATCHING_MASK_NAME = "change_mask_matching.tif"
 """With ``keep_matching``: the polygons that match the query, and a change mask of only their pixels."""
 DEFAULT_QUERY_THRESHOLD = 0.3
+
+DATASET_MANIFEST_NAME = "dataset.json"
+"""The manifest of a training-data folder (``docs/training-data.md``)."""
+RUN_BEST_NAME = "best.safetensors"
+RUN_LAST_NAME = "last.safetensors"
+RUN_STATE_NAME = "state.pt"
+RUN_METRICS_NAME = "metrics.jsonl"
+RUN_CONFIG_NAME = "config.json"
+"""Files of a training run folder: the best and last weights, the resumable state, one JSON
+line per log step and validation, and the run's options."""
 
 MASK_CHANGE = 1
 MASK_NO_CHANGE = 0
@@ -95,6 +130,7 @@ PATH_JOBS = API_PREFIX + "/jobs"           # GET: list; POST: submit DetectParam
 PATH_JOB = API_PREFIX + "/jobs/{job_id}"   # GET: JobInfo
 PATH_JOB_CANCEL = API_PREFIX + "/jobs/{job_id}/cancel"   # POST
 PATH_JOB_RESULT = API_PREFIX + "/jobs/{job_id}/result"   # GET: result (409 until succeeded)
+PATH_JOB_EVENTS = API_PREFIX + "/jobs/{job_id}/events"   # GET ?since=N: the job's events after N
 PATH_SHUTDOWN = API_PREFIX + "/shutdown"   # POST
 PATH_OPENAPI = "/openapi.json"
 # The header's name (its value is "Bearer <token>"), not a secret:
@@ -309,12 +345,273 @@ def param_fields() -> list[dict[str, Any]]:
     return out
 
 
+def _from_dict(cls: Any, data: Any, required: tuple[str, ...]) -> Any:
+    """Build a params dataclass from a dict, rejecting unknown keys and naming missing ones."""
+    if not isinstance(data, dict):
+        raise ParamError("body", "expected a JSON object of job parameters")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ParamError(unknown[0], f"unknown parameter; known ones: {', '.join(sorted(known))}")
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise ParamError(missing[0], "is required")
+    params = cls(**data)
+    params.validate()
+    return params
+
+
+def _path(name: str, value: Any, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ParamError(name, "must be a non-empty path string" + (" or null" if optional else ""))
+
+
+def _optional_positive(name: str, value: Any, integer: bool) -> None:
+    if value is None:
+        return
+    ok = _is_int(value) if integer else _is_number(value)
+    if not ok or value <= 0:
+        raise ParamError(name, f"must be a positive {'whole ' if integer else ''}number or null, got {value!r}")
+
+
+@dataclass
+class DatasetParams:
+    """A ``dataset`` job: ``changeclip dataset from-vectors`` (``docs/training-data.md``).
+
+    ``changes`` (and ``aoi``) are OGR polygon layers in any format and CRS; ``output_dir``
+    is the dataset folder to create.
+    """
+
+    before: str
+    after: str
+    changes: str
+    output_dir: str
+    layer: str | None = None
+    where: str | None = None
+    aoi: str | None = None
+    aoi_layer: str | None = None
+    bands: list[int] = field(default_factory=lambda: [1, 2, 3])
+    value_range: list[list[float]] | None = None
+    grid: str = "before"
+    target_crs: str | None = None
+    resolution: float | None = None
+    tile: int = 256
+    stride: int = 192
+    val_fraction: float = 0.15
+    val_block_size: float | None = None
+    keep_empty: float = 1.0
+    all_touched: bool = False
+    seed: int = 0
+    train_dataset: str | None = None
+    overwrite: bool = False
+
+    REQUIRED = ("before", "after", "changes", "output_dir")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DatasetParams:
+        """Build from a dict, rejecting unknown keys; then :meth:`validate`."""
+        return _from_dict(cls, data, cls.REQUIRED)
+
+    def validate(self) -> None:  # noqa: C901 - one flat list of rules reads best
+        """Check types and allowed values; raise :class:`ParamError` naming the fix."""
+        for name in self.REQUIRED:
+            _path(name, getattr(self, name))
+        for name in ("aoi", "layer", "where", "aoi_layer", "target_crs", "train_dataset"):
+            _path(name, getattr(self, name), optional=True)
+        if (not isinstance(self.bands, list) or len(self.bands) != 3
+                or not all(_is_int(b) and b >= 1 for b in self.bands)):
+            raise ParamError("bands", f"needs three 1-based band numbers used as R,G,B, e.g. [1, 2, 3]; "
+                             f"got {self.bands!r}")
+        if self.value_range is not None:
+            _check_value_range(self.value_range, 3)
+        _choice("grid", self.grid, GRIDS)
+        if self.grid == "custom" and (not self.target_crs or not _is_number(self.resolution)
+                                      or not self.resolution > 0):
+            raise ParamError("target_crs", "grid 'custom' needs a target CRS and a positive resolution")
+        _optional_positive("resolution", self.resolution, integer=False)
+        if not _is_int(self.tile) or self.tile < 64 or self.tile % 32:
+            raise ParamError("tile", f"tile size must be a multiple of 32 and at least 64, got {self.tile!r};"
+                             f" try {_nearest32(self.tile)}")
+        if not _is_int(self.stride) or not 1 <= self.stride <= self.tile:
+            raise ParamError("stride", f"must be a whole number from 1 to the tile size ({self.tile}), "
+                             f"got {self.stride!r}")
+        if not _is_number(self.val_fraction) or not 0 < self.val_fraction < 1:
+            raise ParamError("val_fraction", f"must be strictly between 0 and 1, got {self.val_fraction!r}")
+        _optional_positive("val_block_size", self.val_block_size, integer=False)
+        if not _is_number(self.keep_empty) or not 0 <= self.keep_empty <= 1:
+            raise ParamError("keep_empty", f"must be between 0 and 1, got {self.keep_empty!r}")
+        for name in ("all_touched", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ParamError(name, "must be true or false")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ParamError("seed", f"must be a whole number >= 0, got {self.seed!r}")
+
+    def output_paths(self) -> dict[str, str | None]:
+        """The folder the job creates."""
+        return {"dataset": self.output_dir}
+
+
+@dataclass
+class TrainParams:
+    """A ``train`` job: the options of ``changeclip train`` (``docs/training.md``), one field each.
+
+    ``None`` means the recipe's default for the variant. With ``resume`` the run continues
+    from ``run_dir``'s checkpoint; ``datasets``, ``variant`` and ``init`` may then be left empty
+    (they are read from the run).
+    """
+
+    datasets: list[str]
+    run_dir: str
+    variant: str = ""
+    init: str = ""
+    iters: int | None = None
+    epochs: float | None = None
+    batch_size: int | None = None
+    accumulate: int | None = None
+    lr: float | None = None
+    weight_decay: float = 0.01
+    warmup: int | None = None
+    crop: int = 256
+    precision: str = "auto"
+    device: str = "auto"
+    prompt_mode: str = "none"
+    prompt: str = ""
+    tagger_weights: str | None = None
+    freeze: str = "none"
+    encoder_lr_mult: float = 1.0
+    loss: str = "ce"
+    class_weights: list[float] | None = None
+    val_every: int | None = None
+    patience: int | None = None
+    select: str = "f1"
+    seed: int = 0
+    workers: int = 2
+    augment: bool = True
+    log_every: int = 10
+    resume: bool = False
+    overwrite: bool = False
+
+    REQUIRED = ("datasets", "run_dir")
+
+    @property
+    def output_dir(self) -> str:
+        """The run folder (the name every job kind's output folder goes by)."""
+        return self.run_dir
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of all fields."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainParams:
+        """Build from a dict, rejecting unknown keys; then :meth:`validate`."""
+        return _from_dict(cls, data, cls.REQUIRED)
+
+    def validate(self) -> None:  # noqa: C901 - one flat list of rules reads best
+        """Check types and allowed values; raise :class:`ParamError` naming the fix."""
+        if not isinstance(self.datasets, list) or not all(isinstance(d, str) and d.strip() for d in self.datasets):
+            raise ParamError("datasets", "must be a list of dataset folder paths")
+        _path("run_dir", self.run_dir)
+        for name in ("resume", "overwrite", "augment"):
+            if not isinstance(getattr(self, name), bool):
+                raise ParamError(name, "must be true or false")
+        if not self.resume:
+            for name in ("datasets", "variant", "init"):
+                if not getattr(self, name):
+                    raise ParamError(name, "is required unless resume is true (a resumed run reads it from run_dir)")
+        if self.variant:
+            _choice("variant", self.variant, TRAIN_VARIANTS)
+        if not isinstance(self.init, str):
+            raise ParamError("init", "must be clip:FILE, clip:openai, weights:FILE or scratch")
+        if self.init and not (self.init == "scratch" or re.fullmatch(r"(clip|weights):.+", self.init)):
+            raise ParamError("init", f"must be clip:FILE, clip:openai, weights:FILE or scratch; got {self.init!r}")
+        if self.iters is not None and self.epochs is not None:
+            raise ParamError("epochs", "give iters or epochs, not both")
+        for name in ("iters", "batch_size", "accumulate", "val_every", "patience", "warmup"):
+            _optional_positive(name, getattr(self, name), integer=True)
+        for name in ("epochs", "lr"):
+            _optional_positive(name, getattr(self, name), integer=False)
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise ParamError("weight_decay", f"must be a number >= 0, got {self.weight_decay!r}")
+        if not _is_number(self.encoder_lr_mult) or self.encoder_lr_mult < 0:
+            raise ParamError("encoder_lr_mult", f"must be a number >= 0, got {self.encoder_lr_mult!r}")
+        if not _is_int(self.crop) or self.crop < 64 or self.crop % 32:
+            raise ParamError("crop", f"must be a multiple of 32 and at least 64, got {self.crop!r}")
+        _choice("precision", self.precision, PRECISIONS)
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ParamError("device", f"must be {DEVICES_HELP}, got {self.device!r}")
+        _choice("prompt_mode", self.prompt_mode, TRAIN_PROMPT_MODES)
+        if not isinstance(self.prompt, str):
+            raise ParamError("prompt", "must be a string")
+        if self.prompt_mode == "words" and not self.prompt.strip():
+            raise ParamError("prompt", "prompt mode 'words' needs prompt words, e.g. 'building, road'")
+        _path("tagger_weights", self.tagger_weights, optional=True)
+        if self.prompt_mode == "auto" and not self.tagger_weights:
+            raise ParamError("tagger_weights", "prompt mode 'auto' needs a CLIP ViT-B/16 tagger weights file")
+        _choice("freeze", self.freeze, FREEZE_CHOICES)
+        _choice("loss", self.loss, TRAIN_LOSSES)
+        _choice("select", self.select, SELECT_CHOICES)
+        if self.class_weights is not None and (
+                not isinstance(self.class_weights, list) or len(self.class_weights) != 2
+                or not all(_is_number(w) and w > 0 for w in self.class_weights)):
+            raise ParamError("class_weights", f"must be two positive numbers [no change, change], "
+                             f"got {self.class_weights!r}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ParamError("seed", f"must be a whole number >= 0, got {self.seed!r}")
+        if not _is_int(self.workers) or not 0 <= self.workers <= 64:
+            raise ParamError("workers", f"must be a whole number from 0 to 64, got {self.workers!r}")
+        if not _is_int(self.log_every) or self.log_every < 1:
+            raise ParamError("log_every", f"must be a whole number >= 1, got {self.log_every!r}")
+
+    def output_paths(self) -> dict[str, str | None]:
+        """The run folder and the weights files it will hold."""
+        import os.path
+
+        return {"run_dir": self.run_dir, "best": os.path.join(self.run_dir, RUN_BEST_NAME),
+                "last": os.path.join(self.run_dir, RUN_LAST_NAME)}
+
+
+JobParams = DetectParams | DatasetParams | TrainParams
+"""The parameters of any job kind."""
+
+PARAMS_BY_KIND: dict[str, Any] = {"detect": DetectParams, "dataset": DatasetParams, "train": TrainParams}
+
+
+def job_kind(params: Any) -> str:
+    """The kind (``detect``, ``dataset``, ``train``) of a params object."""
+    for kind, cls in PARAMS_BY_KIND.items():
+        if isinstance(params, cls):
+            return kind
+    raise TypeError(f"not job parameters: {type(params).__name__}")
+
+
+def job_body(params: Any) -> dict[str, Any]:
+    """The ``POST /v1/jobs`` body of ``params`` (``kind`` added for non-detect jobs, so a
+    detection body stays what version 1 sent)."""
+    kind = job_kind(params)
+    body = params.to_dict()
+    return body if kind == "detect" else {"kind": kind, **body}
+
+
 # --- job status / result ------------------------------------------------------------
 
 
 @dataclass
 class JobProgress:
-    """Progress of one job as reported by ``GET /jobs/{id}``."""
+    """Progress of one job as reported by ``GET /jobs/{id}``.
+
+    The training fields are ``None`` for other kinds: ``iteration``/``iterations`` (steps done
+    and of the whole run), ``loss`` (mean training loss of the last log step), ``val`` (the last
+    validation: ``iteration``, ``precision``, ``recall``, ``f1``, ``iou`` of the change class),
+    ``best`` (the best validation so far, same keys), ``device``. ``events`` counts the job's
+    events so far (read them with :data:`PATH_JOB_EVENTS`).
+    """
 
     stage: str = "queued"
     done: int = 0
@@ -322,11 +619,18 @@ class JobProgress:
     fraction: float = 0.0
     eta_s: float | None = None
     message: str = ""
+    iteration: int | None = None
+    iterations: int | None = None
+    loss: float | None = None
+    val: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
+    device: str | None = None
+    events: int = 0
 
 
 @dataclass
 class JobInfo:
-    """One job as the server reports it."""
+    """One job as the server reports it (``kind``: one of :data:`JOB_KINDS`)."""
 
     job_id: str
     state: str
@@ -337,12 +641,15 @@ class JobInfo:
     started: float | None = None
     finished: float | None = None
     error: str | None = None
+    kind: str = "detect"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobInfo:
-        """Rebuild from the server's JSON."""
+        """Rebuild from the server's JSON (keys this version does not know are ignored)."""
         data = dict(data)
-        data["progress"] = JobProgress(**data.get("progress", {}))
+        progress_keys = {f.name for f in dataclasses.fields(JobProgress)}
+        data["progress"] = JobProgress(**{k: v for k, v in (data.get("progress") or {}).items()
+                                          if k in progress_keys})
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -86,9 +86,15 @@ class BackendClient:
         """``GET /v1/status``: version, devices, models, queue."""
         return self._request("GET", protocol.PATH_STATUS)
 
-    def submit(self, params: protocol.DetectParams) -> protocol.JobInfo:
-        """``POST /v1/jobs``: queue a detection job."""
-        return protocol.JobInfo.from_dict(self._request("POST", protocol.PATH_JOBS, body=params.to_dict()))
+    def submit(self, params: protocol.JobParams) -> protocol.JobInfo:
+        """``POST /v1/jobs``: queue a job (detection, training data or training)."""
+        return protocol.JobInfo.from_dict(self._request("POST", protocol.PATH_JOBS, body=protocol.job_body(params)))
+
+    def events(self, job_id: str, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """``GET /v1/jobs/{id}/events?since=N``: the job's events after ``since`` and the count so far."""
+        data = self._request("GET", protocol.PATH_JOB_EVENTS.format(job_id=job_id) + f"?since={int(since)}")
+        data = data if isinstance(data, dict) else {}
+        return list(data.get("events") or []), int(data.get("next", since))
 
     def job(self, job_id: str) -> protocol.JobInfo:
         """``GET /v1/jobs/{id}``."""
@@ -111,10 +117,12 @@ class BackendClient:
 
     # -- a whole run ---------------------------------------------------------------
 
-    def run_job(self, params: protocol.DetectParams,
+    def run_job(self, params: protocol.JobParams,
                 on_progress: Callable[[protocol.JobProgress], None] | None = None,
                 is_cancelled: Callable[[], bool] | None = None,
-                poll_s: float = 0.3) -> dict[str, Any]:
+                poll_s: float = 0.3,
+                on_event: Callable[[dict[str, Any]], None] | None = None,
+                on_submitted: Callable[[protocol.JobInfo], None] | None = None) -> dict[str, Any]:
         """Submit ``params``, follow the job to its end and return the summary.
 
         Args:
@@ -122,6 +130,9 @@ class BackendClient:
             on_progress: called with each new progress report (from the calling thread).
             is_cancelled: polled between requests; when it returns True the job is cancelled.
             poll_s: seconds between status requests.
+            on_event: called with each of the job's events, in order (training: start, step,
+                val, note, checkpoint, end); none are missed between two polls.
+            on_submitted: called once with the queued job's info (its message says what it waits for).
 
         Returns:
             The summary dict (``changed_area_m2``, ``changed_fraction``, ``outputs``, …).
@@ -133,15 +144,22 @@ class BackendClient:
         """
         params.validate()
         info = self.submit(params)
+        if on_submitted is not None:
+            on_submitted(info)
         cancel_sent = False
         last = None
+        seen = 0
         while True:
             if is_cancelled is not None and is_cancelled() and not cancel_sent:
                 self.cancel(info.job_id)
                 cancel_sent = True
             info = self.job(info.job_id)
             progress = info.progress
-            key = (progress.stage, progress.done, progress.total, info.state)
+            if on_event is not None and progress.events > seen:
+                events, seen = self.events(info.job_id, seen)
+                for event in events:
+                    on_event(event)
+            key = (progress.stage, progress.done, progress.total, info.state, progress.message, progress.events)
             if on_progress is not None and key != last:
                 on_progress(progress)
                 last = key
@@ -149,7 +167,9 @@ class BackendClient:
                 break
             time.sleep(poll_s)
         if info.state == "cancelled":
-            raise JobCancelledError("the run was cancelled; partial outputs were removed")
+            if info.kind == "detect" or not info.error:
+                raise JobCancelledError("the run was cancelled; partial outputs were removed")
+            raise JobCancelledError(info.error)
         if info.state == "failed":
             raise JobFailed(info.error or "the backend reported a failure without a reason; see its log")
         if info.state == "lost":  # the backend stopped while the job ran and was started again

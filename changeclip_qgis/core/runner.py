@@ -15,24 +15,72 @@ STAGE_LABELS = {
     "calibrating": "Calibrating int8 on sample tiles",
     "tiles": "Detecting changes", "polygons": "Making polygons", "describing": "Describing changes",
     "finalising": "Writing outputs",
-    "done": "Done",
+    "done": "Done", "training": "Training",
 }
 
 
 def progress_text(progress: protocol.JobProgress) -> str:
     """A one-line description of a progress report, e.g. ``"Detecting changes (12/40 tiles)"``."""
     label = STAGE_LABELS.get(progress.stage, progress.stage)
+    if progress.stage == "training" and progress.iterations:
+        label += f" (iteration {progress.iteration or 0}/{progress.iterations}"
+        label += f", loss {progress.loss:.4f})" if progress.loss is not None else ")"
+        if progress.eta_s is not None and progress.eta_s > 1:
+            label += f", about {format_duration(progress.eta_s)} left"
+        return label
     if progress.total:
         unit = " tiles" if progress.stage == "tiles" else ""
         label += f" ({progress.done}/{progress.total}{unit})"
     if progress.eta_s is not None and progress.stage == "tiles" and progress.eta_s > 1:
         label += f", about {progress.eta_s:.0f} s left"
+    if progress.stage == "queued" and progress.message:
+        label += f": {progress.message}"
     return label
+
+
+def format_duration(seconds: float) -> str:
+    """``"45 s"``, ``"12 min"``, ``"2 h 05 min"``."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min"
+
+
+def validation_line(event: dict[str, Any]) -> str:
+    """A training ``val`` event in words: ``"Validation at iteration 200: change precision 71.2 %, recall
+    64.0 %, F1 67.4 %, IoU 50.8 % (best so far)"``."""
+    def pct(key: str) -> str:
+        value = event.get(key)
+        return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f} %"
+
+    best = " (best so far)" if event.get("best") else ""
+    return (f"Validation at iteration {event.get('iteration')}: change precision {pct('precision')}, recall "
+            f"{pct('recall')}, F1 {pct('f1')}, IoU {pct('iou')}{best}")
 
 
 def progress_percent(progress: protocol.JobProgress) -> float:
     """Overall progress in percent (0-100)."""
     return max(0.0, min(100.0, float(progress.fraction or 0.0) * 100.0))
+
+
+def run_job(params: protocol.JobParams,
+            on_progress: Callable[[protocol.JobProgress], None] | None = None,
+            is_cancelled: Callable[[], bool] | None = None,
+            on_event: Callable[[dict[str, Any]], None] | None = None,
+            launcher: BackendLauncher = LAUNCHER,
+            config: BackendConfig | None = None,
+            on_submitted: Callable[[protocol.JobInfo], None] | None = None) -> dict[str, Any]:
+    """Start or reuse the backend and run a job of any kind on it; return its result summary.
+
+    Raises:
+        BackendUnavailable, BackendError, JobFailed, JobCancelledError: see :mod:`errors`.
+    """
+    backend = launcher.ensure(config)
+    return backend.client.run_job(params, on_progress=on_progress, is_cancelled=is_cancelled, on_event=on_event,
+                                  on_submitted=on_submitted)
 
 
 def run_detection(params: protocol.DetectParams,

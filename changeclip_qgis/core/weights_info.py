@@ -104,3 +104,17 @@ def summarize_weights(path: str) -> WeightsSummary:
     if dataset:
         return WeightsSummary(f"{name} · trained on {dataset}")
     return WeightsSummary(f"{name} · training imagery unknown (no scale check)")
+
+
+def weights_variant(path: str) -> str | None:
+    """The network (``rn50``, ``vit-b-16``, ``tiny-rn50``, ``tiny-vit``) a native weights file holds,
+    or ``None`` when it cannot be told without the backend (official ``.pth`` files, unreadable files)."""
+    p = Path(path).expanduser()
+    try:
+        metadata = _header(p).get("__metadata__") or {}
+        if metadata.get("format") != NATIVE_FORMAT:
+            return None
+        name = json.loads(metadata.get("config") or "{}").get("name")
+    except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    return str(name) if name else None

@@ -35,6 +35,7 @@ from qgis.PyQt.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -280,7 +281,23 @@ class ChangeClipDock(QgsDockWidget):
         backend_row.addWidget(self.diagnostics_button)
         outer.addLayout(backend_row)
         outer.addStretch(1)
-        self.setWidget(body)
+        from .train_page import TrainPage
+
+        self.tabs = QTabWidget(self)
+        self.tabs.addTab(body, "Detect")
+        self.train_page = TrainPage(self.iface, lambda: self.weights_widget.filePath(), self.tabs)
+        self.train_page.useWeights.connect(self.use_weights)
+        self.tabs.addTab(self.train_page, "Train")
+        self.setWidget(self.tabs)
+
+    def use_weights(self, path: str) -> None:
+        """Make ``path`` the Detect page's weights (the Train page's one-click hand-over) and show it."""
+        index = self.engine_combo.findData("changeclip")
+        if index >= 0:
+            self.engine_combo.setCurrentIndex(index)
+        self.weights_widget.setFilePath(path)
+        self.tabs.setCurrentIndex(0)
+        self._message(f"Detection now uses the trained weights {path}", "success")
 
     # -- Before / After defaults -----------------------------------------------------
 
@@ -685,6 +702,7 @@ class ChangeClipDock(QgsDockWidget):
             except RuntimeError:  # the task manager already deleted the finished task
                 pass
         self.task = self.check_task = None
+        self.train_page.shutdown()
 
     def show_diagnostics(self) -> None:
         """Open the diagnostics report dialog."""

@@ -15,7 +15,7 @@ from ..core.paths import icon_path
 
 
 class ChangeClipProvider(QgsProcessingProvider):
-    """Provider id ``changeclip``: the change-detection algorithms."""
+    """Provider id ``changeclip``: change detection, training data and training."""
 
     def id(self) -> str:  # noqa: D102
         return "changeclip"
@@ -58,3 +58,11 @@ class ChangeClipProvider(QgsProcessingProvider):
             return
         self.addAlgorithm(DetectChangesAlgorithm())
         protect_inputs_under_qgis_process()  # before qgis_process opens the input files
+        try:
+            from .create_training_data import CreateTrainingDataAlgorithm
+            from .train_model import TrainModelAlgorithm
+        except Exception as exc:  # noqa: BLE001 - never fail to load the provider
+            log(f"the ChangeCLIP training algorithms could not be loaded: {exc}", "critical")
+            return
+        self.addAlgorithm(CreateTrainingDataAlgorithm())
+        self.addAlgorithm(TrainModelAlgorithm())

@@ -1,5 +1,9 @@
 """``changeclip submit`` / ``status`` / ``cancel``: talk to a running ``changeclip serve``.
 
+``changeclip submit train …`` and ``changeclip submit dataset …`` (also spelt ``submit-train`` and
+``submit-dataset``) queue a training (the options of ``changeclip train``) or a training-data
+folder (those of ``changeclip dataset from-vectors``) on the same queue.
+
 The server is found by ``--url`` and ``--token-file`` (defaults: the environment
 variables ``CHANGECLIP_BACKEND_URL`` and ``CHANGECLIP_TOKEN_FILE``; both are in the server's
 handshake line). Each command prints one JSON object on stdout.
@@ -52,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --wait: progress as JSON lines on stdout (like 'changeclip detect --json')")
     p.set_defaults(func=run_submit)
 
+    _register_submit_kinds(subparsers)
+
     p = subparsers.add_parser("status", help="server status, or one job's state and progress",
                               description="Without JOB: the server's version, devices, loaded models and "
                                           "queues. With JOB: that job's state and progress.")
@@ -70,6 +76,165 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"with --wait: stop waiting after S seconds (exit {EXIT_STILL_RUNNING} if the job "
                         "has not stopped by then)")
     p.set_defaults(func=run_cancel)
+
+
+SUBMIT_KINDS = {"train": "submit-train", "dataset": "submit-dataset"}
+"""``changeclip submit KIND …`` is read as the command ``submit-KIND …``."""
+
+
+def route_submit_kind(argv: list[str]) -> list[str]:
+    """``[..., 'submit', 'train', ...]`` -> ``[..., 'submit-train', ...]`` (same for ``dataset``)."""
+    for i, word in enumerate(argv):
+        if word.startswith("-"):
+            continue
+        if word == "submit" and i + 1 < len(argv) and argv[i + 1] in SUBMIT_KINDS:
+            return [*argv[:i], SUBMIT_KINDS[argv[i + 1]], *argv[i + 2:]]
+        return argv
+    return argv
+
+
+class _Named:
+    """Subparsers whose next ``add_parser`` gets another name (to reuse a command's own parser)."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction, name: str, help_text: str) -> None:
+        self.subparsers, self.name, self.help_text = subparsers, name, help_text
+        self.parser: argparse.ArgumentParser | None = None
+
+    def add_parser(self, _name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs["help"] = self.help_text
+        self.parser = self.subparsers.add_parser(self.name, **kwargs)
+        return self.parser
+
+
+def _register_submit_kinds(subparsers: argparse._SubParsersAction) -> None:
+    from changeclip.commands import dataset, train
+
+    named = _Named(subparsers, "submit-train", "queue a training on a running server (also: submit train); "
+                                               "the options of 'changeclip train'")
+    train.register(named)  # type: ignore[arg-type]
+    assert named.parser is not None
+    _submit_tail(named.parser, run_submit_train)
+    named = _Named(subparsers, "submit-dataset", "queue 'dataset from-vectors' on a running server (also: "
+                                                 "submit dataset)")
+    dataset._register_from_vectors(named)  # type: ignore[arg-type]
+    assert named.parser is not None
+    _submit_tail(named.parser, run_submit_dataset)
+
+
+def _submit_tail(p: argparse.ArgumentParser, func: Any) -> None:
+    _server_options(p)
+    p.add_argument("--wait", action="store_true", help="wait for the job; exit 0 if it succeeded, 1 if it "
+                                                      "failed, 130 if it was cancelled")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="with --wait: give up after S seconds")
+    if not any(a.dest == "json" for a in p._actions):
+        p.add_argument("--json", action="store_true", help="with --wait: progress as JSON lines on stdout")
+    p.set_defaults(func=func)
+
+
+def _absolute(path: str | None) -> str | None:
+    return os.path.abspath(os.path.expanduser(path)) if path else path
+
+
+def train_params_from_args(args: argparse.Namespace) -> protocol.TrainParams:
+    """The :class:`protocol.TrainParams` of ``submit train``'s arguments (local paths made absolute).
+
+    Raises:
+        InputError: an invalid option (names it).
+    """
+    from changeclip.commands import train
+
+    config = train.config_from_args(args).to_dict()
+    config.pop("extra", None)
+    config["datasets"] = [_absolute(d) for d in config["datasets"]]
+    config["run_dir"] = _absolute(config["run_dir"])
+    config["tagger_weights"] = _absolute(config["tagger_weights"])
+    init = config["init"] or ""
+    if init.startswith(("weights:", "clip:")) and init != "clip:openai":
+        kind, path = init.split(":", 1)
+        config["init"] = f"{kind}:{_absolute(path)}"
+    try:
+        return protocol.TrainParams.from_dict(config)
+    except protocol.ParamError as exc:
+        raise InputError(f"--{exc.field.replace('_', '-')}: {exc.message}") from None
+
+
+def dataset_params_from_args(args: argparse.Namespace) -> protocol.DatasetParams:
+    """The :class:`protocol.DatasetParams` of ``submit dataset``'s arguments (local paths made absolute).
+
+    Raises:
+        InputError: an invalid option (names it).
+    """
+    try:
+        bands = protocol.parse_bands(args.bands)
+        value_range = protocol.parse_value_range(args.value_range) if args.value_range else None
+        return protocol.DatasetParams.from_dict(dict(
+            before=_absolute(args.before), after=_absolute(args.after), changes=_absolute(args.changes),
+            output_dir=_absolute(args.output), layer=args.layer, where=args.where, aoi=_absolute(args.aoi),
+            aoi_layer=args.aoi_layer, bands=bands, value_range=value_range,
+            grid=args.grid or ("custom" if args.target_crs else "before"), target_crs=args.target_crs,
+            resolution=args.resolution, tile=args.tile, stride=args.stride, val_fraction=args.val_fraction,
+            val_block_size=args.val_block_size, keep_empty=args.keep_empty, all_touched=args.all_touched,
+            seed=args.seed, train_dataset=args.train_dataset, overwrite=args.overwrite))
+    except protocol.ParamError as exc:
+        raise InputError(f"--{exc.field.replace('_', '-')}: {exc.message}") from None
+
+
+def run_submit_train(args: argparse.Namespace) -> int:
+    """Queue a training; optionally wait for it, printing its events."""
+    return _submit_and_wait(args, train_params_from_args(args))
+
+
+def run_submit_dataset(args: argparse.Namespace) -> int:
+    """Queue a training-data folder; optionally wait for it."""
+    return _submit_and_wait(args, dataset_params_from_args(args))
+
+
+def _submit_and_wait(args: argparse.Namespace, params: protocol.JobParams) -> int:
+    client = _client(args)
+    info = client.submit(params)
+    if not args.wait:
+        _print(info)
+        return 0
+    log.info("job %s (%s) queued on %s%s", info.job_id, info.kind, info.device,
+             f": {info.progress.message}" if info.progress.message else "")
+    seen = 0
+
+    def on_progress(current: protocol.JobInfo) -> None:
+        nonlocal seen
+        if current.progress.events > seen:
+            events, seen = client.events(current.job_id, seen)
+            for event in events:
+                if args.json:
+                    _print({"job_id": current.job_id, **event})
+                else:
+                    _show_event(event)
+        elif args.json:
+            _json_progress(current)
+        elif not current.progress.events:
+            _show_progress(current)
+
+    final = client.wait(info.job_id, poll_s=1.0, timeout_s=args.timeout, on_progress=on_progress)
+    return _final(client, final)
+
+
+def _show_event(event: dict[str, Any]) -> None:
+    """One training event as a log line (validations with all four change metrics)."""
+    kind = event.get("event")
+    if kind == "step":
+        log.info("iteration %s/%s: loss %.4f", event.get("iteration"), event.get("iters"), event.get("loss") or 0.0)
+    elif kind == "val":
+        log.info("validation at %s: change precision %s recall %s F1 %s IoU %s%s", event.get("iteration"),
+                 *(_pct(event.get(k)) for k in ("precision", "recall", "f1", "iou")),
+                 " (best so far)" if event.get("best") else "")
+    elif kind == "note":
+        log.warning("%s", event.get("message"))
+    elif kind == "start":
+        log.info("training from iteration %s of %s on %s", event.get("iteration"), event.get("iters"),
+                 event.get("device"))
+
+
+def _pct(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f} %"
 
 
 def params_from_args(args: argparse.Namespace) -> protocol.DetectParams:

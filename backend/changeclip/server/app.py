@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response, status
+from fastapi import Body, Depends, FastAPI, HTTPException, Path, Query, Request, Response, status
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -31,12 +31,14 @@ from changeclip import __version__, protocol
 from changeclip.errors import ChangeClipError
 from changeclip.server.auth import token_matches
 from changeclip.server.input_probe import probe_inputs
+from changeclip.server.job_kinds import preflight_job, run_dataset, run_train
+from changeclip.server.job_request import JOB_REQUEST_OPENAPI, install_job_request_schemas, read_job_request
 from changeclip.server.jobs import JobConflict, JobManager, Runner, UnknownJob
 from changeclip.server.journal import JobJournal
 from changeclip.server.middleware import GuardMiddleware
 from changeclip.server.preflight import PreflightError, preflight
 from changeclip.server.schemas import (
-    DetectRequest,
+    JobEventsModel,
     JobInfoModel,
     JobListModel,
     JobResultModel,
@@ -57,7 +59,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache: ModelCacheLike | None = None,
-               system: SystemInfo | None = None) -> FastAPI:
+               system: SystemInfo | None = None, runners: dict[str, Runner] | None = None) -> FastAPI:
     """Build the server application.
 
     Args:
@@ -67,6 +69,8 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
         cache: the model cache shared by all jobs; default: a new
             :class:`changeclip.inference.cache.ModelCache` bounded by the settings.
         system: device and model information for ``/v1/status`` (default: the real one).
+        runners: the runners of the ``dataset`` and ``train`` kinds (default: the dataset maker
+            and the trainer, :mod:`changeclip.server.job_kinds`; tests inject scripted ones).
 
     Raises:
         InputError: ``settings.state_dir`` cannot hold the job journal.
@@ -79,9 +83,10 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
     if runner is None:
         cache = cache if cache is not None else system.new_cache(settings)
         runner = _pipeline_runner(cache, system, settings.max_model_memory_gb)
+    kinds: dict[str, Runner] = {"dataset": run_dataset, "train": run_train, **(runners or {})}  # type: ignore[dict-item]
     journal = JobJournal(settings.state_dir, uuid.uuid4().hex) if settings.state_dir is not None else None
     manager = JobManager(runner, system.resolve_device, max_finished=settings.max_finished_jobs, journal=journal,
-                         stuck_grace_s=settings.stuck_job_grace_s)
+                         stuck_grace_s=settings.stuck_job_grace_s, runners=kinds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -164,16 +169,25 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
                            queues=queues, running=manager.running(), jobs_total=manager.count())
 
     @app.post(protocol.PATH_JOBS, response_model=JobInfoModel, status_code=status.HTTP_201_CREATED,
-              dependencies=auth, tags=["jobs"], summary="Submit a detection job",
+              dependencies=auth, tags=["jobs"], summary="Submit a job: detection, training data or training",
+              description="The body's 'kind' picks the job: none or 'detect' (change detection), 'dataset' "
+                          "(changeclip dataset from-vectors) or 'train' (changeclip train). Every kind waits in "
+                          "the same queue: one job runs at a time per device, and a job submitted while another "
+                          "runs is 'queued' with a message naming it.",
               responses={**_ERRORS, 400: {"model": MessageModel, "description": "a path cannot be used"},
-                         409: {"model": MessageModel, "description": "output in use, or shutting down"}})
-    def submit(body: DetectRequest) -> dict[str, Any]:
+                         409: {"model": MessageModel, "description": "output in use, or shutting down"}},
+              openapi_extra=JOB_REQUEST_OPENAPI)
+    def submit(body: Annotated[dict[str, Any], Body()]) -> dict[str, Any]:
+        request = read_job_request(body)
         try:
-            params = body.to_params()
+            params = request.to_params()
         except protocol.ParamError as exc:
             raise _param_error(exc.field, exc.message) from None
         try:
-            preflight(params)
+            if isinstance(params, protocol.DetectParams):
+                preflight(params)
+            else:
+                preflight_job(params)
         except PreflightError as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from None
         try:
@@ -199,6 +213,14 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
     def cancel(job_id: JobId) -> dict[str, Any]:
         return _info(manager.cancel(job_id))
 
+    @app.get(protocol.PATH_JOB_EVENTS, response_model=JobEventsModel, dependencies=auth, tags=["jobs"],
+             summary="A job's events after 'since' (training: start, step, val, note, checkpoint, end)",
+             responses={**_ERRORS, 404: {"model": MessageModel, "description": "unknown job"}})
+    def events(job_id: JobId, since: Annotated[int, Query(ge=0, le=2**53, description="last seq already read")] = 0
+               ) -> dict[str, Any]:
+        found, total = manager.events(job_id, since)
+        return {"job_id": job_id, "events": found, "next": total}
+
     @app.get(protocol.PATH_JOB_RESULT, response_model=JobResultModel, dependencies=auth, tags=["jobs"],
              summary="Output paths and summary of a succeeded job",
              responses={**_ERRORS, 404: {"model": MessageModel, "description": "unknown job"},
@@ -219,6 +241,7 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
         stop()
         return MessageModel(detail="shutting down: jobs cancelled, partial outputs are being removed")
 
+    install_job_request_schemas(app)
     return app
 
 

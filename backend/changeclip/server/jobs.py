@@ -12,6 +12,12 @@ at its next cancellation check, if it ever returns, and publishes nothing. (A re
 inside GDAL would hold GDAL's global lock and stall the next job anyway: the server's runner
 first probes the inputs in a child process, see :mod:`changeclip.server.input_probe`.) With a :class:`~changeclip.server.journal.JobJournal` every state change is
 recorded, and jobs of earlier server runs are answered from it.
+
+Jobs of every kind (:data:`protocol.JOB_KINDS`: detect, dataset, train) share the same
+per-device queue, so one device runs one job at a time whatever its kind; each kind has its
+runner (``runners``). A runner may pass a fourth argument to its progress callback, an event
+dict (training: ``start``, ``step``, ``val``, ``note``, ``checkpoint``, ``end``): the manager
+keeps the job's events in order (:meth:`JobManager.events`) and folds them into its progress.
 """
 
 from __future__ import annotations
@@ -29,12 +35,13 @@ from typing import Any, Protocol
 
 from changeclip import protocol
 from changeclip.errors import ChangeClipError, JobCancelled
-from changeclip.protocol import DetectParams, JobInfo, JobProgress
+from changeclip.protocol import DetectParams, JobInfo, JobParams, JobProgress, job_kind
 from changeclip.server.journal import JobJournal, lost_reason
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int, int], None]
+ProgressFn = Callable[..., None]
+"""``progress(stage, done, total[, event])``."""
 CancelFn = Callable[[], bool]
 
 
@@ -61,7 +68,14 @@ _STAGE_START = {"queued": 0.0, "preparing": 0.01, "loading_model": 0.03, "scalin
 _TILES_SPAN = 0.80
 
 
-def _normalised_outputs(params: DetectParams) -> set[str]:
+TRAIN_STOP_GRACE_S = 300.0
+"""A cancelled training (or dataset) job is given up only after this long (see :meth:`JobManager._grace`)."""
+
+MAX_EVENTS = 20_000
+"""Events kept per job; older ones are dropped first (their sequence numbers stay counted)."""
+
+
+def _normalised_outputs(params: JobParams) -> set[str]:
     """A job's final output paths, normalised so that equal paths compare equal."""
     return {os.path.normcase(os.path.abspath(p)) for p in params.output_paths().values() if p}
 
@@ -71,7 +85,7 @@ class Job:
     """One job and its live state; mutate only under :attr:`JobManager._lock`."""
 
     job_id: str
-    params: DetectParams
+    params: JobParams
     device: str
     created: float
     state: str = "queued"
@@ -83,12 +97,15 @@ class Job:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     tiles_started: float | None = None
     cancel_requested: float | None = None
+    kind: str = "detect"
+    events: list[dict[str, Any]] = field(default_factory=list)
+    events_dropped: int = 0
 
     def info(self) -> JobInfo:
         """A snapshot as the protocol's :class:`JobInfo`."""
         return JobInfo(job_id=self.job_id, state=self.state, params=self.params.to_dict(),
                        progress=replace(self.progress), device=self.device, created=self.created,
-                       started=self.started, finished=self.finished, error=self.error)
+                       started=self.started, finished=self.finished, error=self.error, kind=self.kind)
 
 
 class JobManager:
@@ -103,11 +120,15 @@ class JobManager:
         journal: where every state change is recorded, and earlier runs' jobs are looked up
             (``None``: jobs are only kept in memory).
         stuck_grace_s: how long a cancelled job may take to stop before it is given up.
+        runners: the runner of each other job kind (``dataset``, ``train``); ``runner`` runs
+            ``detect`` jobs.
     """
 
     def __init__(self, runner: Runner, resolve_device: Callable[[str], str], max_finished: int = 500,
-                 journal: JobJournal | None = None, stuck_grace_s: float = 10.0) -> None:
+                 journal: JobJournal | None = None, stuck_grace_s: float = 10.0,
+                 runners: dict[str, Runner] | None = None) -> None:
         self._runner = runner
+        self._runners = dict(runners or {})
         self._resolve_device = resolve_device
         self._max_finished = max_finished
         self._journal = journal
@@ -122,17 +143,20 @@ class JobManager:
 
     # -- public API --------------------------------------------------------------------
 
-    def submit(self, params: DetectParams) -> JobInfo:
-        """Queue a job; return its info (state ``queued``).
+    def submit(self, params: JobParams) -> JobInfo:
+        """Queue a job of any kind; return its info (state ``queued``; its progress message says
+        which jobs run or wait before it on the same device).
 
         Raises:
             ChangeClipError: the device cannot be used (from ``resolve_device``).
             JobConflict: the server is shutting down, or a queued/running job writes the
                 same output folder or file.
         """
-        device = self._resolve_device(params.device)
-        params = replace(params, device=device)
-        job = Job(job_id=uuid.uuid4().hex, params=params, device=device, created=time.time())
+        kind = job_kind(params)
+        device = self._resolve_device(getattr(params, "device", "auto"))
+        if hasattr(params, "device"):
+            params = replace(params, device=device)
+        job = Job(job_id=uuid.uuid4().hex, params=params, device=device, created=time.time(), kind=kind)
         with self._lock:
             if self._closed:
                 raise JobConflict("the server is shutting down; no new jobs are accepted")
@@ -140,12 +164,29 @@ class JobManager:
             if clash is not None:
                 raise JobConflict(f"job {clash.job_id} ({clash.state}) already writes to {clash.params.output_dir}; "
                                   "wait for it, cancel it, or choose another output folder")
+            ahead = self._ahead_of(device)
+            if ahead:
+                job.progress.message = ahead
             self._jobs[job.job_id] = job
             self._record(job)
             self._queue_for(device).put(job)
             self._forget_old()
-            log.info("job %s queued on %s (engine %s)", job.job_id, device, params.engine)
+            log.info("job %s (%s) queued on %s%s", job.job_id, kind, device, f"; {ahead}" if ahead else "")
             return job.info()
+
+    def events(self, job_id: str, since: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """The job's events with a sequence number above ``since``, and the number of events so far
+        (none for a job of an earlier server run: only the journal's state survives a restart).
+
+        Raises :class:`UnknownJob`.
+        """
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None:
+                start = max(0, since - job.events_dropped)
+                return [dict(e) for e in job.events[start:]], job.events_dropped + len(job.events)
+        self._journaled(job_id)  # a job of an earlier run: known, but its events were not kept
+        return [], 0
 
     def get(self, job_id: str) -> JobInfo:
         """Info of one job (from the journal for jobs this run no longer or never held).
@@ -274,7 +315,18 @@ class JobManager:
             job.progress.message = "cancelling"
         log.info("job %s: cancel requested", job.job_id)
 
-    def _output_clash(self, params: DetectParams) -> Job | None:
+    def _ahead_of(self, device: str) -> str:
+        """Which jobs run or wait on ``device`` (empty when none): a new job queues behind them."""
+        busy = [j for j in self._jobs.values() if j.device == device and j.state in ("queued", "running")
+                and not j.cancel_event.is_set()]
+        if not busy:
+            return ""
+        running = [j for j in busy if j.state == "running"]
+        what = (f"{running[0].kind} job {running[0].job_id} is running" if running else "none running yet")
+        return (f"queued: {len(busy)} job(s) ahead on {device} ({what}); one job runs at a time per device, "
+                "this one starts when they end")
+
+    def _output_clash(self, params: JobParams) -> Job | None:
         mine = _normalised_outputs(params)
         for other in self._jobs.values():
             if other.state in protocol.FINAL_JOB_STATES:
@@ -322,6 +374,7 @@ class JobManager:
                     continue
                 job.state = "running"
                 job.started = time.time()
+                job.progress.message = ""
                 job.progress.stage = "preparing"
                 job.progress.fraction = _STAGE_START["preparing"]
                 self._record(job)
@@ -338,23 +391,32 @@ class JobManager:
                 return
             with self._lock:
                 requested = job.cancel_requested
-                if requested is None or time.monotonic() - requested < self._stuck_grace_s:
+                if requested is None or time.monotonic() - requested < self._grace(job):
                     continue
                 stage = job.progress.stage
                 self._finish(job, "cancelled", error=(
-                    f"cancelled, but the job did not stop within {self._stuck_grace_s:g} s (stuck in stage "
+                    f"cancelled, but the job did not stop within {self._grace(job):g} s (stuck in stage "
                     f"{stage}, e.g. in a call that never returns); it was "
                     "given up so that the queue goes on, and publishes no outputs if it ever resumes"))
                 self._forget_old()
             log.error("job %s did not stop within %.0f s of being cancelled (stage %s); given up",
-                      job.job_id, self._stuck_grace_s, stage)
+                      job.job_id, self._grace(job), stage)
             return
 
+    def _grace(self, job: Job) -> float:
+        """How long ``job`` may take to stop once cancelled: a training job first finishes its
+        iteration and saves a resumable checkpoint, which can take far longer than a batch."""
+        return self._stuck_grace_s if job.kind == "detect" else max(self._stuck_grace_s, TRAIN_STOP_GRACE_S)
+
     def _run(self, job: Job) -> None:
-        log.info("job %s started on %s", job.job_id, job.device)
+        log.info("job %s (%s) started on %s", job.job_id, job.kind, job.device)
         state, error, result = "failed", None, None
+        runner = self._runner if job.kind == "detect" else self._runners.get(job.kind)
         try:
-            result = self._runner(job.params, lambda s, d, t: self._progress(job, s, d, t), job.cancel_event.is_set)
+            if runner is None:
+                raise ChangeClipError(f"this server cannot run {job.kind} jobs")
+            result = runner(job.params, lambda s, d, t, e=None: self._progress(job, s, d, t, e),
+                            job.cancel_event.is_set)
             state = "succeeded"
             if not isinstance(result, dict):
                 state, error, result = "failed", f"internal error: the pipeline returned {type(result).__name__}", None
@@ -373,12 +435,15 @@ class JobManager:
             self._forget_old()
         log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
 
-    def _progress(self, job: Job, stage: str, done: int, total: int) -> None:
+    def _progress(self, job: Job, stage: str, done: int, total: int, event: dict[str, Any] | None = None) -> None:
         now = time.time()
         with self._lock:
             if job.state != "running":
                 return
             p = job.progress
+            if event is not None:
+                self._event(job, stage, done, total, event)
+                return
             if stage in _STAGE_START and stage != p.stage:
                 p.stage = stage
                 self._record(job)
@@ -397,3 +462,37 @@ class JobManager:
             p.fraction = round(max(p.fraction, min(1.0, fraction)), 4)
             if not job.cancel_event.is_set():
                 p.message = ""
+
+    def _event(self, job: Job, stage: str, done: int, total: int, event: dict[str, Any]) -> None:
+        """Record one runner event and fold it into the job's progress (call under the lock)."""
+        p = job.progress
+        seq = job.events_dropped + len(job.events) + 1
+        job.events.append({"seq": seq, **event})
+        if len(job.events) > MAX_EVENTS:
+            drop = len(job.events) - MAX_EVENTS
+            del job.events[:drop]
+            job.events_dropped += drop
+        p.events = seq
+        if stage != p.stage:
+            p.stage = stage
+            self._record(job)
+        p.done, p.total = int(done), int(total)
+        if total > 0:
+            p.fraction = round(max(p.fraction, min(1.0, done / total)), 4)
+        kind = event.get("event")
+        if kind == "start":
+            p.iteration, p.iterations, p.device = event.get("iteration"), event.get("iters"), event.get("device")
+        elif kind == "step":
+            p.iteration, p.iterations = event.get("iteration"), event.get("iters")
+            p.loss = event.get("loss")
+            eta = event.get("eta_s")
+            p.eta_s = float(eta) if isinstance(eta, (int, float)) else None
+        elif kind == "val":
+            metrics = {k: event.get(k) for k in ("iteration", "precision", "recall", "f1", "iou")}
+            p.val = metrics
+            if event.get("best"):
+                p.best = metrics
+        if kind == "note":
+            p.message = str(event.get("message", ""))
+        elif not job.cancel_event.is_set() and kind in ("step", "val", "start"):
+            p.message = ""

@@ -79,14 +79,16 @@ def _rank_main(rank: int, port: int, ds: str, run: str, out: str) -> None:
 
 def test_ddp_replicas_equal_a_single_process_accumulating_their_micro_batches(make_dataset, tmp_path: Path) -> None:
     ds = make_dataset(train=4, val=2)
-    ctx = mp.get_context("fork")  # gloo on the CPU; fork is quick and shares the imported modules
+    # spawn, not fork: earlier tests of the same pytest process start thread pools (OpenMP, OpenVINO's
+    # TBB), and a forked child that uses them deadlocks (seen in the full suite: both ranks hung).
+    ctx = mp.get_context("spawn")
     port = _free_port()
     procs = [ctx.Process(target=_rank_main, args=(r, port, str(ds), str(tmp_path / "ddp"), str(tmp_path)))
              for r in (0, 1)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=600)
+        p.join(timeout=300)
     codes = [p.exitcode for p in procs]
     for p in procs:
         if p.is_alive():

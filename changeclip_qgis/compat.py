@@ -53,10 +53,22 @@ PARAMETER_ADVANCED = first_available("Qgis.ProcessingParameterFlag.Advanced",
                                      "QgsProcessingParameterDefinition.Flag.FlagAdvanced")
 SOURCE_VECTOR_POLYGON = first_available("Qgis.ProcessingSourceType.VectorPolygon",
                                         "QgsProcessing.SourceType.TypeVectorPolygon")
+SOURCE_VECTOR_ANY = first_available("Qgis.ProcessingSourceType.VectorAnyGeometry",
+                                    "QgsProcessing.SourceType.TypeVectorAnyGeometry")
+SOURCE_FILE = first_available("Qgis.ProcessingSourceType.File", "QgsProcessing.SourceType.TypeFile")
 
 # layers and rasters
 RASTER_LAYER_FILTER = first_available("Qgis.LayerFilter.RasterLayer",  # QGIS 3.34
                                       "QgsMapLayerProxyModel.Filter.RasterLayer")
+POLYGON_LAYER_FILTER = first_available("Qgis.LayerFilter.PolygonLayer",
+                                       "QgsMapLayerProxyModel.Filter.PolygonLayer")
+GEOMETRY_POLYGON = first_available("Qgis.GeometryType.Polygon",  # QGIS 3.30
+                                   "QgsWkbTypes.GeometryType.PolygonGeometry")
+GEOMETRY_LINE = first_available("Qgis.GeometryType.Line", "QgsWkbTypes.GeometryType.LineGeometry")
+GEOMETRY_POINT = first_available("Qgis.GeometryType.Point", "QgsWkbTypes.GeometryType.PointGeometry")
+AREA_SQUARE_METERS = first_available("Qgis.AreaUnit.SquareMeters",  # QGIS 3.30
+                                     "QgsUnitTypes.AreaUnit.AreaSquareMeters")
+VECTOR_WRITE_OK = first_available("QgsVectorFileWriter.WriterError.NoError")
 RASTER_SIZE_CAPABILITY = first_available("Qgis.RasterInterfaceCapability.Size",  # QGIS 3.38
                                          "QgsRasterDataProvider.Capability.Size")
 RASTER_WRITE_OK = first_available("Qgis.RasterFileWriterResult.Success",  # QGIS 3.38
@@ -69,5 +81,7 @@ CRS_WKT_PREFERRED = first_available("Qgis.CrsWktVariant.Preferred",  # QGIS 3.36
 __all__ = [
     "ALGORITHM_CAN_CANCEL", "ALGORITHM_SUPPORTS_BATCH", "CRS_WKT_PREFERRED", "NUMBER_DOUBLE", "NUMBER_INTEGER",
     "PARAMETER_ADVANCED", "QAction", "RASTER_LAYER_FILTER", "RASTER_SIZE_CAPABILITY", "RASTER_WRITE_CANCELED",
-    "RASTER_WRITE_OK", "SOURCE_VECTOR_POLYGON", "first_available",
+    "RASTER_WRITE_OK", "SOURCE_VECTOR_POLYGON", "first_available", "SOURCE_VECTOR_ANY", "SOURCE_FILE",
+    "POLYGON_LAYER_FILTER", "GEOMETRY_POLYGON", "GEOMETRY_LINE", "GEOMETRY_POINT", "AREA_SQUARE_METERS",
+    "VECTOR_WRITE_OK",
 ]

@@ -22,10 +22,10 @@ from qgis.core import (
     QgsFeatureRequest,
     QgsGeometry,
     QgsRectangle,
-    QgsUnitTypes,
     QgsWkbTypes,
 )
 
+from ..compat import AREA_SQUARE_METERS, GEOMETRY_LINE, GEOMETRY_POINT, GEOMETRY_POLYGON
 from .errors import ChangeClipPluginError
 
 
@@ -80,7 +80,7 @@ def polygon_figures(layer: Any, transform_context: QgsCoordinateTransformContext
     total = 0.0
     for geometry in geometries:
         area = measure.measureArea(geometry)
-        total += measure.convertAreaMeasurement(area, QgsUnitTypes.AreaSquareMeters)
+        total += measure.convertAreaMeasurement(area, AREA_SQUARE_METERS)
     return PolygonFigures(len(geometries), total)
 
 
@@ -99,8 +99,8 @@ def check_polygon_layer(source: Any, role: str, selected_only: bool = False) -> 
     if source is None:
         raise TrainingInputError(f"{role}: no layer given; choose a polygon layer")
     geometry_type = QgsWkbTypes.geometryType(source.wkbType())
-    if geometry_type != QgsWkbTypes.PolygonGeometry:
-        kind = {QgsWkbTypes.PointGeometry: "points", QgsWkbTypes.LineGeometry: "lines"}.get(geometry_type,
+    if geometry_type != GEOMETRY_POLYGON:
+        kind = {GEOMETRY_POINT: "points", GEOMETRY_LINE: "lines"}.get(geometry_type,
                                                                                               "not geometries")
         raise TrainingInputError(f"{role}: the layer holds {kind}, not polygons; draw the changes as polygons "
                                  "(a polygon layer, e.g. one made with the Train page's 'New layer' button)")

@@ -21,7 +21,6 @@ from typing import Any
 from qgis.core import (
     QgsCoordinateReferenceSystem,
     QgsFillSymbol,
-    QgsMapLayerProxyModel,
     QgsProject,
     QgsRasterLayer,
     QgsVectorFileWriter,
@@ -42,6 +41,7 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
+from ..compat import POLYGON_LAYER_FILTER, RASTER_LAYER_FILTER, VECTOR_WRITE_OK
 from ..core import protocol
 from ..core.errors import ChangeClipPluginError
 from ..core.layers import ExportRequest, local_raster_path, prepare_input
@@ -96,7 +96,7 @@ def write_polygons(layer: QgsVectorLayer, path: str, selected_only: bool) -> str
     options.skipAttributeCreation = True  # geometry is all the labels need (and unsaved fids do not convert)
     result = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, QgsProject.instance().transformContext(),
                                                        options)
-    if result[0] != QgsVectorFileWriter.NoError:
+    if result[0] != VECTOR_WRITE_OK:
         raise ChangeClipPluginError(f"cannot write the polygons of '{layer.name()}' to {path}: {result[1]}")
     return path
 
@@ -143,14 +143,14 @@ class TrainPage(QWidget):
         outer = QVBoxLayout(self)
         form = QFormLayout()
         self.before_combo = QgsMapLayerComboBox(self)
-        self.before_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.before_combo.setFilters(RASTER_LAYER_FILTER)
         form.addRow("Before", self.before_combo)
         self.after_combo = QgsMapLayerComboBox(self)
-        self.after_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.after_combo.setFilters(RASTER_LAYER_FILTER)
         form.addRow("After", self.after_combo)
         row = QHBoxLayout()
         self.changes_combo = QgsMapLayerComboBox(self)
-        self.changes_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.changes_combo.setFilters(POLYGON_LAYER_FILTER)
         self.changes_combo.setAllowEmptyLayer(True)
         self.changes_combo.layerChanged.connect(self._watch_changes)
         row.addWidget(self.changes_combo, 1)
@@ -167,7 +167,7 @@ class TrainPage(QWidget):
         form.addRow("", self.selected_check)
         row = QHBoxLayout()
         self.aoi_combo = QgsMapLayerComboBox(self)
-        self.aoi_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.aoi_combo.setFilters(POLYGON_LAYER_FILTER)
         self.aoi_combo.setAllowEmptyLayer(True)
         self.aoi_combo.setLayer(None)
         self.aoi_combo.setToolTip("where your labels are complete; empty: the whole overlap of the rasters")

@@ -13,13 +13,11 @@ import uuid
 from typing import Any
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFolderDestination,
     QgsProcessingParameterNumber,
@@ -29,6 +27,14 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
+from ..compat import (
+    ALGORITHM_CAN_CANCEL,
+    ALGORITHM_SUPPORTS_BATCH,
+    NUMBER_DOUBLE,
+    NUMBER_INTEGER,
+    PARAMETER_ADVANCED,
+    SOURCE_VECTOR_ANY,
+)
 from ..core import protocol
 from ..core.backend_launcher import configuration_problem
 from ..core.paths import icon_path
@@ -96,8 +102,8 @@ class CreateTrainingDataAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self) -> CreateTrainingDataAlgorithm:  # noqa: D102
         return type(self)()
 
-    def flags(self) -> QgsProcessingAlgorithm.Flags:  # noqa: D102
-        return super().flags() | QgsProcessingAlgorithm.FlagCanCancel | QgsProcessingAlgorithm.FlagSupportsBatch
+    def flags(self) -> Any:  # noqa: D102 - the flags type is QGIS-version specific (see compat)
+        return super().flags() | ALGORITHM_CAN_CANCEL | ALGORITHM_SUPPORTS_BATCH
 
     def canExecute(self) -> tuple[bool, str]:  # noqa: D102
         problem = configuration_problem()
@@ -109,25 +115,25 @@ class CreateTrainingDataAlgorithm(QgsProcessingAlgorithm):
         # Any geometry type is accepted here so that a point or line layer gets a message saying what to
         # do (a polygon-only parameter would only say "incorrect parameter value").
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.CHANGES, "Change polygons", [QgsProcessing.TypeVectorAnyGeometry]))
+            self.CHANGES, "Change polygons", [SOURCE_VECTOR_ANY]))
         self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AOI, "Area where the labels are complete (AOI)", [QgsProcessing.TypeVectorAnyGeometry],
+            self.AOI, "Area where the labels are complete (AOI)", [SOURCE_VECTOR_ANY],
             optional=True))
         advanced = [
             QgsProcessingParameterString(self.BANDS, "Bands (R,G,B, 1-based)", defaultValue="1,2,3"),
             QgsProcessingParameterNumber(self.TILE_SIZE, "Tile size (px, multiple of 32)",
-                                         QgsProcessingParameterNumber.Integer, 256, minValue=64, maxValue=4096),
+                                         NUMBER_INTEGER, 256, minValue=64, maxValue=4096),
             QgsProcessingParameterNumber(self.STRIDE, "Stride between tiles (px)",
-                                         QgsProcessingParameterNumber.Integer, 192, minValue=1, maxValue=4096),
+                                         NUMBER_INTEGER, 192, minValue=1, maxValue=4096),
             QgsProcessingParameterNumber(self.VAL_FRACTION, "Validation share of the tiles",
-                                         QgsProcessingParameterNumber.Double, 0.15, minValue=0.01, maxValue=0.9),
+                                         NUMBER_DOUBLE, 0.15, minValue=0.01, maxValue=0.9),
             QgsProcessingParameterNumber(self.VAL_BLOCK_SIZE, "Validation block size (m, empty = four tiles)",
-                                         QgsProcessingParameterNumber.Double, None, optional=True, minValue=1.0),
+                                         NUMBER_DOUBLE, None, optional=True, minValue=1.0),
             QgsProcessingParameterNumber(self.KEEP_EMPTY, "Share of training tiles without change kept",
-                                         QgsProcessingParameterNumber.Double, 1.0, minValue=0.0, maxValue=1.0),
+                                         NUMBER_DOUBLE, 1.0, minValue=0.0, maxValue=1.0),
         ]
         for param in advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            param.setFlags(param.flags() | PARAMETER_ADVANCED)
             self.addParameter(param)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Training data folder"))
         self.addOutput(QgsProcessingOutputNumber(self.TRAIN_TILES, "Training tiles"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -19,7 +18,6 @@ from qgis.core import (
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingParameterBoolean,
-    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
@@ -29,6 +27,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
+from ..compat import ALGORITHM_CAN_CANCEL, NUMBER_DOUBLE, NUMBER_INTEGER, PARAMETER_ADVANCED, SOURCE_FILE
 from ..core import protocol
 from ..core.backend_launcher import configuration_problem
 from ..core.errors import ChangeClipPluginError
@@ -104,8 +103,8 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
     def createInstance(self) -> TrainModelAlgorithm:  # noqa: D102
         return type(self)()
 
-    def flags(self) -> QgsProcessingAlgorithm.Flags:  # noqa: D102
-        return super().flags() | QgsProcessingAlgorithm.FlagCanCancel
+    def flags(self) -> Any:  # noqa: D102 - the flags type is QGIS-version specific (see compat)
+        return super().flags() | ALGORITHM_CAN_CANCEL
 
     def canExecute(self) -> tuple[bool, str]:  # noqa: D102
         problem = configuration_problem()
@@ -113,7 +112,7 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: D102
         self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.DATASETS, "Training-data folders (with dataset.json)", QgsProcessing.TypeFile))
+            self.DATASETS, "Training-data folders (with dataset.json)", SOURCE_FILE))
         self.addParameter(QgsProcessingParameterEnum(
             self.VARIANT, "Network variant", options=list(protocol.TRAIN_VARIANTS), defaultValue="rn50",
             usesStaticStrings=True))
@@ -123,16 +122,16 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
         init.setFileFilter("All files (*)")  # the default '*.*' refuses clip:openai and scratch (no dot)
         self.addParameter(init)
         self.addParameter(QgsProcessingParameterNumber(
-            self.ITERATIONS, "Iterations", QgsProcessingParameterNumber.Integer, 500, minValue=1))
+            self.ITERATIONS, "Iterations", NUMBER_INTEGER, 500, minValue=1))
         self.addParameter(QgsProcessingParameterNumber(
-            self.EPOCHS, "Epochs (instead of iterations)", QgsProcessingParameterNumber.Double, None,
+            self.EPOCHS, "Epochs (instead of iterations)", NUMBER_DOUBLE, None,
             optional=True, minValue=0.01))
         self.addParameter(QgsProcessingParameterNumber(
-            self.BATCH_SIZE, "Batch size (empty = recipe)", QgsProcessingParameterNumber.Integer, None,
+            self.BATCH_SIZE, "Batch size (empty = recipe)", NUMBER_INTEGER, None,
             optional=True, minValue=1, maxValue=4096))
         advanced = [
             QgsProcessingParameterNumber(self.LEARNING_RATE, "Learning rate (empty = recipe, 1e-4)",
-                                         QgsProcessingParameterNumber.Double, None, optional=True, minValue=1e-9),
+                                         NUMBER_DOUBLE, None, optional=True, minValue=1e-9),
             QgsProcessingParameterEnum(self.FREEZE, "Parts not trained", options=list(protocol.FREEZE_CHOICES),
                                        defaultValue="none", usesStaticStrings=True),
             QgsProcessingParameterEnum(self.PROMPT_MODE, "Prompt mode", options=["none", "words"],
@@ -143,14 +142,14 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
                                        defaultValue="auto", usesStaticStrings=True),
             QgsProcessingParameterString(self.DEVICE, f"Device ({protocol.DEVICES_HELP})", defaultValue="auto"),
             QgsProcessingParameterNumber(self.VAL_EVERY, "Validate every N iterations (empty = 10 per run)",
-                                         QgsProcessingParameterNumber.Integer, None, optional=True, minValue=1),
+                                         NUMBER_INTEGER, None, optional=True, minValue=1),
             QgsProcessingParameterNumber(self.PATIENCE, "Early stop after N validations without improvement",
-                                         QgsProcessingParameterNumber.Integer, None, optional=True, minValue=1),
-            QgsProcessingParameterNumber(self.SEED, "Seed", QgsProcessingParameterNumber.Integer, 0, minValue=0),
+                                         NUMBER_INTEGER, None, optional=True, minValue=1),
+            QgsProcessingParameterNumber(self.SEED, "Seed", NUMBER_INTEGER, 0, minValue=0),
             QgsProcessingParameterBoolean(self.RESUME, "Resume the run in the output folder", defaultValue=False),
         ]
         for param in advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            param.setFlags(param.flags() | PARAMETER_ADVANCED)
             self.addParameter(param)
         self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, "Run folder"))
         self.addOutput(QgsProcessingOutputFile(self.WEIGHTS, "Best weights (for Detect changes)"))

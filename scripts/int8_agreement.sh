@@ -36,7 +36,7 @@ out = Path(sys.argv[1])
 def mask(d):
     ds = gdal.Open(str(d / "change_mask.tif")); return ds.GetRasterBand(1).ReadAsArray()
 val = [json.loads(l) for l in (out / "train.log").read_text().splitlines() if l.startswith("{") and '"val"' in l]
-print("trained tiny-rn50:", (json.loads((out / "run" / "config.json").read_text()).get("iters")), "iterations;",
+print("trained tiny-rn50:", val[-1]["iteration"] if val else "?", "iterations;",
       "best val:", val[-1] if val else "n/a")
 for pair in ("naip", "levir"):
     ref = mask(out / f"{pair}-onnxruntime-fp32")

@@ -55,11 +55,11 @@ def _erfc(x: np.ndarray) -> np.ndarray:
     return poly * np.exp(-x * x)
 
 
-def chi2_sf(x: np.ndarray, k: int) -> np.ndarray:
-    """Chi-square survival function ``1 - CDF`` (the p-value) with ``k`` >= 1 degrees of freedom.
+def _chi2_series(x: np.ndarray, k: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """The closed-form pieces both chi-square tails share, in the input's float dtype.
 
-    The same closed forms as :func:`chi2_cdf`, summed for the upper tail, so small p-values keep
-    their precision (``1 - chi2_cdf`` rounds them to 0 in float32). Same dtypes as :func:`chi2_cdf`.
+    Returns ``(sqrt(x/2) or None, series)``: for even ``k`` the CDF is ``1 - series`` and the
+    survival function ``series``; for odd ``k`` they are ``erf(sq) - series`` and ``erfc(sq) + series``.
     """
     if k < 1:
         raise ValueError("degrees of freedom must be >= 1")
@@ -73,16 +73,25 @@ def chi2_sf(x: np.ndarray, k: int) -> np.ndarray:
         for i in range(1, k // 2):
             term = term * h / dtype(i)
             total += term
-        out = e * total
-    else:
-        sq = np.sqrt(h)
-        term = sq / dtype(math.gamma(1.5))
-        total = np.zeros_like(h)
-        for i in range(k // 2):
-            if i:
-                term = term * h / dtype(i + 0.5)
-            total += term
-        out = _erfc(sq) + e * total
+        return None, e * total
+    sq = np.sqrt(h)
+    term = sq / dtype(math.gamma(1.5))
+    total = np.zeros_like(h)
+    for i in range(k // 2):
+        if i:
+            term = term * h / dtype(i + 0.5)
+        total += term
+    return sq, e * total
+
+
+def chi2_sf(x: np.ndarray, k: int) -> np.ndarray:
+    """Chi-square survival function ``1 - CDF`` (the p-value) with ``k`` >= 1 degrees of freedom.
+
+    The same closed forms as :func:`chi2_cdf`, summed for the upper tail, so small p-values keep
+    their precision (``1 - chi2_cdf`` rounds them to 0 in float32). Same dtypes as :func:`chi2_cdf`.
+    """
+    sq, series = _chi2_series(x, k)
+    out = series if sq is None else _erfc(sq) + series
     return np.clip(out, 0.0, 1.0)
 
 
@@ -100,28 +109,8 @@ def chi2_cdf(x: np.ndarray, k: int) -> np.ndarray:
     Closed forms of the regularised lower incomplete gamma function at ``k/2``: a finite
     Poisson sum for even ``k``; erf plus a finite sum for odd ``k``. Accurate to ~1e-7.
     """
-    if k < 1:
-        raise ValueError("degrees of freedom must be >= 1")
-    x = np.asarray(x)
-    dtype = np.float32 if x.dtype == np.float32 else np.float64
-    h = np.clip(x.astype(dtype, copy=False), 0.0, 1e4) / dtype(2.0)
-    e = np.exp(-h)
-    if k % 2 == 0:
-        term = np.ones_like(h)
-        total = term.copy()
-        for i in range(1, k // 2):
-            term = term * h / dtype(i)
-            total += term
-        out = 1.0 - e * total
-    else:
-        sq = np.sqrt(h)
-        term = sq / dtype(math.gamma(1.5))
-        total = np.zeros_like(h)
-        for i in range(k // 2):
-            if i:
-                term = term * h / dtype(i + 0.5)
-            total += term
-        out = _erf(sq) - e * total
+    sq, series = _chi2_series(x, k)
+    out = 1.0 - series if sq is None else _erf(sq) - series
     return np.clip(out, 0.0, 1.0)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,30 @@ FALLBACK_COST = ("PyTorch fp32 measured 2.8-3.7x slower than the optimised runti
                  "(docs/benchmarks.md, CPU runtimes)")
 
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+_openvino_core: Any = None
+_openvino_core_lock = threading.Lock()
+
+
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, made on first use and kept until the process exits.
+
+    One Core, not one per session: every Core creates its own CPU plugin, and the plugin
+    (OpenVINO 2026.4, ``create_plugin_engine``) installs a fresh signal stack (``sigaltstack``) on
+    the thread that compiles and, when it is destroyed, puts back the stack it found and unmaps its
+    own. Two plugins destroyed in the order they were made leave the thread on an unmapped stack,
+    and the next signal it takes (Ctrl-C, SIGTERM from the plugin's cancel, a data worker's
+    SIGCHLD) kills the process with SIGSEGV instead of running the handler. One Core that lives as
+    long as the process makes one plugin, whose stack stays mapped; OpenVINO's own advice is one
+    Core per application anyway (the plugin caches what it compiled).
+    """
+    global _openvino_core
+    with _openvino_core_lock:
+        if _openvino_core is None:
+            import openvino as ov
+
+            _openvino_core = ov.Core()
+        return _openvino_core
 
 
 def runtime_version(name: str) -> str:
@@ -190,9 +215,7 @@ class RuntimeSession:
             opts.log_severity_level = 3
             self._session: Any = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         elif runtime == "openvino":
-            import openvino as ov
-
-            core = ov.Core()
+            core = openvino_core()
             config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                       # fp32 and int8 graphs keep fp32 for what is not quantised (OpenVINO would
                       # otherwise run it in bf16 on AMX CPUs); bf16 is asked for explicitly

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,36 @@ def test_export_cache_verified_rebuilt_and_shared(tmp_path: Path, monkeypatch: p
     assert len(calls) == 4 and other.read_bytes() == path.read_bytes(), "the verified export is shared"
     assert get("onnxruntime", "1.1") != path and len(calls) == 4, "a new runtime version has its own entry"
     assert not list(tmp_path.rglob("*.part")), "no temporary file is left behind"
+
+
+SIGNAL_AFTER_SESSIONS = """
+import gc, os, signal, sys
+from changeclip.inference.predictor import load_model
+first = load_model(sys.argv[1], device="cpu", precision="fp32", runtime="openvino")
+second = load_model(sys.argv[1], device="cpu", precision="fp32", runtime="openvino")
+del first          # released in the order they were made, as a cache or a job queue does
+gc.collect()
+del second
+gc.collect()
+got = []
+signal.signal(signal.SIGINT, lambda num, frame: got.append(num))
+os.kill(os.getpid(), signal.SIGINT)    # Ctrl-C, SIGTERM and a data worker's SIGCHLD are delivered alike
+print("handled", got)
+"""
+
+
+def test_openvino_sessions_leave_signals_deliverable(tiny_weights: Any) -> None:
+    """After two OpenVINO sessions are made and released, a signal still reaches its handler.
+
+    Each ``openvino.Core`` installs its own signal stack on the compiling thread and puts back the
+    one it found when it goes: with a Core per session, releasing them first-made-first left the
+    thread on an unmapped stack and the next signal killed the process with SIGSEGV (the pytest
+    process itself, in CI, at a Ctrl-C test and at a DataLoader's SIGCHLD)."""
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_SESSIONS, str(tiny_weights("tiny-rn50"))],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    assert proc.stdout.strip().endswith("handled [2]"), proc.stdout
+    assert runtime.openvino_core() is runtime.openvino_core()
 
 
 def test_choose_runtime() -> None:

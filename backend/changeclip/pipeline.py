@@ -94,7 +94,7 @@ _DISK_FULL_BYTES = 1 << 20
 
 def run_detection(params: DetectParams, progress: ProgressFn | None = None,
                   is_cancelled: CancelFn | None = None, cache: ModelCache | None = None,
-                  engine: ChangeEngine | None = None) -> dict[str, Any]:
+                  engine: ChangeEngine | None = None, describe_cache: ModelCache | None = None) -> dict[str, Any]:
     """Run change detection for one job and write its outputs.
 
     Args:
@@ -104,6 +104,8 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         cache: Model cache shared between jobs (None: load the model for this run only).
         engine: Use this engine instead of building the one ``params`` names (benchmarks and
             tests: e.g. the no-op engine that measures the pipeline's own ceiling).
+        describe_cache: Cache of describe CLIP encoders (and their embedded vocabularies) shared
+            between jobs (None: load CLIP for this run only); see :mod:`changeclip.describe.loading`.
 
     Returns:
         The summary (also written to ``summary.json``), with every ``protocol.SUMMARY_KEYS`` key.
@@ -146,7 +148,7 @@ def run_detection(params: DetectParams, progress: ProgressFn | None = None,
         if scale:
             log.warning("%s", scale)
             inputs.warnings.append(scale)
-        words = _load_describer(params, engine) if params.describe else None
+        words = _load_describer(params, engine, describe_cache) if params.describe else None
         timings["loading_model"] = time.perf_counter() - t
         _check_cancel(cancelled)
 
@@ -465,16 +467,18 @@ def _run_tiles(params: DetectParams, inputs: Inputs, engine: ChangeEngine, scale
             "changed_m2": changed_m2 if has_area else None, "valid_m2": valid_m2 if has_area else None}
 
 
-def _load_describer(params: DetectParams, engine: ChangeEngine) -> tuple[Any, Any]:
+def _load_describer(params: DetectParams, engine: ChangeEngine, cache: ModelCache | None) -> tuple[Any, Any]:
     """CLIP and the embedded vocabulary/query (a ``TextBank``) for describing, loaded with the model so
-    that every error about them comes before any work."""
+    that every error about them comes before any work; through ``cache`` when the server gives one."""
     from changeclip.describe.describer import load_words
-    from changeclip.describe.encoder import OpenClipEncoder
+    from changeclip.describe.loading import load_describer
     from changeclip.inference.devices import resolve_device
 
-    device = engine.device if engine.name == "changeclip" else resolve_device(params.device)
-    encoder = DESCRIBE_ENCODER or OpenClipEncoder(params.describe_weights, params.describe_model, device=device)
-    return encoder, load_words(encoder, params.vocabulary, params.query)
+    if DESCRIBE_ENCODER is not None:
+        return DESCRIBE_ENCODER, load_words(DESCRIBE_ENCODER, params.vocabulary, params.query)
+    device = str(engine.device) if engine.name == "changeclip" else resolve_device(params.device)
+    loaded = load_describer(params.describe_weights, params.describe_model, device, cache)
+    return loaded.encoder, loaded.words(params.vocabulary, params.query)
 
 
 def _describe(params: DetectParams, inputs: Inputs, scaler: scaling.BandScaling, words: tuple[Any, Any],

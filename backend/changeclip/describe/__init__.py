@@ -8,6 +8,8 @@ and a match flag. Works for any engine (ChangeCLIP or IR-MAD).
 Modules: :mod:`~changeclip.describe.vocabulary` (names, prompt templates, queries; no torch),
 :mod:`~changeclip.describe.crops` (where to crop on the grid; no torch),
 :mod:`~changeclip.describe.encoder` (CLIP image/text embeddings), :mod:`~changeclip.describe.scoring`
-(probabilities and query scores) and :mod:`~changeclip.describe.describer` (the polygon pass that
-reads crops, scores them and writes the attributes and the matching outputs).
+(probabilities and query scores), :mod:`~changeclip.describe.describer` (the polygon pass that
+reads crops, scores them and writes the attributes and the matching outputs) and
+:mod:`~changeclip.describe.loading` (the encoder and its embedded vocabularies kept loaded by the
+job server, and their cache keys).
 """

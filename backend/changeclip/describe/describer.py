@@ -64,6 +64,15 @@ class DescribeSetup:
 
 def load_words(encoder: ClipEncoder, vocabulary_file: str | None, query_text: str) -> TextBank:
     """Vocabulary and query, parsed and embedded: every error about them is raised here, before any work."""
+    return TextBank.build(encoder, *parse_words(encoder, vocabulary_file, query_text))
+
+
+def parse_words(encoder: ClipEncoder, vocabulary_file: str | None, query_text: str) -> tuple[Vocabulary, Query | None]:
+    """Vocabulary and query, parsed and checked against CLIP's context length (not yet embedded).
+
+    Raises:
+        InputError: a bad vocabulary file, an empty query, or one too long for CLIP.
+    """
     vocabulary = load_vocabulary(vocabulary_file)
     query = parse_query(query_text) if query_text.strip() else None
     if query is not None:
@@ -74,7 +83,7 @@ def load_words(encoder: ClipEncoder, vocabulary_file: str | None, query_text: st
             if longest > encoder.context_length:
                 raise InputError(f"the query {query.text!r} is too long for CLIP ({longest} tokens with its prompt "
                                  f"template; at most {encoder.context_length}): use a few words such as 'building'")
-    return TextBank.build(encoder, vocabulary, query)
+    return vocabulary, query
 
 
 def _read_crop(reader: GridReader, scaler: BandScaling, win: Window) -> np.ndarray:

@@ -59,7 +59,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache: ModelCacheLike | None = None,
-               system: SystemInfo | None = None, runners: dict[str, Runner] | None = None) -> FastAPI:
+               system: SystemInfo | None = None, runners: dict[str, Runner] | None = None,
+               describe_cache: ModelCacheLike | None = None) -> FastAPI:
     """Build the server application.
 
     Args:
@@ -71,6 +72,8 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
         system: device and model information for ``/v1/status`` (default: the real one).
         runners: the runners of the ``dataset`` and ``train`` kinds (default: the dataset maker
             and the trainer, :mod:`changeclip.server.job_kinds`; tests inject scripted ones).
+        describe_cache: the cache of describe CLIP encoders shared by all jobs, a sibling of
+            ``cache`` with the same bounds; default: a new one bounded by the settings.
 
     Raises:
         InputError: ``settings.state_dir`` cannot hold the job journal.
@@ -82,7 +85,8 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
     system = system or SystemInfo(settings.default_device)
     if runner is None:
         cache = cache if cache is not None else system.new_cache(settings)
-        runner = _pipeline_runner(cache, system, settings.max_model_memory_gb)
+        describe_cache = describe_cache if describe_cache is not None else system.new_describe_cache(settings)
+        runner = _pipeline_runner(cache, system, settings.max_model_memory_gb, describe_cache=describe_cache)
     kinds: dict[str, Runner] = {"dataset": run_dataset, "train": run_train, **(runners or {})}  # type: ignore[dict-item]
     journal = JobJournal(settings.state_dir, uuid.uuid4().hex) if settings.state_dir is not None else None
     manager = JobManager(runner, system.resolve_device, max_finished=settings.max_finished_jobs, journal=journal,
@@ -165,7 +169,8 @@ def create_app(settings: ServerSettings, *, runner: Runner | None = None, cache:
         return StatusModel(version=__version__, protocol_version=protocol.PROTOCOL_VERSION, pid=os.getpid(),
                            cuda_available=system.cuda_available(), devices=system.devices(),
                            default_device=system.resolve_device("auto"),
-                           loaded_models=system.loaded_models(cache), queue_length=sum(queues.values()),
+                           loaded_models=system.loaded_models(cache) + system.loaded_models(describe_cache),
+                           queue_length=sum(queues.values()),
                            queues=queues, running=manager.running(), jobs_total=manager.count())
 
     @app.post(protocol.PATH_JOBS, response_model=JobInfoModel, status_code=status.HTTP_201_CREATED,
@@ -309,10 +314,12 @@ def _param_error(field_name: str, message: str) -> HTTPException:
                          detail=[{"loc": ["body", field_name], "msg": message, "type": "param_error"}])
 
 
-def _pipeline_runner(cache: ModelCacheLike, system: SystemInfo, max_model_memory_gb: float | None) -> Runner:
+def _pipeline_runner(cache: ModelCacheLike, system: SystemInfo, max_model_memory_gb: float | None,
+                     describe_cache: ModelCacheLike | None = None) -> Runner:
     """The real runner: :func:`input_probe.probe_inputs` (cancellable), then
-    :func:`changeclip.pipeline.run_detection` with ``cache``, then the GPU memory bound on the
-    cached models."""
+    :func:`changeclip.pipeline.run_detection` with ``cache`` and ``describe_cache``, then the GPU
+    memory bound on the cached models (the detection models are unloaded first, then the describe
+    encoders if the device is still over the bound)."""
 
     def run(params: protocol.DetectParams, progress: Callable[[str, int, int], None],
             is_cancelled: Callable[[], bool]) -> dict[str, Any]:
@@ -321,8 +328,11 @@ def _pipeline_runner(cache: ModelCacheLike, system: SystemInfo, max_model_memory
         progress("preparing", 0, 1)
         probe_inputs(params, is_cancelled)  # a read that would block GDAL for good blocks only a child
         try:
-            return run_detection(params, progress=progress, is_cancelled=is_cancelled, cache=cache)
+            return run_detection(params, progress=progress, is_cancelled=is_cancelled, cache=cache,
+                                 describe_cache=describe_cache)
         finally:
             system.enforce_memory_bound(cache, params.device, max_model_memory_gb)
+            if describe_cache is not None:
+                system.enforce_memory_bound(describe_cache, params.device, max_model_memory_gb)
 
     return run

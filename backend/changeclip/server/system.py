@@ -111,6 +111,14 @@ class SystemInfo:
 
         return ModelCache(max_entries=settings.max_models)
 
+    def new_describe_cache(self, settings: ServerSettings) -> ModelCacheLike:
+        """The cache of describe CLIP encoders for all jobs (:mod:`changeclip.describe.loading`): a
+        sibling of :meth:`new_cache` with the same entry bound, so that a describe job does not evict
+        the detection model (and tagger) the next job needs."""
+        from changeclip.inference.cache import ModelCache
+
+        return ModelCache(max_entries=settings.max_models)
+
     def loaded_models(self, cache: ModelCacheLike | None) -> list[dict[str, Any]]:
         """One entry per model in the cache: its key fields and when it was loaded."""
         return [] if cache is None else list(cache.entries())

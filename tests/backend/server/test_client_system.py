@@ -92,3 +92,29 @@ def test_runner_applies_the_bound_after_failed_jobs_too(monkeypatch: pytest.Monk
     with pytest.raises(RuntimeError):
         run(DetectParams(before="/b", after="/a", output_dir="/o", device="cuda:0"), lambda *a: None, lambda: False)
     assert calls == [("cuda:0", 12.0)]
+
+
+def test_runner_bounds_the_describe_cache_after_the_model_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    import changeclip.pipeline
+    from changeclip.protocol import DetectParams
+    from changeclip.server.app import _pipeline_runner
+
+    models, describe = _Cache(), _Cache()
+    calls: list[Any] = []
+    passed: dict[str, Any] = {}
+
+    class System:
+        def enforce_memory_bound(self, cache: Any, device: str, max_gb: float | None) -> bool:
+            calls.append(cache)
+            cache.clear()
+            return True
+
+    def record(params: Any, **kwargs: Any) -> dict[str, Any]:
+        passed.update(kwargs)
+        return {}
+
+    monkeypatch.setattr(changeclip.pipeline, "run_detection", record)
+    run = _pipeline_runner(models, System(), 12.0, describe_cache=describe)  # type: ignore[arg-type]
+    run(DetectParams(before="/b", after="/a", output_dir="/o", device="cuda:0"), lambda *a: None, lambda: False)
+    assert passed["cache"] is models and passed["describe_cache"] is describe
+    assert calls == [models, describe] and models.cleared == describe.cleared == 1

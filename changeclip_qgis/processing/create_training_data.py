@@ -13,7 +13,6 @@ import uuid
 from typing import Any
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -25,28 +24,27 @@ from qgis.core import (
     QgsProcessingParameterString,
     QgsProcessingUtils,
 )
-from qgis.PyQt.QtGui import QIcon
 
 from ..compat import (
-    ALGORITHM_CAN_CANCEL,
-    ALGORITHM_SUPPORTS_BATCH,
     NUMBER_DOUBLE,
     NUMBER_INTEGER,
     PARAMETER_ADVANCED,
     SOURCE_VECTOR_ANY,
 )
 from ..core import protocol
-from ..core.backend_launcher import configuration_problem
-from ..core.paths import icon_path
 from ..core.training_inputs import TrainingInputError, check_training_polygons
+from .backend_algorithm import BackendAlgorithm
 from .job_feedback import raster_path, run_backend_job
 
 VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "fgb", "sqlite", "kml", "gml", "tab"]
 """Files the backend (OGR) reads as they are; anything else is exported to a GeoPackage."""
 
 
-class CreateTrainingDataAlgorithm(QgsProcessingAlgorithm):
+class CreateTrainingDataAlgorithm(BackendAlgorithm):
     """Cut aligned before/after tiles and 0/1/255 labels from digitised change polygons."""
+
+    group_name = "Training"
+    group_id = "training"
 
     BEFORE = "BEFORE"
     AFTER = "AFTER"
@@ -70,15 +68,6 @@ class CreateTrainingDataAlgorithm(QgsProcessingAlgorithm):
     def displayName(self) -> str:  # noqa: D102
         return "Create training data (ChangeCLIP)"
 
-    def group(self) -> str:  # noqa: D102
-        return "Training"
-
-    def groupId(self) -> str:  # noqa: D102
-        return "training"
-
-    def icon(self) -> QIcon:  # noqa: D102
-        return QIcon(str(icon_path()))
-
     def tags(self) -> list[str]:  # noqa: D102
         return ["change", "training", "dataset", "labels", "changeclip", "deep learning"]
 
@@ -98,16 +87,6 @@ class CreateTrainingDataAlgorithm(QgsProcessingAlgorithm):
             "Outputs: the dataset folder (OUTPUT), TRAIN_TILES and VAL_TILES, and the share of changed pixels "
             "among the labelled ones per split (TRAIN_CHANGED_SHARE, VAL_CHANGED_SHARE).\n"
             "Runs in the ChangeCLIP backend (docs/training-in-qgis.md).")
-
-    def createInstance(self) -> CreateTrainingDataAlgorithm:  # noqa: D102
-        return type(self)()
-
-    def flags(self) -> Any:  # noqa: D102 - the flags type is QGIS-version specific (see compat)
-        return super().flags() | ALGORITHM_CAN_CANCEL | ALGORITHM_SUPPORTS_BATCH
-
-    def canExecute(self) -> tuple[bool, str]:  # noqa: D102
-        problem = configuration_problem()
-        return (problem is None, problem or "")
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: D102
         self.addParameter(QgsProcessingParameterRasterLayer(self.BEFORE, "Before raster (earlier date)"))

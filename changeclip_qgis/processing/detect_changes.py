@@ -14,7 +14,6 @@ from typing import Any
 from qgis.core import (
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -35,18 +34,15 @@ from qgis.core import (
     QgsProcessingUtils,
     QgsRasterLayer,
 )
-from qgis.PyQt.QtGui import QIcon
 
 from ..compat import (
-    ALGORITHM_CAN_CANCEL,
-    ALGORITHM_SUPPORTS_BATCH,
     NUMBER_DOUBLE,
     NUMBER_INTEGER,
     PARAMETER_ADVANCED,
     SOURCE_VECTOR_POLYGON,
 )
 from ..core import output_safety, protocol
-from ..core.backend_launcher import LAUNCHER, configuration_problem
+from ..core.backend_launcher import LAUNCHER
 from ..core.describe import matching_line, resolve_describe_weights
 from ..core.errors import ChangeClipPluginError, JobCancelledError
 from ..core.layers import (
@@ -62,9 +58,9 @@ from ..core.layers import (
     write_sidecar_style,
 )
 from ..core.params import build_params, grid_choice, run_name
-from ..core.paths import icon_path
 from ..core.runner import progress_percent, progress_text, result_line, run_detection, runtime_line
 from ..core.settings import BackendConfig
+from .backend_algorithm import BackendAlgorithm
 
 MIN_RESOLUTION = 1e-9
 """Smallest RESOLUTION Processing accepts (it must be > 0; 1e-9 is below any real pixel size)."""
@@ -98,8 +94,11 @@ class _PlaceOutput(QgsProcessingLayerPostProcessorInterface):
         return processor
 
 
-class DetectChangesAlgorithm(QgsProcessingAlgorithm):
+class DetectChangesAlgorithm(BackendAlgorithm):
     """Detect changes between a before and an after raster with ChangeCLIP or IR-MAD."""
+
+    group_name = "Change detection"
+    group_id = "changedetection"
 
     BEFORE = "BEFORE"
     AFTER = "AFTER"
@@ -144,15 +143,6 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
     def displayName(self) -> str:  # noqa: D102
         return "Detect changes (ChangeCLIP)"
 
-    def group(self) -> str:  # noqa: D102
-        return "Change detection"
-
-    def groupId(self) -> str:  # noqa: D102
-        return "changedetection"
-
-    def icon(self) -> QIcon:  # noqa: D102
-        return QIcon(str(icon_path()))
-
     def tags(self) -> list[str]:  # noqa: D102
         return ["change", "detection", "bitemporal", "clip", "changeclip", "irmad", "deep learning"]
 
@@ -193,16 +183,6 @@ class DetectChangesAlgorithm(QgsProcessingAlgorithm):
             "else OpenAI CLIP ViT-B/16 downloaded when online).\n\n"
             "The computation runs in the ChangeCLIP backend process (started automatically; see the plugin's "
             "'Set up backend…' and Diagnostics).")
-
-    def createInstance(self) -> DetectChangesAlgorithm:  # noqa: D102
-        return type(self)()
-
-    def flags(self) -> Any:  # noqa: D102 - the flags type is QGIS-version specific (see compat)
-        return super().flags() | ALGORITHM_CAN_CANCEL | ALGORITHM_SUPPORTS_BATCH
-
-    def canExecute(self) -> tuple[bool, str]:  # noqa: D102
-        problem = configuration_problem()
-        return (problem is None, problem or "")
 
     def checkParameterValues(self, parameters: dict[str, Any],  # noqa: N802 - QGIS API
                              context: QgsProcessingContext) -> tuple[bool, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from qgis.core import (
-    QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -25,20 +24,22 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
-from qgis.PyQt.QtGui import QIcon
 
-from ..compat import ALGORITHM_CAN_CANCEL, NUMBER_DOUBLE, NUMBER_INTEGER, PARAMETER_ADVANCED, SOURCE_FILE
+from ..compat import NUMBER_DOUBLE, NUMBER_INTEGER, PARAMETER_ADVANCED, SOURCE_FILE
 from ..core import protocol
-from ..core.backend_launcher import configuration_problem
 from ..core.errors import ChangeClipPluginError
-from ..core.paths import icon_path
 from ..core.settings import BackendConfig
 from ..core.training_job import TrainingChoice, build_train_params
+from .backend_algorithm import BackendAlgorithm
 from .job_feedback import JobLog, run_backend_job
 
 
-class TrainModelAlgorithm(QgsProcessingAlgorithm):
+class TrainModelAlgorithm(BackendAlgorithm):
     """Train (or fine-tune) ChangeCLIP on training-data folders; outputs the best weights."""
+
+    group_name = "Training"
+    group_id = "training"
+    supports_batch = False
 
     DATASETS = "DATASETS"
     VARIANT = "VARIANT"
@@ -68,15 +69,6 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
     def displayName(self) -> str:  # noqa: D102
         return "Train a model (ChangeCLIP)"
 
-    def group(self) -> str:  # noqa: D102
-        return "Training"
-
-    def groupId(self) -> str:  # noqa: D102
-        return "training"
-
-    def icon(self) -> QIcon:  # noqa: D102
-        return QIcon(str(icon_path()))
-
     def tags(self) -> list[str]:  # noqa: D102
         return ["change", "training", "fine-tune", "changeclip", "deep learning"]
 
@@ -99,16 +91,6 @@ class TrainModelAlgorithm(QgsProcessingAlgorithm):
             "(OUTPUT), WEIGHTS (the best weights file: use it as WEIGHTS of 'Detect changes'), BEST_F1, BEST_IOU "
             "and ITERATIONS_DONE. Cancelling saves a resumable checkpoint.\n"
             "Runs in the ChangeCLIP backend (docs/training-in-qgis.md).")
-
-    def createInstance(self) -> TrainModelAlgorithm:  # noqa: D102
-        return type(self)()
-
-    def flags(self) -> Any:  # noqa: D102 - the flags type is QGIS-version specific (see compat)
-        return super().flags() | ALGORITHM_CAN_CANCEL
-
-    def canExecute(self) -> tuple[bool, str]:  # noqa: D102
-        problem = configuration_problem()
-        return (problem is None, problem or "")
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:  # noqa: D102
         self.addParameter(QgsProcessingParameterMultipleLayers(

@@ -10,19 +10,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from qgis.core import QgsFeedback, QgsProject, QgsTask
+from qgis.core import QgsProject, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core import protocol
 from ..core.backend_launcher import LAUNCHER, BackendLauncher
-from ..core.errors import BackendUnavailable, ChangeClipPluginError, JobCancelledError
+from ..core.errors import ChangeClipPluginError, JobCancelledError
 from ..core.layers import ExportRequest, load_outputs, run_export
 from ..core.log import log
 from ..core.runner import progress_percent, progress_text, run_detection
 from ..core.settings import BackendConfig
+from .backend_job_task import BackendJobTask
 
 
-class DetectTask(QgsTask):
+class DetectTask(BackendJobTask):
     """One change-detection run for the dock.
 
     Args:
@@ -46,43 +47,25 @@ class DetectTask(QgsTask):
     def __init__(self, params: protocol.DetectParams, run_name: str,
                  exports: dict[str, ExportRequest] | None = None, launcher: BackendLauncher = LAUNCHER,
                  config: BackendConfig | None = None, load_layers: bool = True) -> None:
-        super().__init__(f"ChangeCLIP: {run_name}", QgsTask.Flag.CanCancel)
+        super().__init__(f"ChangeCLIP: {run_name}", launcher, config)
         self.params = params
         self.run_name = run_name
         self.exports = exports or {}
-        self.launcher = launcher
-        self.config = config
         self.load_layers = load_layers
         self.summary: dict[str, Any] | None = None
-        self.error: str | None = None
-        self.cancelled_by_user = False
-        self.backend_unavailable = False
         self.layers: dict[str, Any] = {}
-        self._feedback = QgsFeedback()  # lets cancel() stop a running layer export
 
-    def cancel(self) -> None:  # noqa: D102
-        self._feedback.cancel()
-        super().cancel()
+    def _work(self) -> None:  # worker thread: no layers, no widgets
+        for field_name, request in self.exports.items():
+            self.stageChanged.emit(f"Exporting '{request.name}' to a temporary GeoTIFF")
+            setattr(self.params, field_name, run_export(request, self.params.output_dir, self._feedback))
+            if self.isCanceled():
+                raise JobCancelledError("the run was cancelled")
+        self.stageChanged.emit("Starting the backend (first run: can take a minute)")
+        self.summary = run_detection(self.params, self._on_progress, self.isCanceled,
+                                     launcher=self.launcher, config=self.config)
 
-    def run(self) -> bool:  # noqa: D102 - worker thread: no layers, no widgets
-        try:
-            for field_name, request in self.exports.items():
-                self.stageChanged.emit(f"Exporting '{request.name}' to a temporary GeoTIFF")
-                setattr(self.params, field_name, run_export(request, self.params.output_dir, self._feedback))
-                if self.isCanceled():
-                    raise JobCancelledError("the run was cancelled")
-            self.stageChanged.emit("Starting the backend (first run: can take a minute)")
-            self.summary = run_detection(self.params, self._on_progress, self.isCanceled,
-                                         launcher=self.launcher, config=self.config)
-            return True
-        except JobCancelledError as exc:
-            self.cancelled_by_user = True
-            self.error = str(exc)
-        except ChangeClipPluginError as exc:
-            self.error = str(exc)
-            self.backend_unavailable = isinstance(exc, BackendUnavailable)
-        except Exception as exc:  # noqa: BLE001 - report anything instead of crashing QGIS
-            self.error = f"unexpected error: {exc!r}"
+    def _stopped_result(self) -> bool:
         if self.isCanceled():
             self.cancelled_by_user = True
         # A cancel is not a failure: returning False would make QGIS announce "Task failed".

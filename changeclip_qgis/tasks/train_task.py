@@ -15,15 +15,15 @@ import statistics
 from dataclasses import replace
 from typing import Any
 
-from qgis.core import QgsFeedback, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
 from ..core import protocol
 from ..core.backend_launcher import LAUNCHER, BackendLauncher
-from ..core.errors import BackendUnavailable, ChangeClipPluginError, JobCancelledError
+from ..core.errors import JobCancelledError
 from ..core.layers import ExportRequest, run_export
 from ..core.runner import progress_percent, progress_text, run_job
 from ..core.settings import BackendConfig
+from .backend_job_task import BackendJobTask
 
 ESTIMATE_ITERATIONS = 4
 """Iterations of the warm-up run that measures the speed (the first one is not counted)."""
@@ -49,7 +49,7 @@ def seconds_per_iteration(events: list[dict[str, Any]]) -> tuple[float, float]:
     return max(per_step, 1e-3), per_val
 
 
-class TrainTask(QgsTask):
+class TrainTask(BackendJobTask):
     """Make training data (if needed) and train, or measure the speed, for the Train page.
 
     Args:
@@ -78,61 +78,43 @@ class TrainTask(QgsTask):
                  exports: dict[str, ExportRequest] | None = None, mode: str = "train",
                  launcher: BackendLauncher = LAUNCHER, config: BackendConfig | None = None) -> None:
         super().__init__("ChangeCLIP: training" if mode == "train" else "ChangeCLIP: measuring training speed",
-                         QgsTask.Flag.CanCancel)
+                         launcher, config)
         self.dataset = dataset
         self.train = train
         self.exports = exports or {}
         self.mode = mode
-        self.launcher = launcher
-        self.config = config
         self.result: dict[str, Any] | None = None
-        self.error: str | None = None
-        self.cancelled_by_user = False
-        self.backend_unavailable = False
         self.events: list[dict[str, Any]] = []
-        self._feedback = QgsFeedback()
 
-    def cancel(self) -> None:  # noqa: D102
-        self._feedback.cancel()
-        super().cancel()
+    def _work(self) -> None:  # worker thread: no layers, no widgets
+        if self.dataset is not None:
+            for field_name, request in self.exports.items():
+                self.stageChanged.emit(f"Exporting '{request.name}' to a temporary GeoTIFF")
+                folder = os.path.dirname(self.dataset.output_dir)
+                setattr(self.dataset, field_name, run_export(request, folder, self._feedback))
+                if self.isCanceled():
+                    raise JobCancelledError("cancelled before training started")
+            self.stageChanged.emit("Starting the backend; cutting training tiles")
+            run_job(self.dataset, self._on_dataset_progress, self.isCanceled, launcher=self.launcher,
+                    config=self.config)
+        if self.isCanceled():
+            raise JobCancelledError("cancelled before training started")
+        self.stageChanged.emit("Training: waiting for the backend")
+        result = run_job(self.train, self._on_progress, self.isCanceled, on_event=self._on_event,
+                         launcher=self.launcher, config=self.config, on_submitted=self._on_submitted)
+        if self.mode == "estimate":
+            per_step, per_val = seconds_per_iteration(self.events)
+            start = next((e for e in self.events if e.get("event") == "start"), {})
+            result = {"seconds_per_iteration": per_step, "seconds_per_validation": per_val,
+                      "device": start.get("device", "?")}
+            # the warm-up's whole folder (its polygons, tiles and run) is scratch
+            shutil.rmtree(os.path.dirname(self.train.run_dir), ignore_errors=True)
+        self.result = result
 
-    def run(self) -> bool:  # noqa: D102 - worker thread: no layers, no widgets
-        try:
-            if self.dataset is not None:
-                for field_name, request in self.exports.items():
-                    self.stageChanged.emit(f"Exporting '{request.name}' to a temporary GeoTIFF")
-                    folder = os.path.dirname(self.dataset.output_dir)
-                    setattr(self.dataset, field_name, run_export(request, folder, self._feedback))
-                    if self.isCanceled():
-                        raise JobCancelledError("cancelled before training started")
-                self.stageChanged.emit("Starting the backend; cutting training tiles")
-                run_job(self.dataset, self._on_dataset_progress, self.isCanceled, launcher=self.launcher,
-                        config=self.config)
-            if self.isCanceled():
-                raise JobCancelledError("cancelled before training started")
-            self.stageChanged.emit("Training: waiting for the backend")
-            result = run_job(self.train, self._on_progress, self.isCanceled, on_event=self._on_event,
-                             launcher=self.launcher, config=self.config, on_submitted=self._on_submitted)
-            if self.mode == "estimate":
-                per_step, per_val = seconds_per_iteration(self.events)
-                start = next((e for e in self.events if e.get("event") == "start"), {})
-                result = {"seconds_per_iteration": per_step, "seconds_per_validation": per_val,
-                          "device": start.get("device", "?")}
-                # the warm-up's whole folder (its polygons, tiles and run) is scratch
-                shutil.rmtree(os.path.dirname(self.train.run_dir), ignore_errors=True)
-            self.result = result
-            return True
-        except JobCancelledError as exc:
-            self.cancelled_by_user = True
-            self.error = str(exc)
-        except ChangeClipPluginError as exc:
-            self.error = str(exc)
-            self.backend_unavailable = isinstance(exc, BackendUnavailable)
-        except ValueError as exc:
-            self.error = f"could not measure the speed: {exc}"
-        except Exception as exc:  # noqa: BLE001 - report anything instead of crashing QGIS
-            self.error = f"unexpected error: {exc!r}"
-        return False
+    def _unexpected_error(self, exc: Exception) -> str:
+        if isinstance(exc, ValueError):  # e.g. seconds_per_iteration: the warm-up measured too little
+            return f"could not measure the speed: {exc}"
+        return super()._unexpected_error(exc)
 
     def _on_dataset_progress(self, progress: protocol.JobProgress) -> None:
         self.setProgress(progress_percent(progress) * 0.1)

@@ -22,7 +22,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 PROTOCOL_VERSION = 3
 """1: detection jobs only. 2: detection's ``min_pixels`` and describe fields. 3: job kinds
@@ -152,8 +152,42 @@ class ParamError(ValueError):
         self.message = message
 
 
+_P = TypeVar("_P", bound="_JobParams")
+
+
+class _JobParams:
+    """What every job kind's parameters share: ``REQUIRED`` fields, (de)serialisation, ``validate``."""
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+    """The fields a job body must name (the others have defaults)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of all fields."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_P], data: dict[str, Any]) -> _P:
+        """Build from a dict, rejecting unknown keys and naming missing ones; then :meth:`validate`."""
+        if not isinstance(data, dict):
+            raise ParamError("body", "expected a JSON object of job parameters")
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ParamError(unknown[0], f"unknown parameter; known ones: {', '.join(sorted(known))}")
+        missing = [n for n in cls.REQUIRED if n not in data]
+        if missing:
+            raise ParamError(missing[0], "is required")
+        params = cls(**data)
+        params.validate()
+        return params
+
+    def validate(self) -> None:
+        """Check types and allowed values; raise :class:`ParamError` naming the fix."""
+        raise NotImplementedError
+
+
 @dataclass
-class DetectParams:
+class DetectParams(_JobParams):
     """Every option of one change-detection run (CLI, server job and plugin alike).
 
     Paths are plain strings (local files on the backend's machine). ``None`` means
@@ -198,27 +232,7 @@ class DetectParams:
     describe_weights: str | None = None
     describe_model: str | None = None
 
-    # -- (de)serialisation ---------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of all fields."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DetectParams:
-        """Build from a dict, rejecting unknown keys; then :meth:`validate`."""
-        if not isinstance(data, dict):
-            raise ParamError("body", "expected a JSON object of job parameters")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ParamError(unknown[0], f"unknown parameter; known ones: {', '.join(sorted(known))}")
-        missing = [n for n in ("before", "after", "output_dir") if n not in data]
-        if missing:
-            raise ParamError(missing[0], "is required")
-        params = cls(**data)
-        params.validate()
-        return params
+    REQUIRED = ("before", "after", "output_dir")
 
     # -- validation (types and values; file checks are the backend's) ---------------
 
@@ -341,24 +355,8 @@ def param_fields() -> list[dict[str, Any]]:
         else:
             default = None
         out.append({"name": f.name, "default": default, "choices": list(choices.get(f.name, ())),
-                    "required": f.name in ("before", "after", "output_dir")})
+                    "required": f.name in DetectParams.REQUIRED})
     return out
-
-
-def _from_dict(cls: Any, data: Any, required: tuple[str, ...]) -> Any:
-    """Build a params dataclass from a dict, rejecting unknown keys and naming missing ones."""
-    if not isinstance(data, dict):
-        raise ParamError("body", "expected a JSON object of job parameters")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ParamError(unknown[0], f"unknown parameter; known ones: {', '.join(sorted(known))}")
-    missing = [n for n in required if n not in data]
-    if missing:
-        raise ParamError(missing[0], "is required")
-    params = cls(**data)
-    params.validate()
-    return params
 
 
 def _path(name: str, value: Any, optional: bool = False) -> None:
@@ -377,7 +375,7 @@ def _optional_positive(name: str, value: Any, integer: bool) -> None:
 
 
 @dataclass
-class DatasetParams:
+class DatasetParams(_JobParams):
     """A ``dataset`` job: ``changeclip dataset from-vectors`` (``docs/training-data.md``).
 
     ``changes`` (and ``aoi``) are OGR polygon layers in any format and CRS; ``output_dir``
@@ -408,15 +406,6 @@ class DatasetParams:
     overwrite: bool = False
 
     REQUIRED = ("before", "after", "changes", "output_dir")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of all fields."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DatasetParams:
-        """Build from a dict, rejecting unknown keys; then :meth:`validate`."""
-        return _from_dict(cls, data, cls.REQUIRED)
 
     def validate(self) -> None:  # noqa: C901 - one flat list of rules reads best
         """Check types and allowed values; raise :class:`ParamError` naming the fix."""
@@ -458,7 +447,7 @@ class DatasetParams:
 
 
 @dataclass
-class TrainParams:
+class TrainParams(_JobParams):
     """A ``train`` job: the options of ``changeclip train`` (``docs/training.md``), one field each.
 
     ``None`` means the recipe's default for the variant. With ``resume`` the run continues
@@ -503,15 +492,6 @@ class TrainParams:
     def output_dir(self) -> str:
         """The run folder (the name every job kind's output folder goes by)."""
         return self.run_dir
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict of all fields."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainParams:
-        """Build from a dict, rejecting unknown keys; then :meth:`validate`."""
-        return _from_dict(cls, data, cls.REQUIRED)
 
     def validate(self) -> None:  # noqa: C901 - one flat list of rules reads best
         """Check types and allowed values; raise :class:`ParamError` naming the fix."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 from changeclip.commands.detect import add_pair_arguments
 from changeclip.errors import InputError
-from changeclip.protocol import ParamError, parse_bands, parse_value_range
+from changeclip.protocol import DatasetParams, ParamError, parse_bands, parse_value_range
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -94,26 +95,37 @@ def _progress(stage: str, done: int, total: int) -> None:
         sys.stderr.write(f"{stage}: {done}/{total}\n")
 
 
-def run_from_vectors(args: argparse.Namespace) -> int:
-    """Run ``dataset from-vectors``."""
-    from changeclip.datasets.from_vectors import VectorDatasetOptions, make_dataset
-    from changeclip.datasets.info import format_summary
+def vectors_params(args: argparse.Namespace, path: Callable[[str | None], str | None] = lambda p: p) -> DatasetParams:
+    """The :class:`DatasetParams` of ``dataset from-vectors``'s options (also those of ``submit dataset``).
 
-    if args.resolution is not None and not args.target_crs:
-        raise InputError("--resolution needs --target-crs (it defines a custom grid)")
+    ``path`` maps each file or folder option (``submit`` makes them absolute). Nothing is validated
+    here beyond parsing ``--bands`` and ``--value-range``.
+
+    Raises:
+        InputError: ``--bands`` or ``--value-range`` cannot be parsed (names the option).
+    """
     try:
         bands = parse_bands(args.bands)
         value_range = parse_value_range(args.value_range) if args.value_range else None
     except ParamError as exc:
         raise InputError(f"--{exc.field.replace('_', '-')}: {exc.message}") from None
-    opts = VectorDatasetOptions(
-        before=args.before, after=args.after, changes=args.changes, output=args.output, layer=args.layer,
-        where=args.where, aoi=args.aoi, aoi_layer=args.aoi_layer, bands=bands, value_range=value_range,
-        grid=args.grid or ("custom" if args.target_crs else "before"), target_crs=args.target_crs,
-        resolution=args.resolution, tile=args.tile, stride=args.stride, val_fraction=args.val_fraction,
-        val_block_size=args.val_block_size, keep_empty=args.keep_empty, all_touched=args.all_touched,
-        seed=args.seed, train_dataset=args.train_dataset, overwrite=args.overwrite)
-    manifest = make_dataset(opts, progress=_progress)
+    return DatasetParams(
+        before=path(args.before), after=path(args.after), changes=path(args.changes), output_dir=path(args.output),
+        layer=args.layer, where=args.where, aoi=path(args.aoi), aoi_layer=args.aoi_layer, bands=bands,
+        value_range=value_range, grid=args.grid or ("custom" if args.target_crs else "before"),
+        target_crs=args.target_crs, resolution=args.resolution, tile=args.tile, stride=args.stride,
+        val_fraction=args.val_fraction, val_block_size=args.val_block_size, keep_empty=args.keep_empty,
+        all_touched=args.all_touched, seed=args.seed, train_dataset=args.train_dataset, overwrite=args.overwrite)
+
+
+def run_from_vectors(args: argparse.Namespace) -> int:
+    """Run ``dataset from-vectors``."""
+    from changeclip.datasets.from_vectors import make_dataset
+    from changeclip.datasets.info import format_summary
+
+    if args.resolution is not None and not args.target_crs:
+        raise InputError("--resolution needs --target-crs (it defines a custom grid)")
+    manifest = make_dataset(vectors_params(args), progress=_progress)
     sys.stdout.write(format_summary(manifest) + "\n")
     return 0
 

@@ -164,19 +164,14 @@ def dataset_params_from_args(args: argparse.Namespace) -> protocol.DatasetParams
     Raises:
         InputError: an invalid option (names it).
     """
+    from changeclip.commands import dataset
+
+    params = dataset.vectors_params(args, _absolute)
     try:
-        bands = protocol.parse_bands(args.bands)
-        value_range = protocol.parse_value_range(args.value_range) if args.value_range else None
-        return protocol.DatasetParams.from_dict(dict(
-            before=_absolute(args.before), after=_absolute(args.after), changes=_absolute(args.changes),
-            output_dir=_absolute(args.output), layer=args.layer, where=args.where, aoi=_absolute(args.aoi),
-            aoi_layer=args.aoi_layer, bands=bands, value_range=value_range,
-            grid=args.grid or ("custom" if args.target_crs else "before"), target_crs=args.target_crs,
-            resolution=args.resolution, tile=args.tile, stride=args.stride, val_fraction=args.val_fraction,
-            val_block_size=args.val_block_size, keep_empty=args.keep_empty, all_touched=args.all_touched,
-            seed=args.seed, train_dataset=args.train_dataset, overwrite=args.overwrite))
+        params.validate()
     except protocol.ParamError as exc:
         raise InputError(f"--{exc.field.replace('_', '-')}: {exc.message}") from None
+    return params
 
 
 def run_submit_train(args: argparse.Namespace) -> int:

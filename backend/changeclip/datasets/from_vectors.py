@@ -22,7 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from changeclip.datasets.writing import (
 )
 from changeclip.errors import InputError
 from changeclip.prefetch import TileSource
-from changeclip.protocol import GRIDS
+from changeclip.protocol import GRIDS, DatasetParams
 from changeclip.raster import align, scaling
 from changeclip.raster.area import ground_pixel_size_m
 from changeclip.raster.pair import AlignedPair, open_pair
@@ -57,52 +57,28 @@ DEFAULT_BLOCK_TILES = 4
 """Without ``--val-block-size`` a block is this many tiles wide."""
 
 
-@dataclass
-class VectorDatasetOptions:
-    """Every option of ``dataset from-vectors`` (see ``docs/training-data.md``)."""
+def check_options(opts: DatasetParams) -> None:
+    """Check the numeric and choice options (the rules and wording of the command line's options).
 
-    before: str
-    after: str
-    changes: str
-    output: str
-    layer: str | None = None
-    where: str | None = None
-    aoi: str | None = None
-    aoi_layer: str | None = None
-    bands: list[int] = field(default_factory=lambda: [1, 2, 3])
-    value_range: list[list[float]] | None = None
-    grid: str = "before"
-    target_crs: str | None = None
-    resolution: float | None = None
-    tile: int = 256
-    stride: int = 192
-    val_fraction: float = 0.15
-    val_block_size: float | None = None
-    keep_empty: float = 1.0
-    all_touched: bool = False
-    seed: int = 0
-    train_dataset: str | None = None
-    overwrite: bool = False
+    A server job has passed :meth:`DatasetParams.validate` already; the command line builds
+    :class:`DatasetParams` from its options and relies on this check alone.
 
-    def validate(self) -> None:
-        """Check the numeric and choice options.
-
-        Raises:
-            InputError: naming the option, the value received and the accepted range.
-        """
-        if len(self.bands) != 3:
-            raise InputError(f"--bands needs three band numbers (used as R,G,B), got {self.bands}")
-        if self.grid not in GRIDS:
-            raise InputError(f"--grid must be one of {', '.join(GRIDS)}, got {self.grid!r}")
-        if self.grid == "custom" and (not self.target_crs or not self.resolution or self.resolution <= 0):
-            raise InputError("--grid custom needs --target-crs and a positive --resolution")
-        check_tiling(self.tile, self.stride, self.val_fraction)
-        if self.val_block_size is not None and not self.val_block_size > 0:
-            raise InputError(f"--val-block-size must be a positive number of metres, got {self.val_block_size}")
-        if not 0 <= self.keep_empty <= 1:
-            raise InputError(f"--keep-empty must be between 0 and 1, got {self.keep_empty}")
-        if self.value_range is not None and len(self.value_range) not in (1, 3):
-            raise InputError("--value-range needs one MIN:MAX for all bands or one per band (three)")
+    Raises:
+        InputError: naming the option, the value received and the accepted range.
+    """
+    if len(opts.bands) != 3:
+        raise InputError(f"--bands needs three band numbers (used as R,G,B), got {opts.bands}")
+    if opts.grid not in GRIDS:
+        raise InputError(f"--grid must be one of {', '.join(GRIDS)}, got {opts.grid!r}")
+    if opts.grid == "custom" and (not opts.target_crs or not opts.resolution or opts.resolution <= 0):
+        raise InputError("--grid custom needs --target-crs and a positive --resolution")
+    check_tiling(opts.tile, opts.stride, opts.val_fraction)
+    if opts.val_block_size is not None and not opts.val_block_size > 0:
+        raise InputError(f"--val-block-size must be a positive number of metres, got {opts.val_block_size}")
+    if not 0 <= opts.keep_empty <= 1:
+        raise InputError(f"--keep-empty must be between 0 and 1, got {opts.keep_empty}")
+    if opts.value_range is not None and len(opts.value_range) not in (1, 3):
+        raise InputError("--value-range needs one MIN:MAX for all bands or one per band (three)")
 
 
 @dataclass
@@ -126,16 +102,19 @@ class _TileRecord:
     pixels: dict[str, int]
 
 
-def make_dataset(opts: VectorDatasetOptions, progress: ProgressFn | None = None) -> Manifest:
-    """Build the dataset folder ``opts.output``; returns its manifest.
+def make_dataset(opts: DatasetParams, progress: ProgressFn | None = None) -> Manifest:
+    """Build the dataset folder ``opts.output_dir``; returns its manifest.
+
+    ``opts`` holds every option of ``dataset from-vectors`` (the job parameters of a ``dataset``
+    job, see ``docs/training-data.md``); they are checked by :func:`check_options`.
 
     Raises:
         InputError: any bad input or option (before any tile is written where it can be known),
             or a result that cannot train (empty validation split, no change pixel).
     """
     report = progress or (lambda stage, done, total: None)
-    opts.validate()
-    final = Path(opts.output)
+    check_options(opts)
+    final = Path(opts.output_dir)
     check_output(final, opts.overwrite)
     plan = _plan(opts)
     scaler = _scaler(opts, plan.pair)
@@ -152,7 +131,7 @@ def make_dataset(opts: VectorDatasetOptions, progress: ProgressFn | None = None)
     return manifest
 
 
-def _plan(opts: VectorDatasetOptions) -> _Plan:
+def _plan(opts: DatasetParams) -> _Plan:
     """Open and check every input; decide the labelled area, GSD and blocks."""
     pair = open_pair(opts.before, opts.after, opts.bands, opts.grid, opts.target_crs, opts.resolution)
     grid = pair.grid
@@ -235,7 +214,7 @@ def _aoi_window(grid: align.Grid, win: align.Window, bounds: tuple[float, float,
     return align.Window(ix0, iy0, ix1 - ix0, iy1 - iy0)
 
 
-def _scaler(opts: VectorDatasetOptions, pair: AlignedPair) -> scaling.BandScaling:
+def _scaler(opts: DatasetParams, pair: AlignedPair) -> scaling.BandScaling:
     """The same scaling ``detect`` would use on this pair."""
     sample_b, sample_a, _ = scaling.collect_sample(pair.before, pair.after, pair.window)
     scaler = scaling.choose_scaling(opts.value_range, pair.eight_bit, sample_b, sample_a)
@@ -249,7 +228,7 @@ def _tile_geotransform(grid: align.Grid, gx: int, gy: int) -> tuple[float, ...]:
     return (x0 + gx * dx + gy * rx, dx, rx, y0 + gx * ry + gy * dy, ry, dy)
 
 
-def _cut_tiles(opts: VectorDatasetOptions, plan: _Plan, source: TileSource,
+def _cut_tiles(opts: DatasetParams, plan: _Plan, source: TileSource,
                positions: Sequence[tuple[splits.Block, tuple[int, int]]], stage: StagedFolder,
                report: ProgressFn) -> list[_TileRecord]:
     """Read, label and write every tile with a labelled pixel into ``train``; returns their records."""
@@ -294,7 +273,7 @@ def _to_uint8(tile: np.ndarray) -> np.ndarray:
     return np.rint(tile).astype(np.uint8)
 
 
-def _assign_splits(opts: VectorDatasetOptions, plan: _Plan, records: list[_TileRecord],
+def _assign_splits(opts: DatasetParams, plan: _Plan, records: list[_TileRecord],
                    stage: StagedFolder) -> dict[str, str]:
     """Move the tiles of validation blocks to ``val``, thin empty training tiles; tile name -> split."""
     counts: dict[str, int] = {}
@@ -357,7 +336,7 @@ def _vector_source(role: str, layer: vectors.PolygonLayer, where: str | None) ->
     return entry
 
 
-def _manifest(opts: VectorDatasetOptions, plan: _Plan, scaler: scaling.BandScaling, records: list[_TileRecord],
+def _manifest(opts: DatasetParams, plan: _Plan, scaler: scaling.BandScaling, records: list[_TileRecord],
               split_of: dict[str, str], root: Path) -> Manifest:
     split_infos = {"train": SplitInfo(tiles=[], pixels={}), "val": SplitInfo(tiles=[], pixels={})}
     for r in records:

@@ -16,6 +16,7 @@ the two training-side kinds run the very code of the command line:
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from typing import Any
@@ -38,23 +39,15 @@ def run_dataset(params: protocol.DatasetParams, progress: ProgressFn, is_cancell
         JobCancelled: cancelled (the staging folder is removed, no dataset is left behind).
         InputError: any bad input (from the dataset maker).
     """
-    from changeclip.datasets.from_vectors import VectorDatasetOptions, make_dataset
+    from changeclip.datasets.from_vectors import make_dataset
     from changeclip.datasets.info import split_rows, summary_json
-
-    opts = VectorDatasetOptions(
-        before=params.before, after=params.after, changes=params.changes, output=params.output_dir,
-        layer=params.layer, where=params.where, aoi=params.aoi, aoi_layer=params.aoi_layer, bands=list(params.bands),
-        value_range=params.value_range, grid=params.grid, target_crs=params.target_crs, resolution=params.resolution,
-        tile=params.tile, stride=params.stride, val_fraction=params.val_fraction,
-        val_block_size=params.val_block_size, keep_empty=params.keep_empty, all_touched=params.all_touched,
-        seed=params.seed, train_dataset=params.train_dataset, overwrite=params.overwrite)
 
     def report(stage: str, done: int, total: int) -> None:
         if is_cancelled():
             raise JobCancelled("cancelled; the partial dataset folder was removed")
         progress(stage, done, total)
 
-    manifest = make_dataset(opts, progress=report)
+    manifest = make_dataset(params, progress=report)
     info = summary_json(manifest)
     return {"kind": "dataset", "outputs": {"dataset": str(manifest.root)}, "splits": split_rows(manifest),
             "crs": info["crs"], "gsd_m": manifest.gsd_m, "manifest_sha256": info["manifest_sha256"]}
@@ -92,11 +85,11 @@ def run_train(params: protocol.TrainParams, progress: ProgressFn, is_cancelled: 
         JobCancelled: cancelled; the run folder holds a resumable checkpoint (the message says so).
         InputError, ModelError: bad options, data or start weights (nothing written).
     """
-    from changeclip.training import TrainConfig, train
+    from changeclip.training import train
 
     progress("preparing", 0, 0)
-    config = TrainConfig.from_dict(params.to_dict())
-    result = train(config, progress_cb=_TrainEvents(progress), cancel_cb=is_cancelled)
+    # a copy: the trainer fills a resumed run's datasets, variant and init in, the job keeps what was submitted
+    result = train(copy.deepcopy(params), progress_cb=_TrainEvents(progress), cancel_cb=is_cancelled)
     run_dir = result.run_dir
     if result.status == "interrupted":
         raise JobCancelled(f"cancelled at iteration {result.iteration} of {result.iters}; a resumable checkpoint "

@@ -7,8 +7,9 @@ positional tables, learning rate 1e-4, a linear warm-up over 1500 iterations fro
 with 255 ignored, 256 px crops, 20 (RN50) / 12 (ViT) tiles per GPU on 2 GPUs, i.e. an
 effective batch of 40 / 24, 30k / 40k iterations, validation every 1000 iterations.
 
-A config is plain data (JSON-able via :meth:`TrainConfig.to_dict`); :func:`resolve` fills the
-``None`` fields from :data:`RECIPES` and the data, and checks every value.
+A config is the protocol's :class:`~changeclip.protocol.TrainParams` (plain data, JSON-able via
+``to_dict``); :func:`resolve_schedule` fills the ``None`` fields from :data:`RECIPES` and the data,
+and :func:`check_options` checks every value.
 """
 
 from __future__ import annotations
@@ -19,13 +20,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from changeclip.errors import InputError
+from changeclip.protocol import (
+    FREEZE_CHOICES,
+    SELECT_CHOICES,
+    TRAIN_LOSSES,
+    TRAIN_PROMPT_MODES,
+    TRAIN_VARIANTS,
+    TrainParams,
+)
 
-VARIANTS = ("rn50", "vit-b-16", "tiny-rn50", "tiny-vit")
+VARIANTS = TRAIN_VARIANTS
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-PROMPT_MODES = ("none", "words", "auto")
-FREEZE_CHOICES = ("none", "backbone", "text", "backbone+text")
-LOSSES = ("ce", "ce+dice")
-SELECT = ("f1", "iou")
+PROMPT_MODES = TRAIN_PROMPT_MODES
+LOSSES = TRAIN_LOSSES
+SELECT = SELECT_CHOICES
 SIZE_MULTIPLE = 32
 
 
@@ -69,56 +77,11 @@ NO_DECAY_KEYS = ("norm", "relative_position_bias_table", "absolute_pos_embed")
 CLIP's ``ln_*`` and the ResNet ``bn*`` parameters do not match and are decayed, as officially."""
 
 
-@dataclass
-class TrainConfig:
-    """Every option of one training run (the CLI's options, one field each).
-
-    ``None`` means "the default of the recipe or the data" and is filled by :func:`resolve`.
-    """
-
-    datasets: list[str]
-    run_dir: str
-    variant: str
-    init: str
-    iters: int | None = None
-    epochs: float | None = None
-    batch_size: int | None = None
-    accumulate: int | None = None
-    lr: float | None = None
-    weight_decay: float = WEIGHT_DECAY
-    warmup: int | None = None
-    crop: int = 256
-    precision: str = "auto"
-    device: str = "auto"
-    prompt_mode: str = "none"
-    prompt: str = ""
-    tagger_weights: str | None = None
-    freeze: str = "none"
-    encoder_lr_mult: float = 1.0
-    loss: str = "ce"
-    class_weights: list[float] | None = None
-    val_every: int | None = None
-    patience: int | None = None
-    select: str = "f1"
-    seed: int = 0
-    workers: int = 2
-    augment: bool = True
-    log_every: int = 10
-    resume: bool = False
-    overwrite: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able copy of every field."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Rebuild from :meth:`to_dict` output (unknown keys are an error)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise InputError(f"unknown training options {unknown}")
-        return cls(**data)
+TrainConfig = TrainParams
+"""Every option of one training run: the ``train`` job's :class:`~changeclip.protocol.TrainParams`,
+one field per option of ``changeclip train`` (the command line, a server job and the plugin build the
+same object). ``None`` means "the default of the recipe or the data" and is filled by
+:func:`resolve_schedule`; :func:`check_options` checks it with the command line's wording."""
 
 
 def _positive(value: float | None, what: str, integer: bool = False) -> None:

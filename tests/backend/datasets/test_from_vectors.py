@@ -23,9 +23,10 @@ from geodata import write_raster
 from osgeo import gdal, ogr
 
 from changeclip.cli import main
-from changeclip.datasets.from_vectors import VectorDatasetOptions, make_dataset
+from changeclip.datasets.from_vectors import make_dataset
 from changeclip.datasets.manifest import read_manifest
 from changeclip.errors import InputError
+from changeclip.protocol import DatasetParams
 
 X0, Y1 = 486900.0, 5208495.0  # top-left of the NAIP 2015 grid (5 m, 512 x 384 px)
 CHANGES = [
@@ -41,11 +42,11 @@ CHANGES = [
 SMALL = {"tile": 64, "stride": 48, "val_block_size": 640.0}
 
 
-def _opts(tmp: Path, changes: Path, **kw: object) -> VectorDatasetOptions:
+def _opts(tmp: Path, changes: Path, **kw: object) -> DatasetParams:
     base: dict[str, object] = {"before": str(NAIP_BEFORE), "after": str(NAIP_AFTER), "changes": str(changes),
-                               "output": str(tmp / "ds"), **SMALL}
+                               "output_dir": str(tmp / "ds"), **SMALL}
     base.update(kw)
-    return VectorDatasetOptions(**base)  # type: ignore[arg-type]
+    return DatasetParams(**base)  # type: ignore[arg-type]
 
 
 def _tiles(root: Path) -> dict[str, list[Path]]:
@@ -275,7 +276,7 @@ def test_existing_or_unwritable_output_refused(tmp_path: Path, changes_gpkg: Pat
     _refused(tmp_path, "only replaces dataset folders", changes=changes_gpkg, overwrite=True)
     assert (tmp_path / "ds" / "keep.txt").read_text() == "mine"
     (tmp_path / "file").write_text("x")
-    _refused(tmp_path, "is not a writable folder", changes=changes_gpkg, output=str(tmp_path / "file" / "ds"))
+    _refused(tmp_path, "is not a writable folder", changes=changes_gpkg, output_dir=str(tmp_path / "file" / "ds"))
 
 
 def test_failure_midway_leaves_nothing(tmp_path: Path, changes_gpkg: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -167,13 +167,15 @@ def _tick() -> None:  # noqa: C901 - one flat state machine reads best
                 report["stage"] = stage
                 report["summary_line"] = dock.summary_label.text()
                 report["layer_tree"] = _tree(QgsProject.instance().layerTreeRoot())
-                report["canvas_layers"] = [lyr.name() for lyr in iface.mapCanvas().layers()]
                 iface.mapCanvas().zoomToFullExtent()
                 iface.mapCanvas().refreshAllLayers()
                 _go("rendering")
         elif step == "rendering":
             canvas = iface.mapCanvas()
             if not canvas.isDrawing() and time.monotonic() - state["since"] > 2:
+                # read once the canvas has settled: the layer tree's bridge hands the new layers to
+                # the canvas on a deferred (queued) call, not in the same event as the dock's "Done"
+                report["canvas_layers"] = [lyr.name() for lyr in canvas.layers()]
                 os.makedirs(os.path.dirname(SCREENSHOT_PATH), exist_ok=True)
                 report["screenshot"] = iface.mainWindow().grab().save(SCREENSHOT_PATH)
                 _finish()

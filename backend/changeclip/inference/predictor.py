@@ -281,6 +281,9 @@ class ChangeCLIPPredictor:
         self._pinned: tuple[torch.Tensor, torch.Tensor] | None = None  # CUDA upload buffers
         self._int8: RuntimeSession | None = None
         self.int8_report: dict[str, Any] | None = None
+        # why this predictor runs the fp32 graph although int8 was asked for (its quantisation
+        # failed); kept here, not on the shared LoadedModel, so that a server's later jobs try again
+        self.int8_fallback: str | None = None
 
     # ----------------------------------------------------------------- int8
     def _inputs(self, before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -302,8 +305,10 @@ class ChangeCLIPPredictor:
         The first :data:`~changeclip.inference.int8.CALIBRATION_TILES` pairs calibrate the
         activation ranges; up to :data:`~changeclip.inference.int8.HELD_OUT_TILES` further pairs
         compare the int8 change probabilities with fp32's (``int8_report``). A no-op unless the
-        precision is int8 on a CPU runtime; if quantisation fails, the run falls back to the
-        runtime's fp32 graph with a warning.
+        precision is int8 on a CPU runtime; if quantisation fails, this predictor (this run) falls
+        back to the runtime's fp32 graph with a warning and says so in :meth:`describe`
+        (``runtime_fallback``); the loaded model is left as it was, so that a server's later jobs,
+        on other rasters, try int8 again.
 
         Args:
             before, after: (N, 3, H, W) float32 0..255 RGB sample tiles.
@@ -314,7 +319,7 @@ class ChangeCLIPPredictor:
         from changeclip.inference.int8 import CALIBRATION_TILES, cached_int8, mask_agreement
 
         lm = self.loaded
-        if lm.precision != "int8" or lm.runtime == "torch":
+        if lm.precision != "int8" or lm.runtime == "torch" or self.int8_fallback is not None:
             return None
         self._check(before, after)
         h, w = before.shape[2:]
@@ -342,8 +347,7 @@ class ChangeCLIPPredictor:
             log.debug("int8 failed", exc_info=True)
             log.warning("int8 quantisation failed (%s: %s): running the %s fp32 graph instead",
                         type(exc).__name__, exc, lm.runtime)
-            lm.precision = "fp32"
-            lm.runtime_fallback = f"int8 failed ({type(exc).__name__}); ran fp32"
+            self.int8_fallback = f"int8 failed ({type(exc).__name__}); ran {lm.runtime} fp32"
             return None
         held = slice(n_cal, before.shape[0]) if before.shape[0] > n_cal else slice(0, n_cal)
         p32 = _softmax1(fp32.run(x[held], ta[held], tb[held]))
@@ -365,7 +369,7 @@ class ChangeCLIPPredictor:
             return None
         h, w = before.shape[2:]
         if lm.precision == "int8":
-            if self._int8 is None:
+            if self._int8 is None and self.int8_fallback is None:
                 log.warning("int8 was not calibrated on sample tiles of the rasters: calibrating on the first "
                             "%d tile pair(s) given", before.shape[0])
                 self.calibrate(before, after)
@@ -529,11 +533,11 @@ class ChangeCLIPPredictor:
             "random_weights": is_random(lm.meta),
             "training_data": training.to_dict() if (training := training_data(lm.meta)) else None,
             "device": lm.device,
-            "precision": lm.precision,
+            "precision": "fp32" if self.int8_fallback and lm.precision == "int8" else lm.precision,
             "runtime": lm.runtime,
             "runtime_requested": lm.runtime_choice.requested if lm.runtime_choice else lm.runtime,
             "runtime_reason": lm.runtime_choice.reason if lm.runtime_choice else "",
-            "runtime_fallback": lm.runtime_fallback,
+            "runtime_fallback": lm.runtime_fallback or self.int8_fallback,
             "runtime_threads": lm.threads,
             "runtime_export_s": dict(lm.export_s),
             "int8": self.int8_report,

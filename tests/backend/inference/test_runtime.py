@@ -251,3 +251,39 @@ def test_detect_int8_calibrates_on_the_rasters_and_reports_agreement(tiny_weight
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops, "the int8 graph is really quantised"
     with pytest.raises(Exception, match="int8 needs runtime onnxruntime or openvino"):
         DetectParams(b, a, str(tmp_path / "o2"), runtime="torch", precision="int8").validate()
+
+
+def test_a_failed_int8_quantisation_falls_back_for_its_run_only(tiny_weights: Any, real_tiles: tuple[np.ndarray, np.ndarray],
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """int8 whose quantiser fails: that run computes the fp32 graph's output, warns and says so in its
+    summary; the loaded model (shared by a server's jobs) is untouched, and the next run is int8."""
+    from changeclip.inference import int8
+
+    before, after = real_tiles
+    loaded = load_model(tiny_weights("tiny-rn50"), device="cpu", precision="int8", runtime="onnxruntime")
+    fp32 = ChangeCLIPPredictor(load_model(tiny_weights("tiny-rn50"), device="cpu", precision="fp32",
+                                          runtime="onnxruntime"), "none")
+    real_cached_int8 = int8.cached_int8
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("quantiser crashed")
+
+    monkeypatch.setattr(int8, "cached_int8", broken)
+    failed = ChangeCLIPPredictor(loaded, "none")
+    with caplog.at_level(logging.WARNING):
+        assert failed.calibrate(before, after) is None
+        got = failed.predict_logits(before, after)
+    assert "int8 quantisation failed (RuntimeError: quantiser crashed)" in caplog.text
+    assert np.array_equal(got, fp32.predict_logits(before, after)), "the fallback runs the same runtime's fp32 graph"
+    info = failed.describe()
+    assert (info["runtime"], info["precision"], info["int8"]) == ("onnxruntime", "fp32", None)
+    assert info["runtime_fallback"] == "int8 failed (RuntimeError); ran onnxruntime fp32"
+
+    monkeypatch.setattr(int8, "cached_int8", real_cached_int8)
+    assert (loaded.precision, loaded.runtime_fallback) == ("int8", None), "the shared model is not changed"
+    later = ChangeCLIPPredictor(loaded, "none")
+    report = later.calibrate(before, after)
+    assert report is not None and report["calibration_tiles"] == before.shape[0]
+    info = later.describe()
+    assert (info["precision"], info["runtime_fallback"]) == ("int8", None)

@@ -152,6 +152,27 @@ def _check_sources(splits: dict[str, list[Triplet]]) -> tuple[list[_Source], dic
     return sources, values
 
 
+def _check_one_encoding(values: dict[Path, set[int]]) -> None:
+    """``auto`` decides one encoding for the whole set: refuse a set that mixes 0/255 and 0/1 files.
+
+    Read as one encoding, one kind would lose its change pixels (0/1 with 255 = ignore drops every
+    change of the 0/255 files). Where some files hold 0, 1 and 255 (0/1 with 255 = ignore, as
+    SYSU-style sparse labels do), files with only 0 and 255 are read that way too, with a warning.
+    """
+    ones = [p for p, v in values.items() if 1 in v and 255 not in v]
+    whites = [p for p, v in values.items() if 255 in v and 1 not in v]
+    both = [p for p, v in values.items() if 1 in v and 255 in v]
+    if ones and whites and not both:
+        raise InputError(f"the labels mix two encodings: {len(whites)} file(s) mark change with 255 (e.g. {whites[0]}) "
+                         f"and {len(ones)} with 1 (e.g. {ones[0]}); read as one encoding, the changes of one kind "
+                         "would be lost. Convert them to one encoding, or pass --label-encoding any>0 if every "
+                         "non-zero value means change")
+    if both and whites:
+        log.warning("%d label file(s) hold only 0 and 255 (e.g. %s) while %d hold 0, 1 and 255 (e.g. %s): read as "
+                    "0/1 with 255 = ignore, so those files contribute no change pixel; pass --label-encoding any>0 "
+                    "if 255 means change there", len(whites), whites[0], len(both), both[0])
+
+
 def _encoding(requested: str, values: dict[Path, set[int]], root: Path) -> Encoding:
     """The label encoding of the whole set; errors name the offending files."""
     if requested == "any>0":
@@ -166,6 +187,8 @@ def _encoding(requested: str, values: dict[Path, set[int]], root: Path) -> Encod
                 else "labels must not be negative")
         raise InputError(f"label values fit no encoding ({'0/255 or 0/1' if requested == 'auto' else requested}): "
                          f"{shown}{more}; {hint}")
+    if requested == "auto":
+        _check_one_encoding(values)
     union: set[int] = set().union(*values.values()) if values else set()
     enc = detect_encoding(union, requested, what=f"labels of {root}")
     if enc.name == "all-zero" or (enc.name == "any>0" and not any(x > 0 for x in union)):

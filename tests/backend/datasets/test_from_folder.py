@@ -143,6 +143,27 @@ def test_bad_label_sets_are_refused_naming_the_file(tmp_path: Path) -> None:
     _refused(tmp_path, src, r"after image .*p2\.png is 32 x 64 px")
 
 
+def test_a_mix_of_0_255_and_0_1_labels_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``auto`` reads one encoding for the set: 0/1 files beside 0/255 files would lose one kind's changes."""
+    src = _levir_copy(tmp_path)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:24, 8:40] = 1
+    write_image(src / "label" / "p1.png", mask)
+    _refused(tmp_path, src, r"labels mix two encodings: 2 file\(s\) mark change with 255 .* and 1 with 1 "
+                            r"\(e\.g\. .*p1\.png\).*--label-encoding any>0")
+    _make(src, tmp_path / "ok", tile=64, stride=48, label_encoding="any>0")
+    m = read_manifest(tmp_path / "ok")
+    split = next(s for s, i in m.splits.items() if "p1" in i.tiles)
+    np.testing.assert_array_equal(read(m.tile_paths(split, "p1")[2]), mask)
+    # a file with 0, 1 and 255 makes 255 "ignore": the 0/255 files are read so, and a warning says it
+    mask[40:50, 40:50] = 255
+    write_image(src / "label" / "p1.png", mask)
+    with caplog.at_level("WARNING"):
+        _make(src, tmp_path / "sparse", tile=64, stride=48)
+    assert "2 label file(s) hold only 0 and 255" in caplog.text and "contribute no change pixel" in caplog.text
+    assert read_manifest(tmp_path / "sparse").options["source_label_encoding"]["label_encoding"] == "0/1"
+
+
 def test_layout_and_output_errors(tmp_path: Path) -> None:
     src = _levir_copy(tmp_path, n=1)
     _refused(tmp_path, src, "1 image pair\\(s\\) and no val/ split")

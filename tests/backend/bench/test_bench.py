@@ -44,7 +44,7 @@ def test_cli_bench_miniature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                              capsys: pytest.CaptureFixture[str]) -> None:
     mini = dataclasses.replace(suite.PROFILES["quick"], net_size=64, e2e_size=256, e2e_naive_size=256,
                                e2e_batch=2, hit_rate_tiles=4, irmad_size=128, host_size=256, describe_size=256,
-                               runtimes=["onnxruntime:fp32"], e2e_runtimes=[])
+                               runtimes=["onnxruntime:fp32"], e2e_runtimes=["onnxruntime:int8"])
     monkeypatch.setitem(suite.PROFILES, "quick", mini)
     out = tmp_path / "bench.json"
     code = main(["bench", "--quick", "--device", "cpu", "--out", str(out)])
@@ -62,9 +62,16 @@ def test_cli_bench_miniature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     none = next(r for r in rep["text_cache_hit_rate"] if r["prompt_mode"] == "none")
     assert none["hits"] == 2 and none["misses"] == 2  # 2 calls x (background, foreground)
     paths = [(r["variant"], r["path"]) for r in rep["end_to_end"]]
-    assert paths == [("tiny-rn50", "naive"), ("tiny-rn50", "pipeline"), ("irmad", "pipeline"),
+    assert paths == [("tiny-rn50", "naive"), ("tiny-rn50", "pipeline"), ("tiny-rn50", "pipeline"), ("irmad", "pipeline"),
                      ("no-op engine", "pipeline")]
     assert all(r["mpix_per_s"] > 0 for r in rep["end_to_end"])
+    fp32, int8 = rep["end_to_end"][1:3]
+    assert (fp32["precision"], fp32["once_s"]) == ("fp32", 0.0)
+    # int8's calibration on the pair is a fixed cost: shown apart, left out of the rate
+    assert (int8["runtime"], int8["precision"]) == ("onnxruntime", "int8") and int8["once_s"] > 0
+    assert int8["once_s"] == int8["timings_s"]["calibrating"]
+    assert int8["mpix_per_s"] == pytest.approx(256 * 256 / 1e6 / (int8["seconds"] - int8["once_s"]))
+    assert "once s" in printed.out
     ceiling = rep["end_to_end"][-1]
     assert ceiling["tiles"] == 4 and ceiling["tile_stage_pairs_per_s"] >= ceiling["pairs_per_s"] > 0
     (described,) = rep["describe"]

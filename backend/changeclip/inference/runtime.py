@@ -44,8 +44,8 @@ CPU_BF16_RUNTIME = "openvino"
 CPU_INT8_ORDER = ("openvino", "onnxruntime")
 """The int8 runtimes, fastest first, as measured."""
 
-FALLBACK_COST = ("PyTorch fp32 measured 2.8-3.7x slower than the optimised runtime's fp32 on the CPU "
-                 "(docs/benchmarks.md, CPU runtimes)")
+FALLBACK_COST = ("PyTorch fp32 measured 1.2-1.4x slower end to end than the optimised runtimes' fp32 on an idle "
+                 "2-core CPU (docs/benchmarks.md, CPU runtimes, idle re-run)")
 
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 

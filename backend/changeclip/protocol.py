@@ -94,6 +94,7 @@ TRAIN_PROMPT_MODES = ("none", "words", "auto")
 FREEZE_CHOICES = ("none", "backbone", "text", "backbone+text")
 TRAIN_LOSSES = ("ce", "ce+dice")
 SELECT_CHOICES = ("f1", "iou")
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """:class:`TrainParams` choices (the same as ``changeclip train``'s options)."""
 
 # --- output file names inside the output folder -------------------------------------
@@ -523,7 +524,7 @@ class TrainParams(_JobParams):
             raise ParamError("encoder_lr_mult", f"must be a number >= 0, got {self.encoder_lr_mult!r}")
         if not _is_int(self.crop) or self.crop < 64 or self.crop % 32:
             raise ParamError("crop", f"must be a multiple of 32 and at least 64, got {self.crop!r}")
-        _choice("precision", self.precision, PRECISIONS)
+        _choice("precision", self.precision, TRAIN_PRECISIONS)  # int8 is an inference-only precision
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ParamError("device", f"must be {DEVICES_HELP}, got {self.device!r}")
         _choice("prompt_mode", self.prompt_mode, TRAIN_PROMPT_MODES)

@@ -120,7 +120,7 @@ class TrainModelAlgorithm(BackendAlgorithm):
                                        defaultValue="none", usesStaticStrings=True),
             QgsProcessingParameterString(self.PROMPT, "Prompt words (prompt mode words, e.g. building)",
                                          defaultValue="", optional=True),
-            QgsProcessingParameterEnum(self.PRECISION, "Precision", options=list(protocol.PRECISIONS),
+            QgsProcessingParameterEnum(self.PRECISION, "Precision", options=list(protocol.TRAIN_PRECISIONS),
                                        defaultValue="auto", usesStaticStrings=True),
             QgsProcessingParameterString(self.DEVICE, f"Device ({protocol.DEVICES_HELP})", defaultValue="auto"),
             QgsProcessingParameterNumber(self.VAL_EVERY, "Validate every N iterations (empty = 10 per run)",

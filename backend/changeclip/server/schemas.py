@@ -166,7 +166,7 @@ class TrainRequest(BaseModel):
     weight_decay: float = Field(default=0.01, ge=0, le=10)
     warmup: Int | None = Field(default=None, ge=1, le=10**8)
     crop: Int = Field(default=256, ge=64, le=8192, multiple_of=32)
-    precision: Literal[protocol.PRECISIONS] = "auto"  # type: ignore[valid-type]
+    precision: Literal[protocol.TRAIN_PRECISIONS] = "auto"  # type: ignore[valid-type]
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d{1,3})?)$")
     prompt_mode: Literal[protocol.TRAIN_PROMPT_MODES] = "none"  # type: ignore[valid-type]
     prompt: str = Field(default="", max_length=2000)

@@ -154,6 +154,8 @@ def _post(server: LiveServer, body: dict[str, Any]) -> tuple[int, Any]:
     ({"kind": "train", "datasets": ["/d"], "run_dir": "/r", "init": "scratch"}, 422, ["body", "variant"]),
     ({"kind": "train", "datasets": ["/d"], "run_dir": "/r", "variant": "tiny-vit", "init": "nope"}, 422,
      ["body", "init"]),
+    ({"kind": "train", "datasets": ["/d"], "run_dir": "/r", "variant": "tiny-vit", "init": "scratch",
+      "precision": "int8"}, 422, ["body", "precision"]),  # int8 is for inference only
     ({"kind": "train", "datasets": ["/no/such/dataset"], "run_dir": "/tmp/x", "variant": "tiny-vit",
       "init": "scratch"}, 400, "datasets[0]"),
     ({"kind": "dataset", "before": "/b", "after": "/a", "output_dir": "/o"}, 422, ["body", "changes"]),
@@ -279,3 +281,15 @@ def test_a_cancelled_dataset_job_leaves_no_folder(inprocess_server: tuple[LiveSe
     assert final.state == "cancelled", (final.state, final.error)
     assert "partial dataset folder was removed" in (final.error or "")
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".dataset")]
+
+
+def test_train_params_refuse_int8() -> None:
+    """int8 is an inference precision (a quantised graph): a training job refuses it by name, and
+    the training choices (CLI, job schema, Processing) come from one list without it."""
+    from changeclip.training import config
+
+    params = TrainParams(datasets=["/d"], run_dir="/r", variant="tiny-vit", init="scratch", precision="int8")
+    with pytest.raises(protocol.ParamError, match="precision") as info:
+        params.validate()
+    assert info.value.field == "precision"
+    assert "int8" not in protocol.TRAIN_PRECISIONS and config.PRECISIONS == protocol.TRAIN_PRECISIONS

@@ -1,5 +1,5 @@
 """"Set up backend…": the venv is made from QGIS's Python with system site packages and the bundled
-backend is pip-installed into it (offline here: no torch download, no build isolation)."""
+backend is pip-installed into it (offline here: no torch download, nothing from PyPI)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,26 @@ def test_setup_steps_online_layout(tmp_path: Path, repo_root: Path) -> None:
     assert all("--no-index" in s.command for s in offline[1:3])
 
 
+DEBIAN_WHEELS = Path("/usr/share/python-wheels")
+
+
+def _offline_build_args(python: str) -> list[str]:
+    """pip arguments that build the backend (setuptools, backend/pyproject.toml) with no download.
+
+    Debian 12's python3-pip brings setuptools and wheel into the system Python: build there.
+    Debian 13's python3-pip no longer does, but python3-venv brings a setuptools wheel
+    (python3-setuptools-whl, in /usr/share/python-wheels) for pip's isolated build.
+    """
+    has_setuptools = subprocess.run([python, "-c", "import setuptools, wheel"], capture_output=True,
+                                    check=False, timeout=60).returncode == 0
+    if has_setuptools:
+        return ["--no-build-isolation"]
+    assert any(DEBIAN_WHEELS.glob("setuptools-*.whl")), (
+        f"{python} cannot import setuptools and {DEBIAN_WHEELS} has no setuptools wheel: "
+        "install python3-setuptools (or python3-setuptools-whl) to build the backend offline")
+    return ["--find-links", str(DEBIAN_WHEELS)]
+
+
 def test_setup_creates_working_backend_venv(staged_plugin: Path, tmp_path: Path) -> None:
     from changeclip_qgis.core.backend_setup import run_steps, setup_steps
     from changeclip_qgis.core.errors import ConfigError
@@ -37,7 +57,7 @@ def test_setup_creates_working_backend_venv(staged_plugin: Path, tmp_path: Path)
     backend = staged_plugin / "changeclip_qgis" / "backend"
     venv = tmp_path / "backend-venv"
     steps = setup_steps(venv, backend, python="/usr/bin/python3", install_torch=False, check_imports=False,
-                        extra_pip_args=["--no-deps", "--no-build-isolation", "--no-index"])
+                        extra_pip_args=["--no-deps", "--no-index", *_offline_build_args("/usr/bin/python3")])
     lines: list[str] = []
     titles: list[str] = []
     run_steps(steps, lines.append, on_step=lambda i, s: titles.append(s.title))

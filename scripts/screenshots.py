@@ -33,12 +33,14 @@ from qgis.PyQt.QtCore import QSize  # noqa: E402
 from qgis.PyQt.QtGui import QColor  # noqa: E402
 
 
-def _wait(condition, timeout_s: float = 600.0) -> None:  # noqa: ANN001
+def wait_for(condition, timeout_s: float = 600.0) -> None:  # noqa: ANN001
+    """Process Qt events until ``condition()`` holds; exit with a message after ``timeout_s``
+    (also used by scripts/train_screenshot.py)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         QgsApplication.processEvents()
         if time.monotonic() > deadline:
-            raise SystemExit("screenshots: timed out waiting for the run")
+            raise SystemExit(f"{Path(sys.argv[0]).stem}: timed out waiting for the run")
         time.sleep(0.05)
 
 
@@ -74,13 +76,13 @@ def main() -> int:
         dock.runFinished.connect(lambda s: result.setdefault("summary", s))
         dock.runFailed.connect(lambda m: result.setdefault("error", m))
         dock.check_backend()
-        _wait(lambda: "connecting" not in dock.backend_label.text(), 300)
+        wait_for(lambda: "connecting" not in dock.backend_label.text(), 300)
         if dock.start_run() is None:
             raise SystemExit(f"screenshots: the dock refused to run: {dock.stage_label.text()}")
-        _wait(lambda: bool(result))
+        wait_for(lambda: bool(result))
         if "error" in result:
             raise SystemExit(f"screenshots: the run failed: {result['error']}")
-        _wait(lambda: dock.check_task is None, 120)  # the device line refreshes after each run
+        wait_for(lambda: dock.check_task is None, 120)  # the device line refreshes after each run
         for _ in range(5):
             QgsApplication.processEvents()
             time.sleep(0.05)

@@ -16,31 +16,15 @@ then cancelled.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-os.environ.setdefault("QGIS_CUSTOM_CONFIG_PATH", tempfile.mkdtemp(prefix="changeclip-shots-"))
-os.environ.setdefault("CHANGECLIP_BACKEND_PYTHON", str(ROOT / ".venv" / "bin" / "python"))
+# the checkout on sys.path, the offscreen platform and the backend interpreter, as make screenshots
+from screenshots import ROOT, wait_for
 
 LABEL_POLYGONS = 60
 """How many of IR-MAD's largest change polygons stand in for the analyst's digitised changes."""
 MAX_VALIDATIONS = 12
-
-
-def _wait(condition, timeout_s: float = 900.0) -> None:  # noqa: ANN001
-    from qgis.core import QgsApplication
-
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        QgsApplication.processEvents()
-        if time.monotonic() > deadline:
-            raise SystemExit("train_screenshot: timed out waiting for the run")
-        time.sleep(0.05)
 
 
 def _irmad_polygons(sample: Path, out: Path) -> Path:
@@ -109,7 +93,7 @@ def main() -> int:
             scores = [v for _, v in page.chart.f1]
             return page.task is None or len(scores) >= MAX_VALIDATIONS or (len(scores) >= 6 and max(scores) > 0)
 
-        _wait(enough)
+        wait_for(enough, 900)
         if page.task is None:
             raise SystemExit(f"train_screenshot: the run ended early: {page.status_label.text()}")
         QgsApplication.processEvents()
@@ -118,7 +102,7 @@ def main() -> int:
             raise SystemExit(f"train_screenshot: could not write {target}")
         print(f"wrote {target}")
         page.cancel_run()
-        _wait(lambda: page.task is None, 300)
+        wait_for(lambda: page.task is None, 300)
         return 0
     finally:
         if dock is not None:
